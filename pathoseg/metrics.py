@@ -1,0 +1,151 @@
+"""Instance segmentation metrics, defined as the field defines them (see shared/REFERENCE.md).
+
+* PQ = DQ x SQ with unique pairs at IoU > 0.5 (Kirillov et al.; HoVer-Net's ``get_fast_pq``).
+* AJI (Kumar et al. 2017): every ground-truth nucleus takes the prediction of best IoU (predictions may repeat);
+  predictions never used add to the union.
+* AJI+ (Graham et al. 2019): as AJI with a one-to-one pairing (Hungarian on IoU).
+* Dice: pixel-level foreground Dice.
+* Detection / type F1 (HoVer-Net): centroids paired within a radius (12 px at 40x), one-to-one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial.distance import cdist
+
+
+def _compact(labels: np.ndarray) -> np.ndarray:
+    _, inverse = np.unique(labels, return_inverse=True)
+    inverse = inverse.reshape(labels.shape)
+    return inverse if labels.min() == 0 else inverse + 1
+
+
+def overlaps(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairwise intersections and sizes of labelled objects.
+
+    Returns
+    -------
+    intersection : (n_true, n_pred) int
+    true_area : (n_true,) int
+    pred_area : (n_pred,) int
+    Labels are compacted to 1..n first; row i is true object i + 1.
+    """
+    true, pred = _compact(true), _compact(pred)
+    n_true, n_pred = int(true.max()), int(pred.max())
+    joint = np.bincount(true.ravel() * (n_pred + 1) + pred.ravel(), minlength=(n_true + 1) * (n_pred + 1))
+    joint = joint.reshape(n_true + 1, n_pred + 1)
+    return joint[1:, 1:], joint[1:, :].sum(axis=1), joint[:, 1:].sum(axis=0)
+
+
+def _iou(intersection: np.ndarray, true_area: np.ndarray, pred_area: np.ndarray) -> np.ndarray:
+    union = true_area[:, None] + pred_area[None, :] - intersection
+    return np.where(union > 0, intersection / np.maximum(union, 1), 0.0)
+
+
+def panoptic_quality(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """DQ, SQ, PQ and the TP/FP/FN counts, pairing at IoU > 0.5 (unique by construction)."""
+    intersection, true_area, pred_area = overlaps(true, pred)
+    iou = _iou(intersection, true_area, pred_area)
+    matched_true, matched_pred = np.nonzero(iou > 0.5)
+    tp = matched_true.size
+    fp, fn = pred_area.size - tp, true_area.size - tp
+    denominator = tp + 0.5 * fp + 0.5 * fn
+    dq = tp / denominator if denominator else 1.0
+    sq = float(iou[matched_true, matched_pred].mean()) if tp else 0.0
+    return {"dq": dq, "sq": sq, "pq": dq * sq, "tp": tp, "fp": fp, "fn": fn}
+
+
+def aggregated_jaccard(true: np.ndarray, pred: np.ndarray, one_to_one: bool = False) -> float:
+    """AJI (``one_to_one=False``) or AJI+ (``one_to_one=True``)."""
+    intersection, true_area, pred_area = overlaps(true, pred)
+    if true_area.size == 0:
+        return 1.0 if pred_area.size == 0 else 0.0
+    if pred_area.size == 0:
+        return 0.0
+    union = true_area[:, None] + pred_area[None, :] - intersection
+    iou = _iou(intersection, true_area, pred_area)
+    if one_to_one:
+        rows, cols = linear_sum_assignment(-iou)
+        paired = iou[rows, cols] > 0
+        rows, cols = rows[paired], cols[paired]
+    else:
+        rows = np.arange(true_area.size)
+        cols = iou.argmax(axis=1)
+        paired = intersection[rows, cols] > 0
+        rows, cols = rows[paired], cols[paired]
+    total_intersection = intersection[rows, cols].sum()
+    total_union = union[rows, cols].sum()
+    unpaired_true = np.setdiff1d(np.arange(true_area.size), rows)
+    unused_pred = np.setdiff1d(np.arange(pred_area.size), cols)
+    total_union += true_area[unpaired_true].sum() + pred_area[unused_pred].sum()
+    return float(total_intersection / total_union)
+
+
+def dice(true: np.ndarray, pred: np.ndarray) -> float:
+    """Pixel-level foreground Dice."""
+    true_fg, pred_fg = true > 0, pred > 0
+    total = true_fg.sum() + pred_fg.sum()
+    return float(2 * (true_fg & pred_fg).sum() / total) if total else 1.0
+
+
+def centroids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """((N, 2) centroids (row, col), (N,) labels) of the objects in a label map."""
+    present = np.unique(labels)
+    present = present[present != 0]
+    if present.size == 0:
+        return np.zeros((0, 2)), present
+    return np.asarray(ndimage.center_of_mass(labels > 0, labels, present)), present
+
+
+def pair_centroids(true_xy: np.ndarray, pred_xy: np.ndarray, radius_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one pairs of points closer than ``radius_px`` (Hungarian on distance)."""
+    if len(true_xy) == 0 or len(pred_xy) == 0:
+        return np.zeros(0, dtype=int), np.zeros(0, dtype=int)
+    distance = cdist(true_xy, pred_xy)
+    rows, cols = linear_sum_assignment(np.where(distance <= radius_px, distance, 1e9))
+    close = distance[rows, cols] <= radius_px
+    return rows[close], cols[close]
+
+
+def f1(tp: int, fp: int, fn: int) -> float:
+    denominator = 2 * tp + fp + fn
+    return 2 * tp / denominator if denominator else 1.0
+
+
+def detection_and_type_f1(true_xy: np.ndarray, true_class: np.ndarray, pred_xy: np.ndarray,
+                          pred_class: np.ndarray, classes: list[int], radius_px: float = 12.0) -> dict[str, float]:
+    """HoVer-Net's detection F1 and per-class type F1 (Graham et al. 2019, eq. 6)."""
+    rows, cols = pair_centroids(true_xy, pred_xy, radius_px)
+    tp_detect = rows.size
+    fp_detect, fn_detect = len(pred_xy) - tp_detect, len(true_xy) - tp_detect
+    result = {"f1_detection": f1(tp_detect, fp_detect, fn_detect)}
+    paired_true, paired_pred = true_class[rows], pred_class[cols]
+    unpaired_true = np.delete(true_class, rows)
+    unpaired_pred = np.delete(pred_class, cols)
+    for cls in classes:
+        tp = np.sum((paired_true == cls) & (paired_pred == cls))
+        tn = np.sum((paired_true != cls) & (paired_pred != cls))
+        fp_paired = np.sum((paired_true != cls) & (paired_pred == cls))
+        fn_paired = np.sum((paired_true == cls) & (paired_pred != cls))
+        fp_unpaired, fn_unpaired = np.sum(unpaired_pred == cls), np.sum(unpaired_true == cls)
+        denominator = 2 * (tp + tn) + 2 * fp_paired + 2 * fn_paired + fp_unpaired + fn_unpaired
+        result[f"f1_type_{cls}"] = float(2 * (tp + tn) / denominator) if denominator else 1.0
+    return result
+
+
+def instance_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """All instance metrics of one image: dice, aji, aji_plus, dq, sq, pq, tp, fp, fn."""
+    return {"dice": dice(true, pred), "aji": aggregated_jaccard(true, pred),
+            "aji_plus": aggregated_jaccard(true, pred, one_to_one=True), **panoptic_quality(true, pred)}
+
+
+def majority_types(instances: np.ndarray, types: np.ndarray) -> np.ndarray:
+    """(N,) most frequent non-zero type of each instance label 1..N (0 where it has none)."""
+    n_instances = int(instances.max())
+    n_types = int(types.max()) + 1
+    inside = (instances > 0) & (types > 0)
+    votes = np.bincount((instances[inside] - 1) * n_types + types[inside],
+                        minlength=n_instances * n_types).reshape(n_instances, n_types)
+    return np.where(votes.sum(axis=1) > 0, votes.argmax(axis=1), 0)

@@ -1,0 +1,179 @@
+"""HoVer-Net-style networks: an encoder-decoder with skip connections and NP / HV / NC heads.
+
+Two encoders share one decoder design:
+
+* ``"light"``: a small residual U-Net encoder (~3 M parameters) that runs at useful speed on a laptop CPU;
+* ``"preact-resnet50"``: the original HoVer-Net encoder (pre-activation ResNet-50) for GPU users.
+
+The network is fully convolutional; inputs must have height and width divisible by 32 (``"light"``: 16).
+Outputs have the input's spatial size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+def _conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 conv-BN layers with an identity (or 1x1 projection) shortcut."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = _conv_bn_relu(in_ch, out_ch, stride)
+        self.conv2 = nn.Sequential(nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch))
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv2(self.conv1(x)) + self.shortcut(x), inplace=True)
+
+
+class LightEncoder(nn.Module):
+    """Residual encoder returning feature maps at strides 1, 2, 4, 8, 16."""
+
+    def __init__(self, widths: tuple[int, ...] = (24, 32, 64, 128, 256)):
+        super().__init__()
+        self.widths = widths
+        self.stem = nn.Sequential(_conv_bn_relu(3, widths[0]), _conv_bn_relu(widths[0], widths[0]))
+        self.stages = nn.ModuleList(
+            nn.Sequential(ResBlock(widths[i], widths[i + 1], stride=2), ResBlock(widths[i + 1], widths[i + 1]))
+            for i in range(len(widths) - 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = [self.stem(x)]
+        for stage in self.stages:
+            features.append(stage(features[-1]))
+        return features
+
+
+class PreactBottleneck(nn.Module):
+    """Pre-activation ResNet bottleneck (He et al. 2016), as in HoVer-Net's encoder."""
+
+    def __init__(self, in_ch: int, mid_ch: int, out_ch: int, stride: int = 1):
+        super().__init__()
+        self.bn0 = nn.BatchNorm2d(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, mid_ch, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid_ch)
+        self.conv2 = nn.Conv2d(mid_ch, mid_ch, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid_ch)
+        self.conv3 = nn.Conv2d(mid_ch, out_ch, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = F.relu(self.bn0(x))
+        shortcut = x if self.shortcut is None else self.shortcut(pre)
+        out = self.conv1(pre)
+        out = self.conv2(F.relu(self.bn1(out)))
+        out = self.conv3(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreactResNet50Encoder(nn.Module):
+    """HoVer-Net's encoder: pre-activation ResNet-50, features at strides 1, 2, 4, 8, 16, 32."""
+
+    def __init__(self):
+        super().__init__()
+        self.widths = (64, 64, 256, 512, 1024, 2048)
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, padding=3, bias=False), nn.BatchNorm2d(64), nn.ReLU(True))
+        self.down = nn.Sequential(nn.Conv2d(64, 64, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(64),
+                                  nn.ReLU(True))
+        layout = [(64, 64, 256, 3, 2), (256, 128, 512, 4, 2), (512, 256, 1024, 6, 2), (1024, 512, 2048, 3, 2)]
+        self.stages = nn.ModuleList()
+        for in_ch, mid_ch, out_ch, n_blocks, stride in layout:
+            blocks = [PreactBottleneck(in_ch, mid_ch, out_ch, stride)]
+            blocks += [PreactBottleneck(out_ch, mid_ch, out_ch) for _ in range(n_blocks - 1)]
+            self.stages.append(nn.Sequential(*blocks))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = [self.stem(x)]
+        features.append(self.down(features[-1]))
+        for stage in self.stages:
+            features.append(stage(features[-1]))
+        return features
+
+
+class UpBlock(nn.Module):
+    """Upsample by 2, concatenate the skip connection, two 3x3 convs."""
+
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int):
+        super().__init__()
+        self.convs = nn.Sequential(_conv_bn_relu(in_ch + skip_ch, out_ch), _conv_bn_relu(out_ch, out_ch))
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.convs(torch.cat([x, skip], dim=1))
+
+
+class Decoder(nn.Module):
+    """U-Net decoder from the deepest feature map back to stride 1."""
+
+    def __init__(self, encoder_widths: tuple[int, ...], decoder_widths: tuple[int, ...]):
+        super().__init__()
+        skips = list(reversed(encoder_widths[:-1]))
+        ins = [encoder_widths[-1], *decoder_widths[:-1]]
+        self.blocks = nn.ModuleList(UpBlock(i, s, o) for i, s, o in zip(ins, skips, decoder_widths))
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        for block, skip in zip(self.blocks, reversed(features[:-1])):
+            x = block(x, skip)
+        return x
+
+
+ENCODERS = {
+    "light": (LightEncoder, (128, 64, 32, 24)),
+    "preact-resnet50": (PreactResNet50Encoder, (512, 256, 128, 64, 64)),
+}
+
+
+class HoVerNet(nn.Module):
+    """Encoder, shared decoder trunk, and three heads.
+
+    Parameters
+    ----------
+    encoder : {"light", "preact-resnet50"}
+    n_classes : int
+        Nucleus classes for the NC head, background included (CoNSeP: 5).
+
+    Forward returns a dict of tensors for input ``(B, 3, H, W)`` float in [0, 1]:
+    ``np`` logits ``(B, 2, H, W)``, ``hv`` ``(B, 2, H, W)`` in [-1, 1] (channel 0 horizontal, 1 vertical),
+    ``nc`` logits ``(B, n_classes, H, W)``.
+    """
+
+    def __init__(self, encoder: str = "light", n_classes: int = 5):
+        super().__init__()
+        if encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {encoder!r}; choose one of {sorted(ENCODERS)}")
+        encoder_cls, decoder_widths = ENCODERS[encoder]
+        self.encoder = encoder_cls()
+        self.decoder = Decoder(self.encoder.widths, decoder_widths)
+        head_in = decoder_widths[-1]
+        self.heads = nn.ModuleDict(
+            {
+                name: nn.Sequential(_conv_bn_relu(head_in, head_in), nn.Conv2d(head_in, out_ch, 1))
+                for name, out_ch in (("np", 2), ("hv", 2), ("nc", n_classes))
+            }
+        )
+        self.register_buffer("pixel_mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
+
+    def forward(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
+        trunk = self.decoder(self.encoder(rgb - self.pixel_mean))
+        out = {name: head(trunk) for name, head in self.heads.items()}
+        out["hv"] = torch.tanh(out["hv"])
+        return out

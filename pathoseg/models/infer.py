@@ -1,0 +1,94 @@
+"""Batched sliding-window inference of a HoVer-Net-style network over an RGB array."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictionMaps:
+    """Network outputs at the input's resolution.
+
+    np_prob : (H, W) float32, probability of nucleus.
+    hv : (2, H, W) float32 in [-1, 1].
+    nc_prob : (C, H, W) float32 class probabilities (class 0 background).
+    """
+
+    np_prob: np.ndarray
+    hv: np.ndarray
+    nc_prob: np.ndarray
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; ``cuda`` / ``cuda:N`` fail clearly without a GPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA GPU is available on this machine")
+    return resolved
+
+
+class Predictor:
+    """Runs a network on patches of ``patch_px`` with ``context_px`` of overlap discarded on each side.
+
+    Parameters
+    ----------
+    network : HoVerNet in eval mode.
+    device : torch device.
+    patch_px : input patch side (multiple of 32).
+    context_px : border of each patch's output that is thrown away (patches overlap by twice this).
+    batch_size : patches per forward pass.
+    bf16 : bfloat16 autocast (CPUs with AVX-512 BF16 and GPUs run ~2x faster).
+    """
+
+    def __init__(self, network: torch.nn.Module, device: torch.device, patch_px: int = 512, context_px: int = 32,
+                 batch_size: int = 4, bf16: bool = True):
+        if patch_px % 32 or patch_px <= 2 * context_px:
+            raise ValueError(f"patch_px {patch_px} must be a multiple of 32 larger than twice context_px")
+        self.device = device
+        self.network = network.to(device).eval().to(memory_format=torch.channels_last)
+        self.patch_px, self.context_px, self.batch_size, self.bf16 = patch_px, context_px, batch_size, bf16
+
+    def _forward(self, patches: np.ndarray) -> dict[str, np.ndarray]:
+        tensor = torch.from_numpy(patches).to(self.device).permute(0, 3, 1, 2).float().div_(255)
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.network(tensor)
+        return {
+            "np": out["np"].float().softmax(dim=1)[:, 1].cpu().numpy(),
+            "hv": out["hv"].float().cpu().numpy(),
+            "nc": out["nc"].float().softmax(dim=1).cpu().numpy(),
+        }
+
+    def predict(self, rgb: np.ndarray) -> PredictionMaps:
+        """Prediction maps for an (H, W, 3) uint8 image; borders use reflected context."""
+        height, width = rgb.shape[:2]
+        step = self.patch_px - 2 * self.context_px
+        rows, cols = -(-height // step), -(-width // step)
+        padded = np.pad(rgb, ((self.context_px, rows * step - height + self.context_px),
+                              (self.context_px, cols * step - width + self.context_px), (0, 0)), mode="reflect")
+        origins = [(r * step, c * step) for r in range(rows) for c in range(cols)]
+        n_classes = None
+        np_prob = np.zeros((rows * step, cols * step), np.float32)
+        hv = np.zeros((2, rows * step, cols * step), np.float32)
+        nc_prob = None
+        crop = slice(self.context_px, self.context_px + step)
+        for start in range(0, len(origins), self.batch_size):
+            batch_origins = origins[start:start + self.batch_size]
+            patches = np.stack([padded[y:y + self.patch_px, x:x + self.patch_px] for y, x in batch_origins])
+            out = self._forward(patches)
+            if nc_prob is None:
+                n_classes = out["nc"].shape[1]
+                nc_prob = np.zeros((n_classes, rows * step, cols * step), np.float32)
+            for i, (y, x) in enumerate(batch_origins):
+                np_prob[y:y + step, x:x + step] = out["np"][i, crop, crop]
+                hv[:, y:y + step, x:x + step] = out["hv"][i, :, crop, crop]
+                nc_prob[:, y:y + step, x:x + step] = out["nc"][i, :, crop, crop]
+        return PredictionMaps(np_prob[:height, :width], hv[:, :height, :width], nc_prob[:, :height, :width])

@@ -1,0 +1,109 @@
+"""HoVer-Net post-processing: prediction maps -> nucleus instances with a class and a probability.
+
+Unlike HoVer-Net's reference code there is no min-max normalisation over the tile: every step is local (fixed
+scales, bounded-size hole filling), so post-processing a region gives the same nuclei as post-processing the whole
+image wherever the region's margin is wider than a nucleus's neighbourhood. That is what makes tiling exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from skimage.morphology import disk, remove_small_holes, remove_small_objects
+from skimage.segmentation import watershed
+
+
+@dataclass(frozen=True)
+class PostprocParams:
+    """Post-processing settings (pixel values at the model's resolution)."""
+
+    np_threshold: float = 0.5
+    hv_smooth_sigma_px: float = 1.0
+    marker_threshold: float = 0.4
+    gradient_scale: float = 0.5  # HV slope (per px) that counts as a full boundary
+    min_marker_px: int = 10
+    max_hole_px: int = 64
+    min_object_px: int = 10
+
+
+def boundary_energy(hv: np.ndarray, params: PostprocParams) -> np.ndarray:
+    """(H, W) energy in [0, 1]: high where the HV maps fall steeply (between and around nuclei).
+
+    Parameters
+    ----------
+    hv : (2, H, W) float, channel 0 horizontal, channel 1 vertical, in [-1, 1].
+    """
+    smooth = [ndimage.gaussian_filter(channel.astype(np.float32), params.hv_smooth_sigma_px) for channel in hv]
+    # ndimage.sobel is 8x the per-pixel slope.
+    slope_x = ndimage.sobel(smooth[0], axis=1) / 8
+    slope_y = ndimage.sobel(smooth[1], axis=0) / 8
+    energy = np.maximum(-slope_x, -slope_y) / params.gradient_scale
+    return np.clip(energy, 0, 1)
+
+
+def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocParams = PostprocParams()
+                        ) -> np.ndarray:
+    """Watershed of the HV boundary energy from markers inside the nuclear-pixel mask.
+
+    Parameters
+    ----------
+    np_prob : (H, W) float, probability of nucleus.
+    hv : (2, H, W) float, HV maps in [-1, 1].
+
+    Returns
+    -------
+    (H, W) int32 instance labels, 0 = background, labels 1..N in raster order of their first pixel.
+    """
+    foreground = remove_small_objects(np_prob >= params.np_threshold, max_size=params.min_object_px - 1)
+    energy = boundary_energy(hv, params) * foreground
+    markers = foreground & (energy < params.marker_threshold)
+    markers = remove_small_holes(markers, max_size=params.max_hole_px)
+    markers = ndimage.binary_opening(markers, structure=disk(2))
+    markers = remove_small_objects(markers, max_size=params.min_marker_px - 1)
+    marker_labels, _ = ndimage.label(markers)
+    landscape = -ndimage.gaussian_filter((1 - energy) * foreground, 1.0)
+    instances = watershed(landscape, marker_labels, mask=foreground)
+    return relabel_in_raster_order(instances)
+
+
+def relabel_in_raster_order(labels: np.ndarray) -> np.ndarray:
+    """Renumber labels 1..N by the raster position of their first pixel (deterministic ids)."""
+    flat = labels.ravel()
+    present, first_index = np.unique(flat, return_index=True)
+    keep = present != 0
+    order = np.argsort(first_index[keep])
+    lookup = np.zeros(int(present.max()) + 1 if present.size else 1, dtype=np.int32)
+    lookup[present[keep][order]] = np.arange(1, keep.sum() + 1, dtype=np.int32)
+    return lookup[labels]
+
+
+def instance_classes(instances: np.ndarray, nc_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Majority class of each instance (background excluded) and the mean probability of that class.
+
+    Parameters
+    ----------
+    instances : (H, W) int, labels 1..N.
+    nc_prob : (C, H, W) float, class probabilities, class 0 = background.
+
+    Returns
+    -------
+    classes : (N,) int in 1..C-1, index i for label i + 1.
+    probabilities : (N,) float32.
+    """
+    n_instances = int(instances.max())
+    n_classes = nc_prob.shape[0]
+    if n_instances == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    inside = instances > 0
+    label_of_pixel = instances[inside] - 1
+    votes_per_pixel = nc_prob[1:, inside].argmax(axis=0)
+    votes = np.bincount(label_of_pixel * (n_classes - 1) + votes_per_pixel,
+                        minlength=n_instances * (n_classes - 1)).reshape(n_instances, n_classes - 1)
+    classes = votes.argmax(axis=1) + 1
+    prob_sums = np.stack([np.bincount(label_of_pixel, weights=nc_prob[c, inside], minlength=n_instances)
+                          for c in range(n_classes)], axis=1)
+    areas = np.bincount(label_of_pixel, minlength=n_instances)
+    probabilities = prob_sums[np.arange(n_instances), classes] / np.maximum(areas, 1)
+    return classes, probabilities.astype(np.float32)

@@ -1,0 +1,128 @@
+"""Checkpoint format: a state dict plus the metadata a run needs, loaded with ``weights_only=True``.
+
+A checkpoint file is a dict ``{"format": "pathoseg-checkpoint/1", "metadata": {...}, "state_dict": {...}}``.
+Shipped models live in ``pathoseg/models/weights/<name>.pt`` and their sha256 is listed in ``registry.json``
+beside them; a mismatch is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from pathoseg.models.hovernet import HoVerNet
+
+FORMAT = "pathoseg-checkpoint/1"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+REGISTRY = WEIGHTS_DIR / "registry.json"
+DEFAULT_MODEL = "pathoseg-light"
+
+
+@dataclass
+class ModelMetadata:
+    """What a checkpoint says about its network and how to use it."""
+
+    name: str
+    encoder: str = "light"
+    mpp: float = 0.25
+    input_size_px: int = 256
+    class_names: list[str] = field(default_factory=lambda: ["background", "other", "inflammatory", "epithelial",
+                                                             "spindle"])
+    class_colors: list[list[int]] = field(default_factory=lambda: [[0, 0, 0], [120, 120, 120], [255, 0, 0],
+                                                                   [0, 160, 0], [0, 80, 255]])
+    training_data: list[str] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    step: int = 0
+    version: str = "1"
+
+
+@dataclass
+class LoadedModel:
+    network: HoVerNet
+    metadata: ModelMetadata
+    sha256: str
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (wrong format, checksum mismatch, unreadable)."""
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_network(metadata: ModelMetadata) -> HoVerNet:
+    return HoVerNet(encoder=metadata.encoder, n_classes=len(metadata.class_names))
+
+
+def save_checkpoint(path: str | Path, network: torch.nn.Module, metadata: ModelMetadata,
+                    extra: dict | None = None) -> str:
+    """Write a checkpoint atomically; returns its sha256. ``extra`` (e.g. optimiser state) rides along."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "metadata": asdict(metadata),
+               "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()}}
+    if extra:
+        payload["extra"] = extra
+    temporary = path.with_name(path.name + ".partial")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+    return sha256_of(path)
+
+
+def read_checkpoint(path: str | Path, expected_sha256: str | None = None) -> dict:
+    """The raw checkpoint dict, after checking format and (if given) checksum."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    digest = sha256_of(path)
+    if expected_sha256 and digest != expected_sha256:
+        raise CheckpointError(f"{path}: sha256 {digest[:12]}... does not match the registry's "
+                              f"{expected_sha256[:12]}...")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds for a bad file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({error.__class__.__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} file")
+    payload["sha256"] = digest
+    return payload
+
+
+def registered_models() -> dict[str, dict]:
+    """``{name: {"file": ..., "sha256": ...}}`` for the models shipped with the package."""
+    if not REGISTRY.is_file():
+        return {}
+    return json.loads(REGISTRY.read_text())
+
+
+def resolve_model(name_or_path: str) -> tuple[Path, str | None]:
+    """A shipped model's file and expected sha256, or a checkpoint path given directly (no expected sha)."""
+    registry = registered_models()
+    if name_or_path in registry:
+        entry = registry[name_or_path]
+        return WEIGHTS_DIR / entry["file"], entry["sha256"]
+    path = Path(name_or_path)
+    if path.suffix == ".pt" or path.exists():
+        return path, None
+    raise CheckpointError(f"{name_or_path}: no such model; shipped models: {', '.join(sorted(registry)) or 'none'}")
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL) -> LoadedModel:
+    """Build the network of a shipped model name or checkpoint path and load its weights (eval mode)."""
+    path, expected = resolve_model(name_or_path)
+    payload = read_checkpoint(path, expected)
+    metadata = ModelMetadata(**payload["metadata"])
+    network = build_network(metadata)
+    network.load_state_dict(payload["state_dict"])
+    network.eval()
+    return LoadedModel(network, metadata, payload["sha256"])

@@ -1,0 +1,133 @@
+"""Augmentation for H&E (and IHC) training crops.
+
+Every function takes a numpy random Generator and returns new arrays; images are (H, W, 3) uint8 RGB, instance
+maps (H, W) integer and type maps (H, W) uint8 or None.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from skimage.color import hed2rgb, rgb2hed
+from skimage.transform import resize
+
+BACKGROUND_RGB = 235  # glass: what zoomed-out crops are padded with
+
+
+def scaled_crop(rng: np.random.Generator, image: np.ndarray, maps: list[np.ndarray | None], size_px: int,
+                scale_range: tuple[float, float]) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """Random crop of ``size_px / scale`` pixels, resized to ``size_px`` (scale jitter)."""
+    scale = rng.uniform(*scale_range)
+    window = int(round(size_px / scale))
+    height, width = image.shape[:2]
+    pad_y, pad_x = max(0, window - height), max(0, window - width)
+    if pad_y or pad_x:
+        pads = ((pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2))
+        image = np.pad(image, (*pads, (0, 0)), constant_values=BACKGROUND_RGB)
+        maps = [None if m is None else np.pad(m, pads) for m in maps]
+        height, width = image.shape[:2]
+    top = rng.integers(0, height - window + 1)
+    left = rng.integers(0, width - window + 1)
+    box = (slice(top, top + window), slice(left, left + window))
+    image = image[box]
+    maps = [None if m is None else m[box] for m in maps]
+    if window != size_px:
+        image = (resize(image, (size_px, size_px), order=1, preserve_range=True, anti_aliasing=False)
+                 .round().astype(np.uint8))
+        maps = [None if m is None else resize(m, (size_px, size_px), order=0, preserve_range=True,
+                                               anti_aliasing=False).astype(m.dtype) for m in maps]
+    return image, maps
+
+
+def flip_rotate(rng: np.random.Generator, arrays: list[np.ndarray | None]) -> list[np.ndarray | None]:
+    """The same random flip and 90-degree rotation applied to every array (first two axes)."""
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    out = []
+    for array in arrays:
+        if array is not None:
+            array = np.rot90(array, k, axes=(0, 1))
+            array = np.ascontiguousarray(array[:, ::-1] if flip else array)
+        out.append(array)
+    return out
+
+
+def elastic(rng: np.random.Generator, image: np.ndarray, maps: list[np.ndarray | None], amplitude_px: float = 2.0,
+            grid: int = 4) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """Small smooth deformation from a coarse random displacement field."""
+    height, width = image.shape[:2]
+    coarse = rng.normal(0, amplitude_px, size=(2, grid, grid))
+    field = np.stack([resize(c, (height, width), order=3) for c in coarse])
+    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    coords = np.stack([rows + field[0], cols + field[1]])
+    warped = np.stack([ndimage.map_coordinates(image[..., c], coords, order=1, mode="reflect")
+                       for c in range(3)], axis=-1)
+    maps = [None if m is None else ndimage.map_coordinates(m, coords, order=0, mode="constant") for m in maps]
+    return warped, maps
+
+
+def stain_jitter(rng: np.random.Generator, image: np.ndarray, sigma: float = 0.05, bias: float = 0.02
+                 ) -> np.ndarray:
+    """Scale and shift each stain's optical density in HED space (Tellez et al. 2018)."""
+    hed = rgb2hed(image)
+    hed = hed * rng.uniform(1 - sigma * 3, 1 + sigma * 3, size=3) + rng.uniform(-bias, bias, size=3)
+    return (np.clip(hed2rgb(hed), 0, 1) * 255).round().astype(np.uint8)
+
+
+def dab_recolour(rng: np.random.Generator, image: np.ndarray, instances: np.ndarray,
+                 fraction_positive: float = 0.5) -> np.ndarray:
+    """Make the sample look like an IHC slide: drop eosin, move some nuclei's hematoxylin into DAB.
+
+    Teaches the model that brown (DAB-positive) nuclei are nuclei too.
+    """
+    hed = rgb2hed(image)
+    hed[..., 1] *= rng.uniform(0.0, 0.3)
+    labels = np.unique(instances)[1:]
+    positive = labels[rng.random(labels.size) < fraction_positive]
+    mask = np.isin(instances, positive)
+    strength = rng.uniform(0.5, 1.0)
+    hed[..., 2][mask] += strength * hed[..., 0][mask] * rng.uniform(0.8, 2.0)
+    hed[..., 0][mask] *= 1 - strength * rng.uniform(0.5, 1.0)
+    return (np.clip(hed2rgb(hed), 0, 1) * 255).round().astype(np.uint8)
+
+
+def blur(rng: np.random.Generator, image: np.ndarray, max_sigma: float = 1.2) -> np.ndarray:
+    sigma = rng.uniform(0.3, max_sigma)
+    return ndimage.gaussian_filter(image, sigma=(sigma, sigma, 0))
+
+
+def jpeg_noise(rng: np.random.Generator, image: np.ndarray, quality_range: tuple[int, int] = (40, 90)
+               ) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=int(rng.integers(*quality_range)))
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def brightness_contrast(rng: np.random.Generator, image: np.ndarray, amount: float = 0.1) -> np.ndarray:
+    mean = image.mean()
+    contrast = rng.uniform(1 - amount, 1 + amount)
+    brightness = rng.uniform(-amount, amount) * 255
+    return np.clip((image - mean) * contrast + mean + brightness, 0, 255).astype(np.uint8)
+
+
+def augment_sample(rng: np.random.Generator, image: np.ndarray, instances: np.ndarray, types: np.ndarray | None,
+                   size_px: int, scale_range: tuple[float, float] = (0.8, 1.25), p_dab: float = 0.25
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The full training augmentation: crop with scale jitter, geometry, elastic, stain, blur, JPEG."""
+    image, (instances, types) = scaled_crop(rng, image, [instances, types], size_px, scale_range)
+    image, instances, types = flip_rotate(rng, [image, instances, types])
+    if rng.random() < 0.3:
+        image, (instances, types) = elastic(rng, image, [instances, types])
+    if rng.random() < p_dab:
+        image = dab_recolour(rng, image, instances)
+    if rng.random() < 0.8:
+        image = stain_jitter(rng, image)
+    if rng.random() < 0.5:
+        image = brightness_contrast(rng, image)
+    if rng.random() < 0.2:
+        image = blur(rng, image)
+    if rng.random() < 0.2:
+        image = jpeg_noise(rng, image)
+    return image, instances, types

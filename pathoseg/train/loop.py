@@ -1,0 +1,215 @@
+"""Training loop: sampling, augmentation in a loader process, bf16 autocast, validation, resumable checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from pathoseg.models.infer import Predictor, resolve_device
+from pathoseg.models.postproc import PostprocParams, instance_classes, instances_from_maps
+from pathoseg.models.weights import ModelMetadata, build_network, read_checkpoint, save_checkpoint
+from pathoseg.metrics import detection_and_type_f1, instance_metrics, majority_types, centroids
+from pathoseg.train.augment import augment_sample
+from pathoseg.train.data import Sample, load_dataset, read_manifest
+from pathoseg.train.losses import hovernet_loss
+from pathoseg.train.targets import hv_targets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DatasetSpec:
+    path: str
+    weight: float = 1.0
+    use_types: bool = False
+    validation_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    name: str
+    output: str
+    datasets: list[DatasetSpec]
+    encoder: str = "light"
+    mpp: float = 0.25
+    input_size_px: int = 256
+    batch_size: int = 8
+    steps: int = 6000
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 200
+    validate_every: int = 250
+    checkpoint_every: int = 50
+    threads: int = 2
+    loader_workers: int = 1
+    device: str = "auto"
+    seed: int = 0
+    dab_probability: float = 0.25
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        raw = yaml.safe_load(Path(path).read_text())
+        raw["datasets"] = [DatasetSpec(**spec) for spec in raw["datasets"]]
+        return cls(**raw)
+
+
+class TrainingStream(torch.utils.data.IterableDataset):
+    """Endless stream of augmented samples: dataset by weight, image by area, random crop."""
+
+    def __init__(self, groups: list[tuple[float, list[Sample], bool]], size_px: int, seed: int, p_dab: float):
+        super().__init__()
+        self.groups, self.size_px, self.seed, self.p_dab = groups, size_px, seed, p_dab
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, info.id if info else 0, int(time.time())])
+        weights = np.array([w for w, _, _ in self.groups], float)
+        while True:
+            weight, samples, has_types = self.groups[rng.choice(len(self.groups), p=weights / weights.sum())]
+            areas = np.array([s.image.shape[0] * s.image.shape[1] for s in samples], float)
+            sample = samples[rng.choice(len(samples), p=areas / areas.sum())]
+            image, instances, types = augment_sample(rng, sample.image, sample.instances,
+                                                     sample.types if has_types else None, self.size_px,
+                                                     p_dab=self.p_dab)
+            yield {
+                "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
+                "np": torch.from_numpy((instances > 0).astype(np.int64)),
+                "hv": torch.from_numpy(hv_targets(instances)),
+                "nc": torch.from_numpy(types.astype(np.int64) if types is not None
+                                       else np.zeros(instances.shape, np.int64)),
+                "has_types": torch.tensor(float(types is not None)),
+            }
+
+
+def split_dataset(spec: DatasetSpec, mpp: float) -> tuple[list[Sample], list[Sample]]:
+    ids = list(read_manifest(Path(spec.path)))
+    unknown = set(spec.validation_ids) - set(ids)
+    if unknown:
+        raise ValueError(f"{spec.path}: validation ids not in MANIFEST.csv: {sorted(unknown)[:3]}")
+    train_ids = [i for i in ids if i not in set(spec.validation_ids)]
+    return (load_dataset(spec.path, mpp, train_ids, spec.use_types),
+            load_dataset(spec.path, mpp, spec.validation_ids, spec.use_types))
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def evaluate_samples(predictor: Predictor, samples: list[Sample], params: PostprocParams = PostprocParams(),
+                     n_classes: int | None = None) -> dict:
+    """Mean per-image instance metrics, plus detection / type F1 pooled over images where types exist."""
+    per_image = {}
+    true_xy, true_cls, pred_xy, pred_cls = [], [], [], []
+    for sample in samples:
+        maps = predictor.predict(sample.image)
+        pred = instances_from_maps(maps.np_prob, maps.hv, params)
+        per_image[sample.id] = instance_metrics(sample.instances, pred)
+        if sample.types is not None:
+            xy, labels = centroids(sample.instances)
+            true_xy.append(xy)
+            true_cls.append(majority_types(sample.instances, sample.types)[labels - 1])
+            xy, _ = centroids(pred)
+            pred_xy.append(xy)
+            pred_cls.append(instance_classes(pred, maps.nc_prob)[0])
+    keys = ["dice", "aji", "aji_plus", "dq", "sq", "pq"]
+    result = {"overall": {k: float(np.mean([m[k] for m in per_image.values()])) for k in keys},
+              "per_image": per_image}
+    if true_xy and n_classes:
+        result["overall"].update(detection_and_type_f1(np.concatenate(true_xy), np.concatenate(true_cls),
+                                                       np.concatenate(pred_xy), np.concatenate(pred_cls),
+                                                       list(range(1, n_classes))))
+    return result
+
+
+def _format(metrics: dict) -> str:
+    return " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+def train(config: TrainConfig, resume: bool = True) -> Path:
+    """Train (or resume) the model described by ``config``; returns the best checkpoint's path."""
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    metadata = ModelMetadata(name=config.name, encoder=config.encoder, mpp=config.mpp,
+                             input_size_px=config.input_size_px,
+                             training_data=[spec.path for spec in config.datasets])
+    network = build_network(metadata).to(device).to(memory_format=torch.channels_last)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    step, best_pq, history = 0, -1.0, []
+    last_path, best_path = output / "last.pt", output / "best.pt"
+    if resume and last_path.is_file():
+        payload = read_checkpoint(last_path)
+        network.load_state_dict(payload["state_dict"])
+        optimiser.load_state_dict(payload["extra"]["optimiser"])
+        step, best_pq = payload["extra"]["step"], payload["extra"]["best_pq"]
+        history = json.loads(payload["extra"]["history"])
+        log.info("resumed from %s at step %d (best PQ %.3f)", last_path, step, best_pq)
+
+    groups, validation = [], {}
+    for spec in config.datasets:
+        train_samples, val_samples = split_dataset(spec, config.mpp)
+        groups.append((spec.weight, train_samples, spec.use_types))
+        validation[Path(spec.path).parent.name] = (val_samples, spec.use_types)
+        log.info("%s: %d training, %d validation images", spec.path, len(train_samples), len(val_samples))
+    loader = torch.utils.data.DataLoader(
+        TrainingStream(groups, config.input_size_px, config.seed + step, config.dab_probability),
+        batch_size=config.batch_size, num_workers=config.loader_workers, persistent_workers=config.loader_workers > 0,
+        prefetch_factor=4 if config.loader_workers else None)
+
+    def checkpoint(path: Path, metrics: dict) -> None:
+        metadata.step, metadata.metrics = step, metrics
+        save_checkpoint(path, network, metadata, extra={
+            "optimiser": optimiser.state_dict(), "step": step, "best_pq": best_pq, "history": json.dumps(history)})
+
+    network.train()
+    started, last_metrics = time.time(), {}
+    for batch in loader:
+        if step >= config.steps:
+            break
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(config, step)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        images = batch["image"].float().div(255).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            outputs = network(images)
+        loss, parts = hovernet_loss(outputs, batch)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        step += 1
+        if step % 10 == 0:
+            log.info("step %d loss %.3f %s (%.2f s/step)", step, loss.item(),
+                     " ".join(f"{k}={v:.3f}" for k, v in parts.items()), (time.time() - started) / 10)
+            started = time.time()
+        if step % config.validate_every == 0 or step == config.steps:
+            network.eval()
+            predictor = Predictor(network, device, patch_px=320, context_px=32, batch_size=4)
+            last_metrics = {name: evaluate_samples(predictor, samples, n_classes=len(metadata.class_names)
+                                                   if has_types else None)["overall"]
+                            for name, (samples, has_types) in validation.items() if samples}
+            network.train()
+            history.append({"step": step, **last_metrics})
+            for name, metrics in last_metrics.items():
+                log.info("validation %s step %d: %s", name, step, _format(metrics))
+            pq = last_metrics.get("monuseg", next(iter(last_metrics.values()), {})).get("pq", 0.0)
+            if pq > best_pq:
+                best_pq = pq
+                checkpoint(best_path, last_metrics)
+                log.info("new best PQ %.3f -> %s", pq, best_path)
+            checkpoint(last_path, last_metrics)
+        elif step % config.checkpoint_every == 0:
+            checkpoint(last_path, last_metrics)
+    return best_path

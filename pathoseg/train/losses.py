@@ -1,0 +1,60 @@
+"""HoVer-Net's losses: NP CE + Dice, HV MSE + MSGE, NC CE + Dice (NC only on samples with classes)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-class soft Dice over classes 1.. (background excluded).
+
+    logits (B, C, H, W); target (B, H, W) int64; weight (B,) 0/1 selects samples.
+    """
+    probabilities = logits.float().softmax(dim=1)
+    one_hot = F.one_hot(target, probabilities.shape[1]).permute(0, 3, 1, 2).float()
+    intersection = (probabilities * one_hot).sum(dim=(2, 3))[:, 1:]
+    total = (probabilities + one_hot).sum(dim=(2, 3))[:, 1:]
+    per_sample = 1 - ((2 * intersection + 1) / (total + 1)).mean(dim=1)
+    if weight is None:
+        return per_sample.mean()
+    return (per_sample * weight).sum() / weight.sum().clamp(min=1)
+
+
+def _sobel_kernels(device: torch.device) -> torch.Tensor:
+    smooth = torch.tensor([1.0, 2.0, 1.0], device=device)
+    derivative = torch.tensor([-1.0, 0.0, 1.0], device=device)
+    kx = torch.outer(smooth, derivative) / 8
+    return torch.stack([kx, kx.T]).unsqueeze(1)  # (2, 1, 3, 3): d/dx of channel 0, d/dy of channel 1
+
+
+def hv_gradient_loss(pred_hv: torch.Tensor, true_hv: torch.Tensor, nucleus_mask: torch.Tensor) -> torch.Tensor:
+    """MSGE: mean squared error of the HV maps' Sobel gradients inside nuclei."""
+    kernels = _sobel_kernels(pred_hv.device)
+    pred_grad = F.conv2d(pred_hv.float(), kernels, padding=1, groups=2)
+    true_grad = F.conv2d(true_hv.float(), kernels, padding=1, groups=2)
+    mask = nucleus_mask.unsqueeze(1).float().expand_as(pred_grad)
+    return ((pred_grad - true_grad) ** 2 * mask).sum() / mask.sum().clamp(min=1)
+
+
+def hovernet_loss(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+                  hv_gradient_weight: float = 2.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss and its parts.
+
+    batch: ``np`` (B, H, W) int64 0/1, ``hv`` (B, 2, H, W), ``nc`` (B, H, W) int64, ``has_types`` (B,) float.
+    """
+    np_target = batch["np"]
+    np_ce = F.cross_entropy(outputs["np"].float(), np_target)
+    np_dice = soft_dice_loss(outputs["np"], np_target)
+    hv_mse = F.mse_loss(outputs["hv"].float(), batch["hv"])
+    hv_msge = hv_gradient_loss(outputs["hv"], batch["hv"], np_target > 0)
+    has_types = batch["has_types"]
+    loss = np_ce + np_dice + hv_mse + hv_gradient_weight * hv_msge
+    parts = {"np_ce": np_ce.item(), "np_dice": np_dice.item(), "hv_mse": hv_mse.item(), "hv_msge": hv_msge.item()}
+    if has_types.sum() > 0:
+        per_pixel = F.cross_entropy(outputs["nc"].float(), batch["nc"], reduction="none").mean(dim=(1, 2))
+        nc_ce = (per_pixel * has_types).sum() / has_types.sum()
+        nc_dice = soft_dice_loss(outputs["nc"], batch["nc"], has_types)
+        loss = loss + nc_ce + nc_dice
+        parts.update(nc_ce=nc_ce.item(), nc_dice=nc_dice.item())
+    return loss, parts
