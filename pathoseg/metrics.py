@@ -116,7 +116,7 @@ def f1(tp: int, fp: int, fn: int) -> float:
 
 def detection_and_type_f1(true_xy: np.ndarray, true_class: np.ndarray, pred_xy: np.ndarray,
                           pred_class: np.ndarray, classes: list[int], radius_px: float = 12.0) -> dict[str, float]:
-    """HoVer-Net's detection F1 and per-class type F1 (Graham et al. 2019, eq. 6)."""
+    """HoVer-Net's detection F1 and per-class type F1 (Graham et al. 2019; weights 2, 2, 1, 1 as in its compute_stats)."""
     rows, cols = pair_centroids(true_xy, pred_xy, radius_px)
     tp_detect = rows.size
     fp_detect, fn_detect = len(pred_xy) - tp_detect, len(true_xy) - tp_detect
@@ -125,13 +125,13 @@ def detection_and_type_f1(true_xy: np.ndarray, true_class: np.ndarray, pred_xy: 
     unpaired_true = np.delete(true_class, rows)
     unpaired_pred = np.delete(pred_class, cols)
     for cls in classes:
+        # HoVer-Net's _f1_type: only pairs where either side is this class count, so there are no true negatives.
         tp = np.sum((paired_true == cls) & (paired_pred == cls))
-        tn = np.sum((paired_true != cls) & (paired_pred != cls))
         fp_paired = np.sum((paired_true != cls) & (paired_pred == cls))
         fn_paired = np.sum((paired_true == cls) & (paired_pred != cls))
         fp_unpaired, fn_unpaired = np.sum(unpaired_pred == cls), np.sum(unpaired_true == cls)
-        denominator = 2 * (tp + tn) + 2 * fp_paired + 2 * fn_paired + fp_unpaired + fn_unpaired
-        result[f"f1_type_{cls}"] = float(2 * (tp + tn) / denominator) if denominator else 1.0
+        denominator = 2 * tp + 2 * fp_paired + 2 * fn_paired + fp_unpaired + fn_unpaired
+        result[f"f1_type_{cls}"] = float(2 * tp / denominator) if denominator else 1.0
     return result
 
 

@@ -126,3 +126,21 @@ def load_model(name_or_path: str = DEFAULT_MODEL) -> LoadedModel:
     network.load_state_dict(payload["state_dict"])
     network.eval()
     return LoadedModel(network, metadata, payload["sha256"])
+
+
+def publish_checkpoint(source: str | Path, name: str | None = None) -> Path:
+    """Copy a training checkpoint into the package (weights only, no optimiser) and register its sha256."""
+    payload = read_checkpoint(source)
+    metadata = ModelMetadata(**payload["metadata"])
+    if name:
+        metadata.name = name
+    network = build_network(metadata)
+    network.load_state_dict(payload["state_dict"])
+    target = WEIGHTS_DIR / f"{metadata.name}.pt"
+    digest = save_checkpoint(target, network, metadata)
+    registry = registered_models()
+    registry[metadata.name] = {"file": target.name, "sha256": digest}
+    temporary = REGISTRY.with_name(REGISTRY.name + ".partial")
+    temporary.write_text(json.dumps(registry, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, REGISTRY)
+    return target

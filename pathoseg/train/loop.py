@@ -14,9 +14,8 @@ import torch
 import yaml
 
 from pathoseg.models.infer import Predictor, resolve_device
-from pathoseg.models.postproc import PostprocParams, instance_classes, instances_from_maps
 from pathoseg.models.weights import ModelMetadata, build_network, read_checkpoint, save_checkpoint
-from pathoseg.metrics import detection_and_type_f1, instance_metrics, majority_types, centroids
+from pathoseg.evaluation import evaluate_samples
 from pathoseg.train.augment import augment_sample
 from pathoseg.train.data import Sample, load_dataset, read_manifest
 from pathoseg.train.losses import hovernet_loss
@@ -104,32 +103,6 @@ def learning_rate(config: TrainConfig, step: int) -> float:
         return config.lr * (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
     return config.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
-
-def evaluate_samples(predictor: Predictor, samples: list[Sample], params: PostprocParams = PostprocParams(),
-                     n_classes: int | None = None) -> dict:
-    """Mean per-image instance metrics, plus detection / type F1 pooled over images where types exist."""
-    per_image = {}
-    true_xy, true_cls, pred_xy, pred_cls = [], [], [], []
-    for sample in samples:
-        maps = predictor.predict(sample.image)
-        pred = instances_from_maps(maps.np_prob, maps.hv, params)
-        per_image[sample.id] = instance_metrics(sample.instances, pred)
-        if sample.types is not None:
-            xy, labels = centroids(sample.instances)
-            true_xy.append(xy)
-            true_cls.append(majority_types(sample.instances, sample.types)[labels - 1])
-            xy, _ = centroids(pred)
-            pred_xy.append(xy)
-            pred_cls.append(instance_classes(pred, maps.nc_prob)[0])
-    keys = ["dice", "aji", "aji_plus", "dq", "sq", "pq"]
-    result = {"overall": {k: float(np.mean([m[k] for m in per_image.values()])) for k in keys},
-              "per_image": per_image}
-    if true_xy and n_classes:
-        result["overall"].update(detection_and_type_f1(np.concatenate(true_xy), np.concatenate(true_cls),
-                                                       np.concatenate(pred_xy), np.concatenate(pred_cls),
-                                                       list(range(1, n_classes))))
-    return result
 
 
 def _format(metrics: dict) -> str:

@@ -1,0 +1,51 @@
+"""``pathoseg evaluate PRED GT`` and ``pathoseg evaluate --model NAME DATASET``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from pathoseg.cli.common import fail, friendly_errors
+from pathoseg.evaluation import evaluate_folder, evaluate_samples
+from pathoseg.io.geojson import atomic_path
+from pathoseg.models.infer import Predictor, resolve_device
+from pathoseg.models.weights import load_model
+from pathoseg.train.data import load_dataset, read_manifest
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--model", help="Run this model (name or checkpoint) over DATASET, then evaluate.")
+@click.option("--ids", help="Comma-separated image ids to evaluate (default: all in MANIFEST.csv).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), help="Write the metrics JSON here.")
+@friendly_errors
+def evaluate(paths, model, ids, device, out_path) -> None:
+    """Dice, AJI, AJI+, DQ, SQ, PQ per image and overall; detection and type F1 where classes exist.
+
+    PATHS is PRED GT (a folder of <id>.png instance maps or <id>.geojson files, and a dataset folder), or, with
+    --model, a single DATASET folder.
+    """
+    if model:
+        if len(paths) != 1:
+            fail("with --model give one DATASET folder")
+        loaded = load_model(model)
+        dataset = paths[0]
+        selected = ids.split(",") if ids else list(read_manifest(dataset))
+        samples = load_dataset(dataset, loaded.metadata.mpp, selected)
+        has_types = any(s.types is not None for s in samples)
+        predictor = Predictor(loaded.network, resolve_device(device))
+        result = evaluate_samples(predictor, samples, n_classes=len(loaded.metadata.class_names) if has_types
+                                  else None)
+        result["model"] = {"name": loaded.metadata.name, "sha256": loaded.sha256}
+    else:
+        if len(paths) != 2:
+            fail("give PRED and GT folders (or --model NAME DATASET)")
+        result = evaluate_folder(paths[0], paths[1])
+    for key, value in result["overall"].items():
+        click.echo(f"{key:>16}: {value:.4f}")
+    if out_path:
+        with atomic_path(out_path) as temporary:
+            temporary.write_text(json.dumps(result, indent=2, default=float))

@@ -1,0 +1,97 @@
+"""``pathoseg segment SLIDE -o OUT`` and ``pathoseg demo -o OUT``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pathoseg.cli.common import StageProgress, friendly_errors
+from pathoseg.config import load_config
+from pathoseg.pipeline import prepare_output, segment_slide
+from pathoseg.synthetic import write_synthetic_slide
+
+
+def run_options(command):
+    """Options shared by segment, demo and batch."""
+    options = [
+        click.option("-c", "--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+                     help="YAML file overriding configs/default.yaml."),
+        click.option("--model", help="Shipped model name or checkpoint path."),
+        click.option("--device", help="auto | cpu | cuda | cuda:N."),
+        click.option("--scheduler", help="local (embedded cluster, default) | inprocess | tcp://host:port."),
+        click.option("--workers", type=int, help="Worker processes of the embedded cluster."),
+        click.option("--stain", type=click.Choice(["auto", "he", "ihc"]), help="Stain mode (default auto)."),
+        click.option("--no-gzip", is_flag=True, help="Write nuclei.geojson instead of nuclei.geojson.gz."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def config_from_options(config_path, model, device, scheduler, workers, stain, no_gzip):
+    overrides: dict = {"model": {}, "cluster": {}, "stain": {}, "output": {}}
+    if model:
+        overrides["model"]["name"] = model
+    if device:
+        overrides["model"]["device"] = device
+    if scheduler:
+        overrides["cluster"]["scheduler"] = scheduler
+    if workers:
+        overrides["cluster"]["workers"] = workers
+    if stain:
+        overrides["stain"]["mode"] = stain
+    if no_gzip:
+        overrides["output"]["gzip"] = False
+    return load_config(config_path, overrides)
+
+
+def report(summary: dict, out_dir: Path) -> None:
+    counts = summary["counts"]
+    click.echo(f"{summary['nuclei']} nuclei in {summary['tissue']['area_mm2']:.3f} mm² of tissue "
+               f"({counts['density_per_mm2']:.0f}/mm²), {summary['run']['seconds']:.1f} s, "
+               f"{summary['run']['mpx_per_second']:.3f} Mpx/s -> {out_dir}")
+    if "ihc" in summary:
+        ihc = summary["ihc"]
+        click.echo(f"IHC: {ihc['positive_percent']:.1f}% positive, H-score {ihc['h_score']:.0f}")
+
+
+@click.command()
+@click.argument("slide_path", type=click.Path(path_type=str))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--mpp", type=float, help="Microns per level-0 pixel (overrides the file's).")
+@run_options
+@friendly_errors
+def segment(slide_path, out_dir, mpp, config_path, model, device, scheduler, workers, stain, no_gzip, quiet):
+    """Segment the nuclei of SLIDE_PATH into OUT: nuclei.geojson.gz, summary.json/.csv, overlay.png, store.zarr."""
+    config = config_from_options(config_path, model, device, scheduler, workers, stain, no_gzip)
+    progress = StageProgress(enabled=not quiet)
+    try:
+        summary = segment_slide(slide_path, out_dir, config, mpp=mpp, progress=progress)
+    finally:
+        progress.close()
+    report(summary, out_dir)
+
+
+@click.command()
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--size", default="6000x4000", show_default=True, help="Synthetic slide size WIDTHxHEIGHT (px).")
+@run_options
+@friendly_errors
+def demo(out_dir, size, config_path, model, device, scheduler, workers, stain, no_gzip, quiet):
+    """Write a synthetic pyramidal H&E slide (OUT/demo.svs) and segment it into OUT."""
+    width, height = (int(v) for v in size.lower().split("x"))
+    out_dir = prepare_output(out_dir)
+    slide_path = out_dir / "demo.svs"
+    if not slide_path.is_file():
+        partial = out_dir / ".demo.svs.partial"
+        write_synthetic_slide(partial, width, height, kind="svs")
+        partial.rename(slide_path)
+    config = config_from_options(config_path, model, device, scheduler, workers, stain, no_gzip)
+    progress = StageProgress(enabled=not quiet)
+    try:
+        summary = segment_slide(slide_path, out_dir, config, progress=progress)
+    finally:
+        progress.close()
+    report(summary, out_dir)

@@ -1,0 +1,128 @@
+"""Run configuration: dataclasses filled from ``configs/default.yaml`` (shipped in the package) and overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).parent / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "pathoseg-light"
+    device: str = "auto"
+    batch_size: int = 4
+    patch_px: int = 512
+    context_px: int = 32
+    bf16: bool = True
+
+
+@dataclass
+class TilingConfig:
+    tile_px: int = 512
+    region_px: int = 2048
+    margin_px: int = 128
+    thumbnail_mpp: float = 8.0
+    max_thumbnail_px: int = 4096
+    tissue_od_range: list[float] = field(default_factory=lambda: [0.05, 0.15])
+    tissue_closing_um: float = 20.0
+    min_tissue_um2: float = 2000.0
+    max_tissue_hole_um2: float = 5000.0
+    read_threads: int = 2
+
+
+@dataclass
+class PostprocConfig:
+    np_threshold: float = 0.5
+    hv_smooth_sigma_px: float = 1.0
+    marker_threshold: float = 0.4
+    gradient_scale: float = 0.5
+    min_marker_px: int = 10
+    max_hole_px: int = 64
+    min_object_px: int = 10
+
+
+@dataclass
+class FilterConfig:
+    min_area_um2: float = 6.0
+    max_area_um2: float = 500.0
+    min_solidity: float = 0.7
+
+
+@dataclass
+class StainConfig:
+    mode: str = "auto"  # auto | he | ihc
+    dab_thresholds: list[float] = field(default_factory=lambda: [0.2, 0.4, 0.6])
+    stain_matrix: list[list[float]] | None = None
+    ihc_min_dab_fraction: float = 0.05
+
+
+@dataclass
+class OutputConfig:
+    gzip: bool = True
+    simplify_px: float = 0.3
+    overlay_max_px: int = 2048
+
+
+@dataclass
+class ClusterConfig:
+    scheduler: str = "local"  # local | inprocess | tcp://host:port
+    workers: int = 1
+    threads_per_worker: int = 2
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    postproc: PostprocConfig = field(default_factory=PostprocConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    stain: StainConfig = field(default_factory=StainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+
+def _merge(instance, values: dict, where: str):
+    known = {f.name: f for f in dataclasses.fields(instance)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join(known)})")
+        current = getattr(instance, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {key} must be a mapping")
+            _merge(current, value, f"{where}.{key}")
+        else:
+            setattr(instance, key, value)
+    return instance
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """Defaults from the packaged default.yaml, then ``path`` (a YAML file), then ``overrides`` (nested dict)."""
+    config = Config()
+    for source in [DEFAULT_CONFIG, path]:
+        if source is None:
+            continue
+        source = Path(source)
+        try:
+            values = yaml.safe_load(source.read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"{source}: cannot read configuration ({error.__class__.__name__})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: a configuration must be a mapping")
+        _merge(config, values, str(source))
+    if overrides:
+        _merge(config, overrides, "options")
+    return config
+
+
+def as_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)

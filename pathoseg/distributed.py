@@ -1,0 +1,122 @@
+"""Running region tasks: in-process, on an embedded LocalCluster (default) or on an existing Dask scheduler.
+
+The model is loaded once per worker process (a WorkerPlugin fills a per-process cache); GPU workers declare the
+resource ``GPU=1`` and every region task asks for it, so one GPU never runs two tasks at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+from contextlib import contextmanager
+from dataclasses import astuple
+from typing import Callable, Iterator
+
+import torch
+import zarr
+from distributed import Client, LocalCluster, WorkerPlugin, as_completed
+
+from pathoseg.config import ClusterConfig, ModelConfig
+from pathoseg.io import ngff
+from pathoseg.models.infer import Predictor, resolve_device
+from pathoseg.models.weights import load_model
+from pathoseg.region import RegionResult, RegionSettings, segment_region
+from pathoseg.tiling.grid import Region
+
+log = logging.getLogger(__name__)
+
+_PREDICTORS: dict[tuple, Predictor] = {}
+
+
+def get_predictor(model: ModelConfig) -> Predictor:
+    """This process's predictor for ``model`` (loaded on first use)."""
+    key = astuple(model)
+    if key not in _PREDICTORS:
+        loaded = load_model(model.name)
+        _PREDICTORS[key] = Predictor(loaded.network, resolve_device(model.device), model.patch_px,
+                                     model.context_px, model.batch_size, model.bf16)
+        log.info("loaded model %s on %s", model.name, _PREDICTORS[key].device)
+    return _PREDICTORS[key]
+
+
+class ModelPlugin(WorkerPlugin):
+    """Loads the model when a worker starts, and sets its torch thread count."""
+
+    name = "pathoseg-model"
+
+    def __init__(self, model: ModelConfig, torch_threads: int):
+        self.model, self.torch_threads = model, torch_threads
+
+    def setup(self, worker) -> None:
+        torch.set_num_threads(self.torch_threads)
+        get_predictor(self.model)
+
+
+def region_task(store_path: str, region: Region, settings: RegionSettings, model: ModelConfig) -> RegionResult:
+    """Read a region's window from the zarr store and segment it (runs on a worker)."""
+    root = zarr.open_group(store_path, mode="r", zarr_format=2)
+    window = region.window
+    rgb = ngff.read_window(root, window.y, window.x, window.height, window.width)
+    return segment_region(region.index, rgb, window, region.core, get_predictor(model), settings)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class RegionRunner:
+    """Runs region tasks and hands each result to a callback as soon as it is done."""
+
+    def __init__(self, client: Client | None, model: ModelConfig, gpu: bool):
+        self.client, self.model, self.gpu = client, model, gpu
+
+    def run(self, store_path: str, regions: list[Region], settings: RegionSettings,
+            on_result: Callable[[RegionResult], None]) -> None:
+        if self.client is None:
+            for region in regions:
+                on_result(region_task(store_path, region, settings, self.model))
+            return
+        resources = {"GPU": 1} if self.gpu else None
+        futures = [self.client.submit(region_task, store_path, region, settings, self.model,
+                                      key=f"pathoseg-region-{store_path}-{region.index}", resources=resources,
+                                      retries=2, pure=False)
+                   for region in regions]
+        try:
+            for future in as_completed(futures):
+                on_result(future.result())
+                future.release()
+        finally:
+            for future in futures:
+                future.cancel()
+
+    def worker_peak_rss_bytes(self) -> int:
+        """Largest peak RSS of any worker process (this process when in-process)."""
+        if self.client is None:
+            return peak_rss_bytes()
+        peaks = self.client.run(peak_rss_bytes)
+        return max(peaks.values(), default=0)
+
+
+@contextmanager
+def open_runner(cluster: ClusterConfig, model: ModelConfig) -> Iterator[RegionRunner]:
+    """A RegionRunner for ``cluster.scheduler``: ``inprocess``, ``local`` (embedded LocalCluster) or an address."""
+    gpu = resolve_device(model.device).type == "cuda"
+    if cluster.scheduler == "inprocess":
+        torch.set_num_threads(cluster.threads_per_worker)
+        yield RegionRunner(None, model, gpu)
+        return
+    if cluster.scheduler == "local":
+        local = LocalCluster(n_workers=cluster.workers, threads_per_worker=1, processes=True,
+                             dashboard_address=None, resources={"GPU": 1} if gpu else None,
+                             silence_logs=logging.ERROR)
+        client = Client(local)
+    else:
+        local, client = None, Client(cluster.scheduler, timeout="30s")
+    try:
+        client.register_plugin(ModelPlugin(model, cluster.threads_per_worker))
+        yield RegionRunner(client, model, gpu)
+    finally:
+        client.close()
+        if local is not None:
+            local.close()

@@ -1,0 +1,101 @@
+"""Evaluate predictions (instance label images or GeoJSON) or a model against a dataset folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from skimage.draw import polygon as fill_polygon
+
+from pathoseg.io.geojson import read_features
+from pathoseg.metrics import centroids, detection_and_type_f1, instance_metrics, majority_types
+from pathoseg.models.infer import Predictor
+from pathoseg.models.postproc import PostprocParams, instance_classes, instances_from_maps
+from pathoseg.train.data import Sample, load_dataset, read_class_names, read_manifest
+
+METRIC_KEYS = ("dice", "aji", "aji_plus", "dq", "sq", "pq")
+
+
+class Accumulator:
+    """Per-image instance metrics, and centroids/classes pooled for detection and type F1."""
+
+    def __init__(self, classes: list[int] | None, radius_px: float):
+        self.classes, self.radius_px = classes, radius_px
+        self.per_image: dict[str, dict] = {}
+        self.true_xy, self.true_cls, self.pred_xy, self.pred_cls = [], [], [], []
+
+    def add(self, sample: Sample, pred: np.ndarray, pred_classes: np.ndarray | None) -> None:
+        self.per_image[sample.id] = instance_metrics(sample.instances, pred)
+        if self.classes and sample.types is not None and pred_classes is not None:
+            xy, labels = centroids(sample.instances)
+            self.true_xy.append(xy)
+            self.true_cls.append(majority_types(sample.instances, sample.types)[labels - 1])
+            xy, labels = centroids(pred)
+            self.pred_xy.append(xy)
+            self.pred_cls.append(pred_classes[labels - 1])
+
+    def result(self) -> dict:
+        overall = {k: float(np.mean([m[k] for m in self.per_image.values()])) for k in METRIC_KEYS}
+        if self.true_xy:
+            overall.update(detection_and_type_f1(np.concatenate(self.true_xy), np.concatenate(self.true_cls),
+                                                 np.concatenate(self.pred_xy), np.concatenate(self.pred_cls),
+                                                 self.classes, self.radius_px))
+        return {"overall": overall, "per_image": self.per_image}
+
+
+def evaluate_samples(predictor: Predictor, samples: list[Sample], params: PostprocParams = PostprocParams(),
+                     n_classes: int | None = None, radius_px: float = 12.0) -> dict:
+    """Run the model over samples (already at its mpp): mean per-image metrics, pooled detection/type F1."""
+    accumulator = Accumulator(list(range(1, n_classes)) if n_classes else None, radius_px)
+    for sample in samples:
+        maps = predictor.predict(sample.image)
+        pred = instances_from_maps(maps.np_prob, maps.hv, params)
+        accumulator.add(sample, pred, instance_classes(pred, maps.nc_prob)[0] if n_classes else None)
+    return accumulator.result()
+
+
+def rasterise_geojson(path: Path, shape: tuple[int, int], class_ids: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Instance map (H, W) and (N,) class ids from a GeoJSON of polygons in the image's pixel coordinates."""
+    labels = np.zeros(shape, np.int32)
+    classes = []
+    for feature in read_features(path):
+        geometry = feature.get("geometry") or {}
+        if geometry.get("type") != "Polygon":
+            continue
+        ring = np.asarray(geometry["coordinates"][0], float)
+        # Pixel i spans [i, i + 1): its centre is inside the polygon when (i + 0.5) is.
+        rows, cols = fill_polygon(ring[:, 1] - 0.5, ring[:, 0] - 0.5, shape)
+        labels[rows, cols] = len(classes) + 1
+        classification = (feature.get("properties") or {}).get("classification") or {}
+        name = classification.get("name") if isinstance(classification, dict) else classification
+        classes.append(class_ids.get(name, 0))
+    return labels, np.asarray(classes, int)
+
+
+def find_prediction(folder: Path, sample_id: str) -> Path:
+    for suffix in (".png", ".tif", ".tiff", ".geojson", ".geojson.gz", ".json"):
+        path = folder / f"{sample_id}{suffix}"
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{folder}: no prediction for image {sample_id!r} (expected {sample_id}.png or "
+                            f"{sample_id}.geojson)")
+
+
+def evaluate_folder(pred_folder: str | Path, dataset: str | Path, radius_px: float = 12.0) -> dict:
+    """Compare a folder of predictions (``<id>.png`` instance maps or ``<id>.geojson``) with a dataset folder."""
+    pred_folder, dataset = Path(pred_folder), Path(dataset)
+    if not pred_folder.is_dir():
+        raise FileNotFoundError(f"{pred_folder}: prediction folder not found")
+    names = read_class_names(dataset)
+    class_ids = {name: int(i) for i, name in (names or {}).items()}
+    accumulator = Accumulator(sorted(class_ids.values()) or None, radius_px)
+    for sample_id, mpp in read_manifest(dataset).items():
+        sample = load_dataset(dataset, mpp, [sample_id])[0]  # native resolution
+        path = find_prediction(pred_folder, sample_id)
+        if path.suffix in (".png", ".tif", ".tiff"):
+            pred, pred_classes = np.asarray(Image.open(path)).astype(np.int64), None
+        else:
+            pred, pred_classes = rasterise_geojson(path, sample.instances.shape, class_ids)
+        accumulator.add(sample, pred, pred_classes)
+    return accumulator.result()

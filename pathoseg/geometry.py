@@ -1,0 +1,86 @@
+"""Boxes and the one place where level-0 pixels, model pixels and microns are converted.
+
+Slide coordinates are (x, y) in level-0 pixels. Model space is the slide's bounded region resampled to the model's
+mpp, with its origin at the bounds' top-left corner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Box:
+    """Axis-aligned box ``[x, x + width) x [y, y + height)`` in some pixel space."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+    @property
+    def x1(self) -> int:
+        return self.x + self.width
+
+    @property
+    def y1(self) -> int:
+        return self.y + self.height
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """(row, col) slices for indexing an array of this pixel space."""
+        return slice(self.y, self.y1), slice(self.x, self.x1)
+
+    def expand(self, margin_px: int) -> "Box":
+        return Box(self.x - margin_px, self.y - margin_px, self.width + 2 * margin_px, self.height + 2 * margin_px)
+
+    def clip(self, width: int, height: int) -> "Box":
+        x0, y0 = max(self.x, 0), max(self.y, 0)
+        return Box(x0, y0, max(0, min(self.x1, width) - x0), max(0, min(self.y1, height) - y0))
+
+    def contains(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """Half-open containment of points (the ownership rule relies on it: no point is in two cores)."""
+        return (xs >= self.x) & (xs < self.x1) & (ys >= self.y) & (ys < self.y1)
+
+
+@dataclass(frozen=True)
+class SlideFrame:
+    """Maps model pixels to level-0 pixels.
+
+    Parameters
+    ----------
+    slide_mpp : microns per level-0 pixel.
+    model_mpp : microns per model pixel.
+    origin_x, origin_y : level-0 position of model pixel (0, 0)'s top-left corner (the slide's bounds).
+    """
+
+    slide_mpp: float
+    model_mpp: float
+    origin_x: float = 0.0
+    origin_y: float = 0.0
+
+    @property
+    def level0_per_model_px(self) -> float:
+        return self.model_mpp / self.slide_mpp
+
+    def model_to_level0(self, xy_model: np.ndarray) -> np.ndarray:
+        """(N, 2) model-pixel (x, y) positions (pixel corners) -> level-0 (x, y)."""
+        return np.asarray(xy_model, float) * self.level0_per_model_px + (self.origin_x, self.origin_y)
+
+    def model_size_px(self, width_level0: float, height_level0: float) -> tuple[int, int]:
+        scale = self.level0_per_model_px
+        return int(round(width_level0 / scale)), int(round(height_level0 / scale))
+
+
+def area_px_to_um2(area_px: np.ndarray | float, mpp: float) -> np.ndarray | float:
+    return area_px * mpp * mpp
+
+
+def area_px_to_mm2(area_px: float, mpp: float) -> float:
+    return area_px * mpp * mpp * 1e-6
+
+
+def um2_to_area_px(area_um2: float, mpp: float) -> float:
+    return area_um2 / (mpp * mpp)

@@ -1,0 +1,109 @@
+"""OME-Zarr 0.4 image store: a (c, y, x) uint8 pyramid at the model's resolution, chunk = tile.
+
+Level ``0`` is the model-resolution image; levels ``1`` and ``2`` are 4x and 16x coarser (for overviews). Chunks
+never written read as white (glass). ``tiles.done`` beside the arrays records finished tiles, one ``row,col`` per
+line, so an interrupted tiling resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numcodecs
+import numpy as np
+import zarr
+
+PYRAMID_FACTORS = (1, 4, 16)
+TILES_DONE = "tiles.done"
+
+
+def _compressor() -> numcodecs.Blosc:
+    return numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE)
+
+
+def multiscales_metadata(name: str, mpp: float) -> list[dict]:
+    """The OME-Zarr 0.4 ``multiscales`` attribute for the pyramid (axes c, y, x; scales in micrometres)."""
+    return [{
+        "version": "0.4",
+        "name": name,
+        "axes": [{"name": "c", "type": "channel"},
+                 {"name": "y", "type": "space", "unit": "micrometer"},
+                 {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": str(level),
+                      "coordinateTransformations": [{"type": "scale", "scale": [1.0, mpp * f, mpp * f]}]}
+                     for level, f in enumerate(PYRAMID_FACTORS)],
+        "type": "mean",
+    }]
+
+
+def create_image_store(path: str | Path, name: str, width_px: int, height_px: int, tile_px: int, mpp: float,
+                       identity: dict) -> zarr.Group:
+    """A new, empty image store (overwrites whatever is at ``path``).
+
+    ``identity`` (slide path, size, mtime, mpp, tile size) is kept in the attributes so that a rerun can tell
+    whether the store belongs to the same slide and settings.
+    """
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    for level, factor in enumerate(PYRAMID_FACTORS):
+        root.create_array(str(level), shape=(3, -(-height_px // factor), -(-width_px // factor)),
+                          chunks=(3, tile_px, tile_px), dtype="uint8", compressors=_compressor(), fill_value=255)
+    root.attrs.update({"multiscales": multiscales_metadata(name, mpp),
+                       "omero": {"channels": [{"label": c, "color": col, "window": {"start": 0, "end": 255}}
+                                              for c, col in (("R", "FF0000"), ("G", "00FF00"), ("B", "0000FF"))],
+                                 "rdefs": {"model": "color"}},
+                       "pathoseg": identity})
+    return root
+
+
+def open_image_store(path: str | Path, identity: dict) -> zarr.Group | None:
+    """The store at ``path`` if it exists and was made for ``identity``; None otherwise."""
+    path = Path(path)
+    if not (path / ".zattrs").is_file():
+        return None
+    try:
+        root = zarr.open_group(str(path), mode="r+", zarr_format=2)
+    except (ValueError, FileNotFoundError, KeyError):
+        return None
+    return root if root.attrs.get("pathoseg") == identity else None
+
+
+def tiles_done(path: str | Path) -> set[tuple[int, int]]:
+    """Tiles recorded as finished; a torn last line (interrupted write) is ignored."""
+    done_file = Path(path) / TILES_DONE
+    if not done_file.is_file():
+        return set()
+    done = set()
+    for line in done_file.read_text().splitlines():
+        parts = line.split(",")
+        if len(parts) == 2 and all(p.isdigit() for p in parts):
+            done.add((int(parts[0]), int(parts[1])))
+    return done
+
+
+def mark_tile_done(path: str | Path, row: int, col: int) -> None:
+    with open(Path(path) / TILES_DONE, "a") as handle:
+        handle.write(f"{row},{col}\n")
+
+
+def write_tile(root: zarr.Group, row: int, col: int, tile_px: int, rgb: np.ndarray) -> None:
+    """Write an (h, w, 3) tile at grid position (row, col) into every pyramid level."""
+    chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))
+    for level, factor in enumerate(PYRAMID_FACTORS):
+        array = root[str(level)]
+        y0, x0 = row * tile_px // factor, col * tile_px // factor
+        height, width = -(-chw.shape[1] // factor), -(-chw.shape[2] // factor)
+        block = chw if factor == 1 else block_mean(chw, factor)
+        array[:, y0:y0 + height, x0:x0 + width] = block[:, :array.shape[1] - y0, :array.shape[2] - x0]
+
+
+def block_mean(chw: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over factor x factor blocks of a (c, h, w) array (edge blocks padded by replication)."""
+    c, h, w = chw.shape
+    padded = np.pad(chw, ((0, 0), (0, -h % factor), (0, -w % factor)), mode="edge").astype(np.float32)
+    blocks = padded.reshape(c, padded.shape[1] // factor, factor, padded.shape[2] // factor, factor)
+    return blocks.mean(axis=(2, 4)).round().astype(np.uint8)
+
+
+def read_window(root: zarr.Group, y0: int, x0: int, height: int, width: int, level: int = 0) -> np.ndarray:
+    """(height, width, 3) uint8 RGB from a pyramid level."""
+    return np.ascontiguousarray(root[str(level)][:, y0:y0 + height, x0:x0 + width].transpose(1, 2, 0))

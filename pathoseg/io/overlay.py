@@ -1,0 +1,32 @@
+"""QC overlay: a thumbnail with nucleus outlines coloured by class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from pathoseg.io.geojson import atomic_path
+
+
+def draw_overlay(thumbnail: np.ndarray, outlines: Iterable[tuple[np.ndarray, tuple[int, int, int]]],
+                 scale: float) -> Image.Image:
+    """Thumbnail (h, w, 3) uint8 with outlines drawn; each outline (K, 2) in the coordinates that ``scale`` maps to
+    thumbnail pixels (thumbnail = coords * scale)."""
+    image = Image.fromarray(thumbnail).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    width = 1 if scale < 0.5 else 2
+    for ring, color in outlines:
+        points = [tuple(p) for p in (np.asarray(ring) * scale).tolist()]
+        if len(points) >= 3:
+            draw.polygon(points, outline=tuple(color), width=width)
+        elif points:
+            draw.point(points[0], fill=tuple(color))
+    return image
+
+
+def save_png(image: Image.Image, path: str | Path) -> None:
+    with atomic_path(path) as temporary:
+        image.save(temporary, format="PNG")

@@ -1,0 +1,174 @@
+"""Open anything OpenSlide reads, and plain PNG/TIFF/JPEG images, behind one small interface."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import openslide
+import tifffile
+from PIL import Image
+
+from pathoseg.geometry import Box
+
+# Pixel sizes read from plain-image metadata are believed only in this range (72/96 dpi defaults are not mpp).
+PLAUSIBLE_MPP = (0.05, 20.0)
+
+
+class SlideError(ValueError):
+    """A slide that cannot be used; the message names the file and the problem."""
+
+
+@dataclass
+class Slide:
+    """An open slide: level geometry, pixel size, bounds, and region reads.
+
+    ``mpp`` is microns per level-0 pixel (None when unknown); ``bounds`` is the level-0 box holding image data.
+    """
+
+    path: Path
+    handle: openslide.AbstractSlide
+    mpp: float | None
+    mpp_source: str
+
+    @property
+    def vendor(self) -> str:
+        return self.handle.properties.get(openslide.PROPERTY_NAME_VENDOR) or "image"
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.handle.dimensions
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return self.handle.level_dimensions
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return self.handle.level_downsamples
+
+    @property
+    def objective_power(self) -> float | None:
+        value = self.handle.properties.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
+        return float(value) if value else None
+
+    @property
+    def bounds(self) -> Box:
+        props = self.handle.properties
+        width, height = self.dimensions
+        if openslide.PROPERTY_NAME_BOUNDS_WIDTH in props:
+            return Box(int(props.get(openslide.PROPERTY_NAME_BOUNDS_X, 0)),
+                       int(props.get(openslide.PROPERTY_NAME_BOUNDS_Y, 0)),
+                       int(props[openslide.PROPERTY_NAME_BOUNDS_WIDTH]),
+                       int(props[openslide.PROPERTY_NAME_BOUNDS_HEIGHT]))
+        return Box(0, 0, width, height)
+
+    def level_for_mpp(self, target_mpp: float) -> int:
+        """The coarsest level whose pixels are still at least as fine as ``target_mpp``."""
+        best = 0
+        for level, downsample in enumerate(self.level_downsamples):
+            if self.mpp * downsample <= target_mpp * 1.01:
+                best = level
+        return best
+
+    def read_region(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        """(height, width, 3) uint8 RGB at ``level``, top-left at level-0 (x, y); transparent areas white."""
+        try:
+            rgba = self.handle.read_region((int(x), int(y)), level, (int(width), int(height)))
+        except openslide.OpenSlideError as error:
+            raise SlideError(f"{self.path}: cannot read pixels ({error})") from None
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+
+    def thumbnail(self, max_side_px: int) -> tuple[np.ndarray, float]:
+        """RGB thumbnail of the bounded region and its level-0 pixels per thumbnail pixel."""
+        bounds = self.bounds
+        downsample = max(bounds.width, bounds.height) / max_side_px
+        level = self.handle.get_best_level_for_downsample(max(downsample, 1.0))
+        level_downsample = self.level_downsamples[level]
+        region = self.read_region(bounds.x, bounds.y, level, int(np.ceil(bounds.width / level_downsample)),
+                                  int(np.ceil(bounds.height / level_downsample)))
+        image = Image.fromarray(region)
+        if downsample > level_downsample:
+            scale = level_downsample / downsample
+            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                 Image.Resampling.BOX)
+        return np.asarray(image), bounds.width / image.width
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _mpp_from_openslide(handle: openslide.AbstractSlide) -> float | None:
+    value = handle.properties.get(openslide.PROPERTY_NAME_MPP_X)
+    return float(value) if value else None
+
+
+def _mpp_from_tiff(path: Path) -> float | None:
+    """OME PhysicalSizeX (µm), else the TIFF resolution tags (centimetre or inch units)."""
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            if tiff.is_ome and tiff.ome_metadata:
+                match = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tiff.ome_metadata)
+                unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tiff.ome_metadata)
+                if match and (unit is None or unit.group(1) in ("µm", "um", "\u00b5m")):
+                    return float(match.group(1))
+            tags = tiff.pages[0].tags
+            if "XResolution" in tags and "ResolutionUnit" in tags:
+                numerator, denominator = tags["XResolution"].value
+                microns_per_unit = {2: 25400.0, 3: 10000.0}.get(int(tags["ResolutionUnit"].value))
+                if microns_per_unit and numerator:
+                    return microns_per_unit * denominator / numerator
+    except (tifffile.TiffFileError, OSError, ValueError, KeyError):
+        return None
+    return None
+
+
+def _mpp_from_image_dpi(path: Path) -> float | None:
+    try:
+        with Image.open(path) as image:
+            dpi = image.info.get("dpi")
+    except OSError:
+        return None
+    return 25400.0 / float(dpi[0]) if dpi and dpi[0] else None
+
+
+def _plausible(mpp: float | None) -> float | None:
+    return mpp if mpp is not None and PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1] else None
+
+
+def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
+    """Open a whole-slide image or a plain image.
+
+    Parameters
+    ----------
+    path : slide or image file.
+    mpp : microns per level-0 pixel; overrides the file's own (required when the file has none).
+
+    Raises
+    ------
+    SlideError : missing file, unreadable or corrupt file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SlideError(f"{path}: no such file")
+    if path.is_dir():
+        raise SlideError(f"{path}: is a folder, not a slide")
+    try:
+        handle = openslide.open_slide(str(path))
+        handle.read_region((0, 0), handle.level_count - 1, (1, 1))  # fail now on unreadable pixel data
+    except (openslide.OpenSlideError, OSError, ValueError, Image.DecompressionBombError) as error:
+        reason = str(error).split(": ")[-1] or error.__class__.__name__
+        raise SlideError(f"{path}: not a readable slide or image ({reason})") from None
+    if mpp is not None:
+        return Slide(path, handle, float(mpp), "--mpp")
+    for source, reader in (("slide properties", lambda: _mpp_from_openslide(handle)),
+                           ("TIFF metadata", lambda: _mpp_from_tiff(path) if path.suffix.lower() in
+                            (".tif", ".tiff") else None),
+                           ("image dpi", lambda: _mpp_from_image_dpi(path))):
+        found = _plausible(reader())
+        if found:
+            return Slide(path, handle, found, source)
+    return Slide(path, handle, None, "unknown")

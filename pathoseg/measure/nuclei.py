@@ -1,0 +1,95 @@
+"""Per-nucleus measurements: shape (µm), stain optical densities, class, confidence."""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.measure import regionprops_table
+
+from pathoseg.measure.stain import stain_od
+
+# Internal key -> QuPath measurement name (units in the name, as QuPath writes them).
+MEASUREMENT_NAMES = {
+    "area_um2": "Nucleus: Area µm^2",
+    "perimeter_um": "Nucleus: Perimeter µm",
+    "circularity": "Nucleus: Circularity",
+    "solidity": "Nucleus: Solidity",
+    "eccentricity": "Nucleus: Eccentricity",
+    "major_axis_um": "Nucleus: Major axis µm",
+    "minor_axis_um": "Nucleus: Minor axis µm",
+    "hematoxylin_od_mean": "Nucleus: Hematoxylin OD mean",
+    "eosin_od_mean": "Nucleus: Eosin OD mean",
+    "dab_od_mean": "Nucleus: DAB OD mean",
+    "dab_od_max": "Nucleus: DAB OD max",
+    "detection_probability": "Detection probability",
+    "class_probability": "Class probability",
+    "class_entropy": "Class entropy",
+}
+
+
+def class_distributions(labels: np.ndarray, nc_prob: np.ndarray) -> np.ndarray:
+    """(N, C) mean class probabilities over each instance 1..N."""
+    n = int(labels.max())
+    inside = labels > 0
+    index = labels[inside] - 1
+    sums = np.stack([np.bincount(index, weights=nc_prob[c, inside], minlength=n) for c in range(nc_prob.shape[0])],
+                    axis=1)
+    return sums / np.maximum(np.bincount(index, minlength=n), 1)[:, None]
+
+
+def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, np_prob: np.ndarray, nc_prob: np.ndarray, mpp: float,
+                   stain_matrix: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Measurements of instances 1..N (every label present).
+
+    Parameters
+    ----------
+    labels : (H, W) int, instances 1..N, all present.
+    rgb : (H, W, 3) uint8.
+    np_prob : (H, W) nucleus probability.
+    nc_prob : (C, H, W) class probabilities (class 0 background).
+    mpp : microns per pixel of these arrays.
+
+    Returns
+    -------
+    dict of (N,) arrays: the keys of MEASUREMENT_NAMES plus ``class_id`` (int, 1..C-1).
+    """
+    n = int(labels.max())
+    if n == 0:
+        return {key: np.zeros(0) for key in [*MEASUREMENT_NAMES, "class_id"]}
+    intensities = np.dstack([stain_od(rgb, stain_matrix), np_prob[..., None]])
+    table = regionprops_table(labels, intensity_image=intensities,
+                              properties=("label", "area", "perimeter", "solidity", "eccentricity",
+                                          "axis_major_length", "axis_minor_length", "intensity_mean",
+                                          "intensity_max"))
+    area_px, perimeter_px = table["area"].astype(float), table["perimeter"]
+    distribution = class_distributions(labels, nc_prob)[table["label"] - 1]
+    foreground = distribution[:, 1:]
+    class_id = foreground.argmax(axis=1) + 1
+    normalised = foreground / np.maximum(foreground.sum(axis=1, keepdims=True), 1e-9)
+    entropy = -(normalised * np.log(np.clip(normalised, 1e-9, 1))).sum(axis=1) / np.log(max(2, foreground.shape[1]))
+    return {
+        "area_um2": area_px * mpp * mpp,
+        "perimeter_um": perimeter_px * mpp,
+        "circularity": np.clip(4 * np.pi * area_px / np.maximum(perimeter_px, 1e-9) ** 2, 0, 1),
+        "solidity": table["solidity"],
+        "eccentricity": table["eccentricity"],
+        "major_axis_um": table["axis_major_length"] * mpp,
+        "minor_axis_um": table["axis_minor_length"] * mpp,
+        "hematoxylin_od_mean": table["intensity_mean-0"],
+        "eosin_od_mean": table["intensity_mean-1"],
+        "dab_od_mean": table["intensity_mean-2"],
+        "dab_od_max": table["intensity_max-2"],
+        "detection_probability": table["intensity_mean-3"],
+        "class_probability": foreground[np.arange(n), class_id - 1],
+        "class_entropy": entropy,
+        "class_id": class_id,
+    }
+
+
+def plausible(measurements: dict[str, np.ndarray], min_area_um2: float, max_area_um2: float,
+              min_solidity: float) -> dict[str, np.ndarray]:
+    """Boolean masks of the plausibility filters: ``too_small``, ``too_large``, ``irregular``, and ``keep``."""
+    too_small = measurements["area_um2"] < min_area_um2
+    too_large = measurements["area_um2"] > max_area_um2
+    irregular = measurements["solidity"] < min_solidity
+    return {"too_small": too_small, "too_large": too_large, "irregular": irregular & ~too_small & ~too_large,
+            "keep": ~(too_small | too_large | irregular)}

@@ -1,0 +1,90 @@
+"""Slide-level outputs from region results: QuPath GeoJSON, summary.json / summary.csv, overlay.png."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from pathoseg.geometry import SlideFrame
+from pathoseg.io.geojson import FeatureCollectionWriter, atomic_path, nucleus_feature
+from pathoseg.io.overlay import draw_overlay, save_png
+from pathoseg.measure.biomarkers import DAB_BIN_COLORS, DAB_BIN_NAMES, dab_bins
+from pathoseg.measure.nuclei import MEASUREMENT_NAMES
+from pathoseg.region import RegionResult
+
+
+def nucleus_labels(result: RegionResult, class_names: list[str], class_colors: list[list[int]], stain_mode: str,
+                   dab_thresholds: list[float]) -> tuple[list[str], list[list[int]], np.ndarray | None]:
+    """Classification name and colour of each nucleus, and its DAB bin (IHC mode)."""
+    if stain_mode == "ihc":
+        bins = dab_bins(result.measurements["dab_od_mean"], tuple(dab_thresholds))
+        return [DAB_BIN_NAMES[b] for b in bins], [DAB_BIN_COLORS[b] for b in bins], bins
+    ids = result.measurements["class_id"].astype(int)
+    return [class_names[i] for i in ids], [class_colors[i] for i in ids], None
+
+
+def write_geojson(path: Path, results: Iterable[RegionResult], frame: SlideFrame, slide_key: str,
+                  class_names: list[str], class_colors: list[list[int]], stain_mode: str,
+                  dab_thresholds: list[float]) -> int:
+    """Stream every nucleus as a QuPath detection in level-0 pixels; returns the number written."""
+    with FeatureCollectionWriter(path) as writer:
+        for result in results:
+            names, colors, _ = nucleus_labels(result, class_names, class_colors, stain_mode, dab_thresholds)
+            for i, ring in enumerate(result.polygons):
+                measurements = {MEASUREMENT_NAMES[key]: result.measurements[key][i] for key in MEASUREMENT_NAMES}
+                if stain_mode == "ihc":
+                    measurements["Model class"] = float(result.measurements["class_id"][i])
+                cx, cy = frame.model_to_level0(result.centroids[i])
+                writer.write(nucleus_feature(frame.model_to_level0(ring), names[i], colors[i], measurements,
+                                             f"{slide_key}:{cx:.2f}:{cy:.2f}"))
+        return writer.count
+
+
+def write_json(path: Path, data: dict) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, default=float))
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """Nested dict -> {"a.b.c": scalar}; lists become JSON strings."""
+    flat = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(value)
+        else:
+            flat[name] = value
+    return flat
+
+
+def write_summary_csv(path: Path, summary: dict) -> None:
+    """One header row and one value row: the flattened summary (an archive table concatenates these)."""
+    flat = flatten(summary)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(flat))
+    writer.writeheader()
+    writer.writerow(flat)
+    with atomic_path(path) as temporary:
+        temporary.write_text(buffer.getvalue())
+
+
+def write_overlay(path: Path, thumbnail: np.ndarray, level0_per_thumb_px: float, results: Iterable[RegionResult],
+                  frame: SlideFrame, class_names: list[str], class_colors: list[list[int]], stain_mode: str,
+                  dab_thresholds: list[float]) -> None:
+    """Thumbnail of the bounded region with nucleus outlines coloured by class (or DAB bin)."""
+    origin = np.array([frame.origin_x, frame.origin_y])
+
+    def outlines():
+        for result in results:
+            _, colors, _ = nucleus_labels(result, class_names, class_colors, stain_mode, dab_thresholds)
+            for ring, color in zip(result.polygons, colors):
+                yield frame.model_to_level0(ring) - origin, color
+
+    save_png(draw_overlay(thumbnail, outlines(), 1 / level0_per_thumb_px), path)

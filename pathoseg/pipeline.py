@@ -1,0 +1,219 @@
+"""segment_slide(): slide -> tissue -> zarr tiles -> region tasks -> stitched nuclei -> GeoJSON + summary + overlay."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pathoseg import __version__
+from pathoseg.config import Config
+from pathoseg.distributed import open_runner, peak_rss_bytes
+from pathoseg.geometry import SlideFrame
+from pathoseg.io import ngff
+from pathoseg.io.regions import finished_regions, load_region, save_region
+from pathoseg.io.slide import Slide, SlideError, open_slide
+from pathoseg.measure.biomarkers import class_summary, dab_bins, positivity_summary
+from pathoseg.models.postproc import PostprocParams
+from pathoseg.models.weights import ModelMetadata, load_model
+from pathoseg.outputs import write_geojson, write_json, write_overlay, write_summary_csv
+from pathoseg.region import RegionSettings
+from pathoseg.tiling.grid import Grid, plan_work, tissue_tiles
+from pathoseg.tiling.tiler import tile_slide
+from pathoseg.tiling.tissue import TissueMask, detect_tissue
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (stage, done_increment, total)
+
+
+class OutputError(ValueError):
+    """An output folder that cannot be written."""
+
+
+def prepare_output(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` and check it is writable."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise OutputError(f"{out_dir}: output folder is not writable ({error.strerror or error})") from None
+    return out_dir
+
+
+def find_tissue(slide: Slide, config: Config) -> tuple[TissueMask, np.ndarray]:
+    """Tissue mask and the thumbnail it was computed on."""
+    tiling = config.tiling
+    bounds = slide.bounds
+    side_um = max(bounds.width, bounds.height) * slide.mpp
+    max_side = int(min(tiling.max_thumbnail_px, max(256, side_um / tiling.thumbnail_mpp)))
+    thumbnail, level0_per_px = slide.thumbnail(max_side)
+    thumb_mpp = slide.mpp * level0_per_px
+    mask = detect_tissue(thumbnail, thumb_mpp, tuple(tiling.tissue_od_range), tiling.tissue_closing_um,
+                         tiling.min_tissue_um2, tiling.max_tissue_hole_um2)
+    return TissueMask(mask, level0_per_px, thumb_mpp), thumbnail
+
+
+def region_settings(config: Config, metadata: ModelMetadata) -> RegionSettings:
+    return RegionSettings(
+        mpp=metadata.mpp,
+        postproc=PostprocParams(**dataclasses.asdict(config.postproc)),
+        min_area_um2=config.filters.min_area_um2, max_area_um2=config.filters.max_area_um2,
+        min_solidity=config.filters.min_solidity, simplify_px=config.output.simplify_px,
+        stain_matrix=None if config.stain.stain_matrix is None else tuple(map(tuple, config.stain.stain_matrix)),
+    )
+
+
+def choose_stain_mode(config: Config, dab_od_means: np.ndarray) -> str:
+    """``he`` or ``ihc``; ``auto`` calls a slide IHC when enough nuclei carry DAB."""
+    if config.stain.mode in ("he", "ihc"):
+        return config.stain.mode
+    if dab_od_means.size == 0:
+        return "he"
+    positive = (dab_od_means >= config.stain.dab_thresholds[0]).mean()
+    return "ihc" if positive >= config.stain.ihc_min_dab_fraction else "he"
+
+
+def _slide_info(slide: Slide) -> dict:
+    bounds = slide.bounds
+    return {"path": str(slide.path), "vendor": slide.vendor, "dimensions": list(slide.dimensions),
+            "levels": len(slide.level_dimensions), "mpp": slide.mpp, "mpp_source": slide.mpp_source,
+            "objective_power": slide.objective_power,
+            "bounds": [bounds.x, bounds.y, bounds.width, bounds.height]}
+
+
+def _reset_stale_results(nuclei_dir: Path, identity: dict) -> None:
+    """Drop per-region results computed with other settings or another model."""
+    marker = nuclei_dir / "identity.json"
+    if nuclei_dir.is_dir() and (not marker.is_file() or json.loads(marker.read_text()) != identity):
+        shutil.rmtree(nuclei_dir)
+    nuclei_dir.mkdir(parents=True, exist_ok=True)
+    if not marker.is_file():
+        marker.write_text(json.dumps(identity))
+
+
+def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp: float | None = None,
+                  progress: Progress | None = None) -> dict:
+    """Segment every nucleus of a slide; writes the outputs into ``out_dir`` and returns the summary.
+
+    Raises SlideError (bad slide, no pixel size, no tissue), OutputError, CheckpointError.
+    """
+    started = time.time()
+    progress = progress or (lambda stage, n, total: None)
+    slide = open_slide(slide_path, mpp)
+    if slide.mpp is None:
+        raise SlideError(f"{slide.path}: the file carries no pixel size; give it with --mpp")
+    out_dir = prepare_output(out_dir)
+    model = load_model(config.model.name)
+    metadata = model.metadata
+    bounds = slide.bounds
+    frame = SlideFrame(slide.mpp, metadata.mpp, bounds.x, bounds.y)
+
+    tissue, _ = find_tissue(slide, config)
+    if not tissue.mask.any():
+        raise SlideError(f"{slide.path}: no tissue found")
+    width_px, height_px = frame.model_size_px(bounds.width, bounds.height)
+    tiling = config.tiling
+    grid = Grid(width_px, height_px, tiling.tile_px, tiling.region_px, tiling.margin_px)
+    has_tissue = tissue_tiles(grid, tissue.mask, frame.level0_per_model_px / tissue.level0_per_px)
+    regions, tiles = plan_work(grid, has_tissue)
+
+    store_path = out_dir / "store.zarr"
+    stat = slide.path.stat()
+    store_identity = {"slide": slide.path.name, "size": stat.st_size, "mtime": int(stat.st_mtime),
+                      "slide_mpp": slide.mpp, "model_mpp": metadata.mpp, "tile_px": tiling.tile_px}
+    root = ngff.open_image_store(store_path, store_identity)
+    if root is None:
+        root = ngff.create_image_store(store_path, slide.path.stem, width_px, height_px, tiling.tile_px,
+                                       metadata.mpp, store_identity)
+    progress("tiles", 0, len(tiles))
+    tile_slide(slide, frame, store_path, root, tiling.tile_px, tiles, width_px, height_px, tiling.read_threads,
+               progress=lambda n: progress("tiles", n, len(tiles)))
+
+    settings = region_settings(config, metadata)
+    nuclei_dir = store_path / "nuclei"
+    _reset_stale_results(nuclei_dir, {"model_sha256": model.sha256, "settings": repr(settings),
+                                      "region_px": tiling.region_px, "margin_px": tiling.margin_px,
+                                      "store": store_identity})
+    done = finished_regions(nuclei_dir)
+    todo = [region for region in regions if region.index not in done]
+    progress("regions", len(regions) - len(todo), len(regions))
+    model_sha256 = model.sha256
+    del model  # workers load their own copy
+    with open_runner(config.cluster, config.model) as runner:
+        def on_result(result):
+            save_region(nuclei_dir, result)
+            progress("regions", 1, len(regions))
+
+        runner.run(str(store_path), todo, settings, on_result)
+        worker_peak = runner.worker_peak_rss_bytes()
+
+    summary = write_slide_outputs(slide, out_dir, frame, metadata, model_sha256=model_sha256,
+                                  regions=[r.index for r in regions], nuclei_dir=nuclei_dir, tissue=tissue, config=config)
+    summary["grid"] = {"tiles": len(tiles), "regions": len(regions), "tile_px": tiling.tile_px,
+                       "region_px": tiling.region_px, "margin_px": tiling.margin_px,
+                       "model_width_px": width_px, "model_height_px": height_px}
+    elapsed = time.time() - started
+    tissue_mpx = tissue.area_mm2 * 1e6 / metadata.mpp ** 2 / 1e6
+    summary["run"] = {"seconds": round(elapsed, 2), "tissue_mpx_at_model_mpp": round(tissue_mpx, 3),
+                      "mpx_per_second": round(tissue_mpx / elapsed, 4) if elapsed else None,
+                      "peak_rss_mb_client": round(peak_rss_bytes() / 2**20, 1),
+                      "peak_rss_mb_worker": round(worker_peak / 2**20, 1),
+                      "regions_computed": len(todo), "regions_reused": len(regions) - len(todo),
+                      "scheduler": config.cluster.scheduler, "device": config.model.device,
+                      "pathoseg_version": __version__}
+    write_json(out_dir / "summary.json", summary)
+    write_summary_csv(out_dir / "summary.csv", summary)
+    slide.close()
+    return summary
+
+
+def write_slide_outputs(slide: Slide, out_dir: Path, frame: SlideFrame, metadata: ModelMetadata, model_sha256: str,
+                        regions: list[int], nuclei_dir: Path, tissue: TissueMask, config: Config) -> dict:
+    """GeoJSON, overlay and the summary's counts, from the saved per-region results."""
+    def results():
+        return (load_region(nuclei_dir, index) for index in regions)
+
+    dab = np.concatenate([r.measurements.get("dab_od_mean", np.zeros(0)) for r in results()] or [np.zeros(0)])
+    class_ids = np.concatenate([r.measurements.get("class_id", np.zeros(0)) for r in results()] or [np.zeros(0)])
+    removed: dict[str, int] = {}
+    for result in results():
+        for key, value in result.removed.items():
+            removed[key] = removed.get(key, 0) + value
+    stain_mode = choose_stain_mode(config, dab)
+    names, colors = metadata.class_names, metadata.class_colors
+    thresholds = config.stain.dab_thresholds
+    suffix = ".geojson.gz" if config.output.gzip else ".geojson"
+    n_written = write_geojson(out_dir / f"nuclei{suffix}", results(), frame, slide.path.name, names, colors,
+                              stain_mode, thresholds)
+    bounds = slide.bounds
+    overlay_side = min(config.output.overlay_max_px, max(bounds.width, bounds.height))
+    thumbnail, level0_per_thumb_px = slide.thumbnail(overlay_side)
+    write_overlay(out_dir / "overlay.png", thumbnail, level0_per_thumb_px, results(), frame, names, colors,
+                  stain_mode, thresholds)
+    summary = {
+        "slide": _slide_info(slide),
+        "model": {"name": metadata.name, "sha256": model_sha256, "encoder": metadata.encoder, "mpp": metadata.mpp,
+                  "classes": names[1:]},
+        "tissue": {"area_mm2": round(tissue.area_mm2, 4), "fraction": round(tissue.fraction, 4),
+                   "mask_mpp": round(tissue.mpp, 3)},
+        "stain_mode": stain_mode,
+        "nuclei": n_written,
+        "counts": class_summary(class_ids, names, tissue.area_mm2),
+        "filtered_out": removed,
+        "outputs": {"geojson": f"nuclei{suffix}", "overlay": "overlay.png", "store": "store.zarr"},
+    }
+    if stain_mode == "ihc":
+        summary["ihc"] = {**positivity_summary(dab_bins(dab, tuple(thresholds))), "dab_thresholds": thresholds}
+    return summary
+

@@ -1,0 +1,45 @@
+"""Instance label maps -> valid, closed shapely polygons."""
+
+from __future__ import annotations
+
+import numpy as np
+import shapely
+from scipy import ndimage
+from shapely.geometry import Polygon
+from skimage.measure import find_contours
+
+
+def instance_polygons(labels: np.ndarray, simplify_px: float = 0.3) -> list[Polygon | None]:
+    """Outline of each instance 1..N in continuous pixel coordinates (x right, y down; pixel i spans [i, i+1)).
+
+    The outline is the 0.5 iso-line of the instance mask (through pixel-edge midpoints), simplified by
+    ``simplify_px``, made valid, and reduced to its largest part. None for an absent label.
+    """
+    polygons: list[Polygon | None] = []
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            polygons.append(None)
+            continue
+        mask = np.pad(labels[box] == label, 1)
+        contours = find_contours(mask.astype(np.float32), 0.5)
+        contour = max(contours, key=len)
+        # contour is (row, col) in padded-bbox indices; the pixel centre of index i is at i + 0.5.
+        xy = np.stack([contour[:, 1] + box[1].start - 1 + 0.5, contour[:, 0] + box[0].start - 1 + 0.5], axis=1)
+        polygons.append(clean_polygon(Polygon(xy), simplify_px))
+    return polygons
+
+
+def clean_polygon(polygon: Polygon, simplify_px: float = 0.0) -> Polygon | None:
+    """Valid, non-empty, single polygon with exterior ring counter-clockwise in (x, y-down); None if degenerate."""
+    if simplify_px > 0:
+        polygon = polygon.simplify(simplify_px, preserve_topology=True)
+    if not polygon.is_valid:
+        polygon = shapely.make_valid(polygon)
+    if polygon.geom_type != "Polygon":
+        parts = [g for g in getattr(polygon, "geoms", []) if g.geom_type == "Polygon"]
+        if not parts:
+            return None
+        polygon = max(parts, key=lambda g: g.area)
+    if polygon.is_empty or polygon.area <= 0:
+        return None
+    return shapely.geometry.polygon.orient(polygon, sign=1.0)
