@@ -73,7 +73,7 @@ def nuclei_from_maps(index: int, rgb: np.ndarray, maps: PredictionMaps, window: 
 def segment_region(index: int, rgb: np.ndarray, window: Box, core: Box, predictor: Predictor,
                    settings: RegionSettings) -> RegionResult:
     """Model + post-processing + ownership on one region's window pixels (h, w, 3) uint8."""
-    maps = predictor.predict(rgb)
+    maps = predictor.predict(rgb, origin_xy=(window.x, window.y))
     return nuclei_from_maps(index, rgb, maps, window, core, settings)
 
 

@@ -67,15 +67,22 @@ class Predictor:
             "nc": out["nc"].float().softmax(dim=1).cpu().numpy(),
         }
 
-    def predict(self, rgb: np.ndarray) -> PredictionMaps:
-        """Prediction maps for an (H, W, 3) uint8 image; borders use reflected context."""
+    def predict(self, rgb: np.ndarray, origin_xy: tuple[int, int] = (0, 0)) -> PredictionMaps:
+        """Prediction maps for an (H, W, 3) uint8 image; borders use reflected context.
+
+        ``origin_xy`` is the image's position in a larger frame (a region's window in model space). Patches are
+        laid on a grid anchored at that frame's origin, so a pixel gets the same patch, hence the same prediction,
+        whichever window it is read in.
+        """
         height, width = rgb.shape[:2]
         step = self.patch_px - 2 * self.context_px
-        rows, cols = -(-height // step), -(-width // step)
-        padded = np.pad(rgb, ((self.context_px, rows * step - height + self.context_px),
-                              (self.context_px, cols * step - width + self.context_px), (0, 0)), mode="reflect")
+        shift_x, shift_y = origin_xy[0] % step, origin_xy[1] % step
+        rows, cols = -(-(height + shift_y) // step), -(-(width + shift_x) // step)
+        pad_top, pad_left = self.context_px + shift_y, self.context_px + shift_x
+        pad_bottom = rows * step - height - shift_y + self.context_px
+        pad_right = cols * step - width - shift_x + self.context_px
+        padded = np.pad(rgb, ((pad_top, pad_bottom), (pad_left, pad_right), (0, 0)), mode="reflect")
         origins = [(r * step, c * step) for r in range(rows) for c in range(cols)]
-        n_classes = None
         np_prob = np.zeros((rows * step, cols * step), np.float32)
         hv = np.zeros((2, rows * step, cols * step), np.float32)
         nc_prob = None
@@ -85,10 +92,10 @@ class Predictor:
             patches = np.stack([padded[y:y + self.patch_px, x:x + self.patch_px] for y, x in batch_origins])
             out = self._forward(patches)
             if nc_prob is None:
-                n_classes = out["nc"].shape[1]
-                nc_prob = np.zeros((n_classes, rows * step, cols * step), np.float32)
+                nc_prob = np.zeros((out["nc"].shape[1], rows * step, cols * step), np.float32)
             for i, (y, x) in enumerate(batch_origins):
                 np_prob[y:y + step, x:x + step] = out["np"][i, crop, crop]
                 hv[:, y:y + step, x:x + step] = out["hv"][i, :, crop, crop]
                 nc_prob[:, y:y + step, x:x + step] = out["nc"][i, :, crop, crop]
-        return PredictionMaps(np_prob[:height, :width], hv[:, :height, :width], nc_prob[:, :height, :width])
+        keep = (slice(shift_y, shift_y + height), slice(shift_x, shift_x + width))
+        return PredictionMaps(np_prob[keep], hv[(slice(None), *keep)], nc_prob[(slice(None), *keep)])

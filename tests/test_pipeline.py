@@ -1,0 +1,142 @@
+"""End to end through the CLI: real OpenSlide, real zarr, real model; outputs, QuPath rules, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+from shapely.geometry import shape
+
+from pathoseg.cli import main
+from pathoseg.io.slide import open_slide
+from pathoseg.synthetic import SyntheticSlide
+
+from conftest import shared
+from qupath_rules import check_qupath_geojson
+
+
+def run(*args) -> object:
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def svs_run(svs_slide, tmp_path_factory):
+    out = tmp_path_factory.mktemp("svs-run")
+    result = run("segment", svs_slide, "-o", out, "--scheduler", "inprocess", "--quiet")
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_segment_writes_every_output(svs_run):
+    out, result = svs_run
+    assert {"nuclei.geojson.gz", "summary.json", "summary.csv", "overlay.png", "store.zarr"} <= set(os.listdir(out))
+    assert not [name for name in os.listdir(out) if "partial" in name]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["slide"]["vendor"] == "aperio"
+    assert len(summary["model"]["sha256"]) == 64
+    assert 0.05 < summary["tissue"]["area_mm2"] < 0.3
+    assert summary["nuclei"] == summary["counts"]["n_nuclei"] > 100
+    assert summary["run"]["peak_rss_mb_client"] > 0
+    assert "nuclei in" in result.output
+
+
+def test_geojson_follows_qupath_rules(svs_run, svs_slide):
+    out, _ = svs_run
+    width, height = open_slide(svs_slide).dimensions
+    features = check_qupath_geojson(out / "nuclei.geojson.gz", width, height)
+    names = {f["properties"]["classification"]["name"] for f in features}
+    assert names <= {"other", "inflammatory", "epithelial", "spindle"}
+    measurements = features[0]["properties"]["measurements"]
+    assert {"Nucleus: Area µm^2", "Nucleus: Perimeter µm", "Nucleus: Circularity", "Class probability",
+            "Nucleus: Hematoxylin OD mean"} <= set(measurements)
+
+
+def test_nuclei_match_the_synthetic_truth(svs_run, svs_slide):
+    """Detected nuclei sit on the nuclei the slide was drawn with (level-0 coordinates are right)."""
+    out, _ = svs_run
+    truth = SyntheticSlide(2600, 1800, 0.25, seed=0)
+    true_xy = np.stack([truth.centre_x[truth.present], truth.centre_y[truth.present]], axis=1)
+    found = check_qupath_geojson(out / "nuclei.geojson.gz", 2600, 1800)
+    found_xy = np.array([shape(f["geometry"]).centroid.coords[0] for f in found])
+    distance = np.linalg.norm(found_xy[:, None] - true_xy[None], axis=2).min(axis=1)
+    assert np.median(distance) < 3, "centroids within a few level-0 px of the drawn nuclei"
+    assert len(found) > 0.7 * len(true_xy)
+
+
+def test_store_is_ome_zarr(svs_run):
+    out, _ = svs_run
+    root = zarr.open_group(str(out / "store.zarr"), mode="r", zarr_format=2)
+    multiscales = root.attrs["multiscales"][0]
+    assert multiscales["version"] == "0.4"
+    assert [a["name"] for a in multiscales["axes"]] == ["c", "y", "x"]
+    level0 = root[multiscales["datasets"][0]["path"]]
+    assert level0.shape[0] == 3 and level0.chunks == (3, 512, 512)
+    assert multiscales["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 0.25, 0.25]
+
+
+def test_rerun_reuses_the_store_and_gives_the_same_nuclei(svs_run, svs_slide):
+    out, _ = svs_run
+    before = (out / "nuclei.geojson.gz").read_bytes()
+    result = run("segment", svs_slide, "-o", out, "--scheduler", "inprocess", "--quiet")
+    assert result.exit_code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["run"]["regions_computed"] == 0 and summary["run"]["regions_reused"] > 0
+    import gzip
+    assert gzip.decompress(before) == gzip.decompress((out / "nuclei.geojson.gz").read_bytes())
+
+
+def test_upsampled_generic_tiff_and_plain_geojson(tiff_slide, tmp_path):
+    result = run("segment", tiff_slide, "-o", tmp_path, "--scheduler", "inprocess", "--quiet", "--no-gzip")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["grid"]["model_width_px"] == 2800  # 1400 px at 0.5 µm -> 2800 at 0.25
+    check_qupath_geojson(tmp_path / "nuclei.geojson", 1400, 1000)
+
+
+def test_info_prints_slide_facts(svs_slide):
+    result = run("info", svs_slide)
+    assert result.exit_code == 0
+    assert "aperio" in result.output and "0.2500 µm/px" in result.output and "tissue:" in result.output
+
+
+@pytest.mark.parametrize("case", ["missing", "not-a-slide", "no-mpp", "empty", "unwritable"])
+def test_bad_input_is_one_line_and_nonzero(case, tmp_path, svs_slide):
+    out = tmp_path / "out"
+    if case == "missing":
+        args = ["segment", tmp_path / "nope.svs", "-o", out]
+    elif case == "not-a-slide":
+        (tmp_path / "bad.tiff").write_bytes(b"II*\x00garbage" * 10)
+        args = ["segment", tmp_path / "bad.tiff", "-o", out]
+    elif case == "no-mpp":
+        from PIL import Image
+        Image.new("RGB", (300, 300), (200, 100, 180)).save(tmp_path / "plain.png")
+        args = ["segment", tmp_path / "plain.png", "-o", out]
+    elif case == "empty":
+        from PIL import Image
+        Image.new("RGB", (600, 600), (245, 245, 245)).save(tmp_path / "glass.png")
+        args = ["segment", tmp_path / "glass.png", "-o", out, "--mpp", "0.25"]
+    else:
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        args = ["segment", svs_slide, "-o", blocker / "sub"]
+    result = CliRunner().invoke(main, [str(a) for a in args] + ["--scheduler", "inprocess", "--quiet"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    assert not (out / "nuclei.geojson.gz").exists() and not (out / "summary.json").exists()
+
+
+def test_real_slide_segments(tmp_path):
+    """The real Aperio slide (20x, upsampled to the model's 0.25 µm/px) end to end."""
+    slide = shared("slides/CMU-1-Small-Region.svs")
+    result = run("segment", slide, "-o", tmp_path, "--scheduler", "inprocess", "--quiet")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["nuclei"] > 1000
+    check_qupath_geojson(tmp_path / "nuclei.geojson.gz", 2220, 2967)

@@ -1,0 +1,86 @@
+"""The most important property: tiling + stitching gives exactly the nuclei of processing the image in one piece."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pathoseg.models.infer import Predictor, resolve_device
+from pathoseg.models.postproc import instances_from_maps
+from pathoseg.models.weights import load_model
+from pathoseg.stitch.merge import keep_labels, owned_labels, pixel_sets
+from pathoseg.tiling.grid import Grid
+from pathoseg.train.targets import hv_targets
+
+from conftest import shared
+
+
+def tiled_nuclei(np_prob, hv, region_px, margin_px):
+    """Post-process region by region; keep what each region owns; nuclei as pixel sets of the whole image."""
+    height, width = np_prob.shape
+    grid = Grid(width, height, tile_px=region_px, region_px=region_px, margin_px=margin_px)
+    nuclei, owned_total = set(), 0
+    for region in grid.regions():
+        window = region.window
+        labels = instances_from_maps(np_prob[window.slices], hv[(slice(None), *window.slices)])
+        owned = keep_labels(labels, owned_labels(labels, window, region.core))
+        owned_total += int(owned.max())
+        nuclei |= pixel_sets(owned, (window.x, window.y), width)
+    return nuclei, owned_total
+
+
+def untiled_nuclei(np_prob, hv):
+    labels = instances_from_maps(np_prob, hv)
+    return pixel_sets(labels, (0, 0), np_prob.shape[1]), int(labels.max())
+
+
+@pytest.fixture(scope="module")
+def monuseg_maps():
+    """Ideal prediction maps of a real MoNuSeg image (its ground truth turned into NP and HV maps)."""
+    folder = shared("monuseg/train")
+    instances = np.asarray(Image.open(folder / "labels" / "TCGA-21-5784-01Z-00-DX1.png")).astype(np.int32)
+    return (instances > 0).astype(np.float32), hv_targets(instances)
+
+
+@pytest.fixture(scope="module")
+def model_maps():
+    """The shipped model's prediction maps of a real H&E tile."""
+    rgb = np.asarray(Image.open(shared("examples/he-tcga-tile.png")).convert("RGB"))
+    loaded = load_model()
+    maps = Predictor(loaded.network, resolve_device("cpu")).predict(rgb)
+    return maps.np_prob, maps.hv
+
+
+@pytest.mark.parametrize("region_px, offset", [(256, (0, 0)), (317, (5, 11)), (500, (123, 7)), (211, (64, 3))])
+def test_tiled_equals_untiled_on_ground_truth_maps(monuseg_maps, region_px, offset):
+    np_prob, hv = monuseg_maps
+    # Offsets crop the image so that region borders fall at new places relative to the nuclei.
+    y, x = offset
+    np_prob, hv = np_prob[y:y + 900, x:x + 870], hv[:, y:y + 900, x:x + 870]
+    expected, n_untiled = untiled_nuclei(np_prob, hv)
+    found, n_owned = tiled_nuclei(np_prob, hv, region_px, margin_px=128)
+    assert n_owned == n_untiled, "every nucleus is owned exactly once"
+    assert found == expected
+    assert n_untiled > 250
+
+
+@pytest.mark.parametrize("region_px, offset", [(192, (0, 0)), (333, (17, 29))])
+def test_tiled_equals_untiled_on_model_maps(model_maps, region_px, offset):
+    np_prob, hv = model_maps
+    y, x = offset
+    np_prob, hv = np_prob[y:], hv[:, y:]
+    np_prob, hv = np_prob[:, x:], hv[:, :, x:]
+    expected, n_untiled = untiled_nuclei(np_prob, hv)
+    found, n_owned = tiled_nuclei(np_prob, hv, region_px, margin_px=128)
+    assert n_untiled > 100
+    assert n_owned == n_untiled
+    assert found == expected
+
+
+def test_too_small_margin_is_detectably_wrong(monuseg_maps):
+    """The test above can fail: with no margin, nuclei on region borders are cut."""
+    np_prob, hv = monuseg_maps
+    expected, _ = untiled_nuclei(np_prob, hv)
+    found, _ = tiled_nuclei(np_prob, hv, 256, margin_px=0)
+    assert found != expected
