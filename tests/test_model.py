@@ -1,0 +1,98 @@
+"""Network, targets, losses, checkpoints, and the shipped model's quality on held-out real data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage.draw import disk
+
+from pathoseg.evaluation import evaluate_samples
+from pathoseg.models.hovernet import HoVerNet
+from pathoseg.models.infer import Predictor, resolve_device
+from pathoseg.models.weights import (CheckpointError, ModelMetadata, load_model, read_checkpoint, save_checkpoint)
+from pathoseg.train.data import load_dataset
+from pathoseg.train.loop import TrainConfig
+from pathoseg.train.losses import hovernet_loss
+from pathoseg.train.targets import hv_targets
+
+from conftest import REPO, shared
+
+
+@pytest.mark.parametrize("encoder", ["light", "preact-resnet50"])
+def test_heads_have_input_size(encoder):
+    network = HoVerNet(encoder, n_classes=5).eval()
+    with torch.no_grad():
+        out = network(torch.rand(1, 3, 64, 96))
+    assert out["np"].shape == (1, 2, 64, 96)
+    assert out["hv"].shape == (1, 2, 64, 96) and out["hv"].abs().max() <= 1
+    assert out["nc"].shape == (1, 5, 64, 96)
+
+
+def test_light_encoder_is_small():
+    assert sum(p.numel() for p in HoVerNet("light").parameters()) < 5e6
+
+
+def test_hv_targets_of_a_disk():
+    instances = np.zeros((41, 41), np.int32)
+    instances[disk((20, 20), 10)] = 1
+    hv = hv_targets(instances)
+    assert hv[:, instances == 0].max() == 0
+    assert hv[0, 20, 11] == pytest.approx(-1) and hv[0, 20, 29] == pytest.approx(1)
+    assert hv[1, 11, 20] == pytest.approx(-1) and hv[1, 29, 20] == pytest.approx(1)
+    assert hv[0, 20, 20] == pytest.approx(0, abs=1e-6)
+
+
+def test_training_steps_reduce_the_loss():
+    torch.manual_seed(0)
+    instances = np.zeros((64, 64), np.int32)
+    for label, centre in enumerate([(16, 16), (16, 46), (46, 30)], start=1):
+        instances[disk(centre, 9, shape=instances.shape)] = label
+    image = np.full((64, 64, 3), 230, np.uint8)
+    image[instances > 0] = (90, 50, 140)
+    batch = {"image": torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255,
+             "np": torch.from_numpy((instances > 0).astype(np.int64))[None],
+             "hv": torch.from_numpy(hv_targets(instances))[None],
+             "nc": torch.from_numpy((instances > 0).astype(np.int64) * 2)[None],
+             "has_types": torch.ones(1)}
+    network = HoVerNet("light")
+    optimiser = torch.optim.Adam(network.parameters(), 3e-3)
+    losses = []
+    for _ in range(25):
+        loss, _ = hovernet_loss(network(batch["image"]), batch)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_checkpoint_roundtrip_and_checksum(tmp_path):
+    network = HoVerNet("light")
+    digest = save_checkpoint(tmp_path / "m.pt", network, ModelMetadata(name="m"))
+    payload = read_checkpoint(tmp_path / "m.pt", digest)
+    assert payload["metadata"]["mpp"] == 0.25
+    loaded = load_model(str(tmp_path / "m.pt"))
+    assert loaded.sha256 == digest
+    with pytest.raises(CheckpointError, match="does not match"):
+        read_checkpoint(tmp_path / "m.pt", "0" * 64)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_model(str(tmp_path / "junk.pt"))
+
+
+def test_shipped_model_metadata():
+    loaded = load_model()
+    assert loaded.metadata.mpp == 0.25
+    assert loaded.metadata.class_names == ["background", "other", "inflammatory", "epithelial", "spindle"]
+
+
+def test_shipped_model_on_a_held_out_monuseg_image():
+    """Held-out (validation) image: the shipped model segments real nuclei, not just anything."""
+    config = TrainConfig.from_yaml(REPO / "configs" / "train-light.yaml")
+    held_out = config.datasets[0].validation_ids[0]
+    samples = load_dataset(shared("monuseg/train"), 0.25, [held_out])
+    loaded = load_model()
+    result = evaluate_samples(Predictor(loaded.network, resolve_device("cpu")), samples)["overall"]
+    assert result["dice"] > 0.7
+    assert result["pq"] > 0.45
