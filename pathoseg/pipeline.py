@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from pathoseg import __version__
 from pathoseg.config import Config
-from pathoseg.distributed import open_runner, peak_rss_bytes
+from pathoseg.distributed import RegionRunner, open_runner, peak_rss_bytes
 from pathoseg.geometry import SlideFrame
 from pathoseg.io import ngff
 from pathoseg.io.regions import finished_regions, load_region, save_region
@@ -103,9 +104,10 @@ def _reset_stale_results(nuclei_dir: Path, identity: dict) -> None:
 
 
 def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp: float | None = None,
-                  progress: Progress | None = None) -> dict:
+                  progress: Progress | None = None, runner: RegionRunner | None = None) -> dict:
     """Segment every nucleus of a slide; writes the outputs into ``out_dir`` and returns the summary.
 
+    ``runner`` lets a batch share one cluster across slides (default: open one for ``config.cluster``).
     Raises SlideError (bad slide, no pixel size, no tissue), OutputError, CheckpointError.
     """
     started = time.time()
@@ -150,13 +152,13 @@ def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, m
     progress("regions", len(regions) - len(todo), len(regions))
     model_sha256 = model.sha256
     del model  # workers load their own copy
-    with open_runner(config.cluster, config.model) as runner:
-        def on_result(result):
-            save_region(nuclei_dir, result)
-            progress("regions", 1, len(regions))
+    def on_result(result):
+        save_region(nuclei_dir, result)
+        progress("regions", 1, len(regions))
 
-        runner.run(str(store_path), todo, settings, on_result)
-        worker_peak = runner.worker_peak_rss_bytes()
+    with nullcontext(runner) if runner else open_runner(config.cluster, config.model) as active:
+        active.run(str(store_path), todo, settings, on_result)
+        worker_peak = active.worker_peak_rss_bytes()
 
     summary = write_slide_outputs(slide, out_dir, frame, metadata, model_sha256=model_sha256,
                                   regions=[r.index for r in regions], nuclei_dir=nuclei_dir, tissue=tissue, config=config)

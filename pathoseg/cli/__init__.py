@@ -7,6 +7,7 @@ import logging
 import click
 
 from pathoseg import __version__
+from pathoseg.cli.batch import batch
 from pathoseg.cli.evaluate import evaluate
 from pathoseg.cli.info import info
 from pathoseg.cli.segment import demo, segment
@@ -22,5 +23,5 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-for command in (info, segment, demo, train, evaluate):
+for command in (info, segment, demo, batch, train, evaluate):
     main.add_command(command)

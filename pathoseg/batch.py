@@ -1,0 +1,120 @@
+"""Slide archives: one output folder per slide, a manifest, an archive-level table; resumable, failure-tolerant."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Callable
+
+from pathoseg.config import Config
+from pathoseg.distributed import RegionRunner
+from pathoseg.io.geojson import atomic_path
+from pathoseg.io.slide import SlideError
+from pathoseg.models.weights import CheckpointError
+from pathoseg.outputs import flatten
+from pathoseg.pipeline import OutputError, segment_slide
+
+log = logging.getLogger(__name__)
+
+SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".svslide", ".bif", ".dcm",
+                  ".png", ".jpg", ".jpeg"}
+MANIFEST_FIELDS = ["slide", "output", "status", "nuclei", "seconds", "error"]
+SLIDE_ERRORS = (SlideError, OutputError, CheckpointError, OSError, ValueError)
+
+
+def find_slides(archive: Path, pattern: str | None = None, exclude: Path | None = None) -> list[Path]:
+    """Slides under ``archive`` (recursive), sorted; ``pattern`` is a glob on the file name."""
+    archive = Path(archive)
+    if not archive.is_dir():
+        raise FileNotFoundError(f"{archive}: archive folder not found")
+    found = []
+    for path in sorted(archive.rglob(pattern or "*")):
+        if exclude and exclude.resolve() in path.resolve().parents:
+            continue
+        if path.is_file() and not path.name.startswith(".") and (pattern or path.suffix.lower() in SLIDE_SUFFIXES):
+            found.append(path)
+    return found
+
+
+def safe_name(slide: Path, archive: Path) -> str:
+    """Output folder name for a slide: its path in the archive, flattened; never escapes the output folder."""
+    relative = slide.relative_to(archive).as_posix()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", relative.replace("/", "__")).strip("._")
+    return name or "slide"
+
+
+def read_manifest(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as handle:
+        return {row["slide"]: row for row in csv.DictReader(handle)}
+
+
+def write_table(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
+    fields = fields or sorted({key for row in rows for key in row})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(path) as temporary:
+        temporary.write_text(buffer.getvalue())
+
+
+def archive_row(slide_key: str, summary: dict) -> dict:
+    """One row of the archive-level table: counts, densities and IHC scores of a slide."""
+    counts = summary["counts"]
+    row = {"slide": slide_key, "nuclei": summary["nuclei"], "tissue_mm2": summary["tissue"]["area_mm2"],
+           "density_per_mm2": round(counts["density_per_mm2"], 2), "stain_mode": summary["stain_mode"]}
+    for name, values in counts["classes"].items():
+        row[f"{name}_count"] = values["count"]
+        row[f"{name}_per_mm2"] = round(values["density_per_mm2"], 2)
+    if "ihc" in summary:
+        row.update({f"ihc_{k}": v for k, v in flatten(summary["ihc"]).items() if not k.startswith("dab_thr")})
+    return row
+
+
+def run_batch(archive: Path, out_root: Path, config: Config, runner: RegionRunner | None = None,
+              pattern: str | None = None, on_slide: Callable[[Path, str], None] | None = None,
+              progress=None) -> list[dict]:
+    """Segment every slide of ``archive`` into ``out_root/<safe name>/``; returns the manifest rows.
+
+    A slide whose output is complete (summary.json present, manifest says ok) is skipped; a failing slide is
+    recorded with its error and the batch goes on; an interrupted slide resumes from its store on the next run.
+    """
+    archive, out_root = Path(archive), Path(out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_root / "manifest.csv"
+    previous = read_manifest(manifest_path)
+    slides = find_slides(archive, pattern, exclude=out_root)
+    rows, table = {}, []
+    for slide in slides:
+        key = slide.relative_to(archive).as_posix()
+        out_dir = out_root / safe_name(slide, archive)
+        done = previous.get(key, {}).get("status") in ("ok", "skipped") and (out_dir / "summary.json").is_file()
+        if done:
+            rows[key] = {**previous[key], "status": "skipped"}
+        else:
+            started = time.time()
+            try:
+                summary = segment_slide(slide, out_dir, config, progress=progress, runner=runner)
+                rows[key] = {"slide": key, "output": out_dir.name, "status": "ok", "nuclei": summary["nuclei"],
+                             "seconds": round(time.time() - started, 1), "error": ""}
+            except SLIDE_ERRORS as error:
+                log.warning("%s failed: %s", key, error)
+                rows[key] = {"slide": key, "output": out_dir.name, "status": "failed", "nuclei": "",
+                             "seconds": round(time.time() - started, 1), "error": str(error).splitlines()[0]}
+        if on_slide:
+            on_slide(slide, rows[key]["status"])
+        write_table(manifest_path, [*rows.values()], MANIFEST_FIELDS)
+    for key, row in rows.items():
+        summary_path = out_root / row["output"] / "summary.json"
+        if row["status"] in ("ok", "skipped") and summary_path.is_file():
+            table.append(archive_row(key, json.loads(summary_path.read_text())))
+    if table:
+        write_table(out_root / "archive_summary.csv", table)
+    return [*rows.values()]
