@@ -32,7 +32,7 @@ class TilingConfig:
     margin_px: int = 128
     thumbnail_mpp: float = 8.0
     max_thumbnail_px: int = 4096
-    tissue_od_range: list[float] = field(default_factory=lambda: [0.05, 0.15])
+    tissue_od_range: list[float] = field(default_factory=lambda: [0.025, 0.06])
     tissue_closing_um: float = 20.0
     min_tissue_um2: float = 2000.0
     max_tissue_hole_um2: float = 5000.0
@@ -62,7 +62,7 @@ class StainConfig:
     mode: str = "auto"  # auto | he | ihc
     dab_thresholds: list[float] = field(default_factory=lambda: [0.2, 0.4, 0.6])
     stain_matrix: list[list[float]] | None = None
-    ihc_min_dab_fraction: float = 0.05
+    ihc_max_eosin_od: float = 0.03  # auto mode: IHC when the nuclei carry (almost) no eosin
 
 
 @dataclass

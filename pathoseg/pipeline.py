@@ -75,14 +75,16 @@ def region_settings(config: Config, metadata: ModelMetadata) -> RegionSettings:
     )
 
 
-def choose_stain_mode(config: Config, dab_od_means: np.ndarray) -> str:
-    """``he`` or ``ihc``; ``auto`` calls a slide IHC when enough nuclei carry DAB."""
+def choose_stain_mode(config: Config, eosin_od_means: np.ndarray) -> str:
+    """``he`` or ``ihc``; ``auto`` calls a slide IHC when its nuclei carry almost no eosin.
+
+    (DAB positivity cannot decide it: hematoxylin + eosin purple projects partly onto the DAB vector.)
+    """
     if config.stain.mode in ("he", "ihc"):
         return config.stain.mode
-    if dab_od_means.size == 0:
+    if eosin_od_means.size == 0:
         return "he"
-    positive = (dab_od_means >= config.stain.dab_thresholds[0]).mean()
-    return "ihc" if positive >= config.stain.ihc_min_dab_fraction else "he"
+    return "ihc" if float(np.median(eosin_od_means)) < config.stain.ihc_max_eosin_od else "he"
 
 
 def _slide_info(slide: Slide) -> dict:
@@ -186,13 +188,15 @@ def write_slide_outputs(slide: Slide, out_dir: Path, frame: SlideFrame, metadata
     def results():
         return (load_region(nuclei_dir, index) for index in regions)
 
-    dab = np.concatenate([r.measurements.get("dab_od_mean", np.zeros(0)) for r in results()] or [np.zeros(0)])
-    class_ids = np.concatenate([r.measurements.get("class_id", np.zeros(0)) for r in results()] or [np.zeros(0)])
+    def gather(key: str) -> np.ndarray:
+        return np.concatenate([r.measurements.get(key, np.zeros(0)) for r in results()] or [np.zeros(0)])
+
+    dab, eosin, class_ids = gather("dab_od_mean"), gather("eosin_od_mean"), gather("class_id")
     removed: dict[str, int] = {}
     for result in results():
         for key, value in result.removed.items():
             removed[key] = removed.get(key, 0) + value
-    stain_mode = choose_stain_mode(config, dab)
+    stain_mode = choose_stain_mode(config, eosin)
     names, colors = metadata.class_names, metadata.class_colors
     thresholds = config.stain.dab_thresholds
     suffix = ".geojson.gz" if config.output.gzip else ".geojson"

@@ -39,7 +39,7 @@ def optical_density(rgb: np.ndarray) -> np.ndarray:
     return -np.log10((rgb.astype(np.float32) + 1) / 256)
 
 
-def detect_tissue(rgb: np.ndarray, mpp: float, od_threshold_range: tuple[float, float] = (0.05, 0.15),
+def detect_tissue(rgb: np.ndarray, mpp: float, od_threshold_range: tuple[float, float] = (0.025, 0.06),
                   closing_um: float = 20.0, min_tissue_um2: float = 2000.0, max_hole_um2: float = 5000.0
                   ) -> np.ndarray:
     """Tissue mask of a thumbnail.

@@ -1,0 +1,61 @@
+"""`pathoseg evaluate` on prediction folders: instance maps and GeoJSON, against a real dataset folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pathoseg.cli import main
+from pathoseg.io.geojson import FeatureCollectionWriter, nucleus_feature
+from pathoseg.metrics import majority_types
+from pathoseg.stitch.polygons import instance_polygons
+from pathoseg.train.data import read_class_names, read_manifest
+
+from conftest import shared
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return shared("nucls/test")
+
+
+def test_ground_truth_as_label_images_scores_perfectly(dataset, tmp_path):
+    for sample_id in read_manifest(dataset):
+        labels = np.asarray(Image.open(dataset / "labels" / f"{sample_id}.png"))
+        Image.fromarray(labels.astype(np.uint16)).save(tmp_path / f"{sample_id}.png")
+    out = tmp_path / "metrics.json"
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path), str(dataset), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())
+    assert metrics["overall"]["pq"] == pytest.approx(1.0)
+    assert metrics["overall"]["aji"] == pytest.approx(1.0)
+    assert set(metrics["per_image"]) == set(read_manifest(dataset))
+
+
+def test_ground_truth_as_geojson_scores_nearly_perfectly(dataset, tmp_path):
+    names = read_class_names(dataset) or {}
+    for sample_id in read_manifest(dataset):
+        labels = np.asarray(Image.open(dataset / "labels" / f"{sample_id}.png")).astype(np.int32)
+        types_path = dataset / "types" / f"{sample_id}.png"
+        types = majority_types(labels, np.asarray(Image.open(types_path))) if types_path.is_file() else None
+        with FeatureCollectionWriter(tmp_path / f"{sample_id}.geojson") as writer:
+            for i, polygon in enumerate(instance_polygons(labels, simplify_px=0)):
+                if polygon is None:
+                    continue
+                name = names.get(int(types[i]), "unknown") if types is not None else "nucleus"
+                writer.write(nucleus_feature(np.asarray(polygon.exterior.coords)[:-1], name, [0, 0, 0],
+                                             {"x": 1.0}, f"{sample_id}:{i}"))
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path), str(dataset)])
+    assert result.exit_code == 0, result.output
+    pq = float(next(line for line in result.output.splitlines() if line.strip().startswith("pq:")).split(":")[1])
+    assert pq > 0.9
+
+
+def test_missing_prediction_is_a_clear_error(dataset, tmp_path):
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path), str(dataset)])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: ") and "no prediction for image" in result.output
