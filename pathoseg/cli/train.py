@@ -7,7 +7,12 @@ import logging
 import click
 
 from pathoseg.cli.common import friendly_errors
-from pathoseg.models.weights import publish_checkpoint
+from pathlib import Path
+
+from pathoseg.models.infer import Predictor, resolve_device
+from pathoseg.models.weights import load_model, publish_checkpoint
+from pathoseg.train.data import load_dataset
+from pathoseg.train.tune import tune_postproc
 from pathoseg.train.loop import TrainConfig, train as train_model
 
 
@@ -18,8 +23,12 @@ from pathoseg.train.loop import TrainConfig, train as train_model
 @click.option("--device", help="auto | cpu | cuda | cuda:N.")
 @click.option("--fresh", is_flag=True, help="Start over instead of resuming from OUTPUT/last.pt.")
 @click.option("--publish", is_flag=True, help="Copy the best checkpoint into the package as the config's name.")
+@click.option("--tune-postproc", is_flag=True,
+              help="Skip training: sweep post-processing thresholds of the best checkpoint on the first dataset's "
+                   "validation images and print the best.")
 @friendly_errors
-def train(config_path: str, steps: int | None, device: str | None, fresh: bool, publish: bool) -> None:
+def train(config_path: str, steps: int | None, device: str | None, fresh: bool, publish: bool,
+          tune_postproc: bool) -> None:
     """Train the HoVer-Net-style model on dataset folders in the layout of shared/data (resumable)."""
     logging.getLogger("pathoseg").setLevel(logging.INFO)
     if not logging.getLogger().handlers:
@@ -29,7 +38,21 @@ def train(config_path: str, steps: int | None, device: str | None, fresh: bool, 
         config.steps = steps
     if device:
         config.device = device
+    if tune_postproc:
+        tune(config)
+        return
     best = train_model(config, resume=not fresh)
     click.echo(f"best checkpoint: {best}")
     if publish:
         click.echo(f"published: {publish_checkpoint(best, config.name)}")
+
+
+def tune(config: TrainConfig) -> None:
+    loaded = load_model(str(Path(config.output) / "best.pt"))
+    spec = config.datasets[0]
+    samples = load_dataset(spec.path, loaded.metadata.mpp, spec.validation_ids)
+    predictor = Predictor(loaded.network, resolve_device(config.device))
+    best, tried = tune_postproc(predictor, samples)
+    for row in sorted(tried, key=lambda r: -r["pq"])[:5]:
+        click.echo("  ".join(f"{k}={v:.3f}" for k, v in row.items()))
+    click.echo(f"best: {best}")

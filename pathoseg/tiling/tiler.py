@@ -65,11 +65,15 @@ def tile_slide(slide: Slide, frame: SlideFrame, store_path: Path, root, tile_px:
         box = Box(tile[1] * tile_px, tile[0] * tile_px, tile_px, tile_px).clip(width_px, height_px)
         return read_model_box(slide, frame, box)
 
+    # Executor.map submits everything at once; chunks keep at most a few decoded tiles in memory at a time.
+    chunk = 4 * threads
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        for tile, rgb in zip(todo, pool.map(read, todo)):
-            ngff.write_tile(root, tile[0], tile[1], tile_px, rgb)
-            ngff.mark_tile_done(store_path, *tile)
-            if progress:
-                progress(1)
+        for start in range(0, len(todo), chunk):
+            batch = todo[start:start + chunk]
+            for tile, rgb in zip(batch, pool.map(read, batch)):
+                ngff.write_tile(root, tile[0], tile[1], tile_px, rgb)
+                ngff.mark_tile_done(store_path, *tile)
+                if progress:
+                    progress(1)
     log.info("tiled %d tiles (%d already in the store)", len(todo), len(tiles) - len(todo))
     return len(todo)
