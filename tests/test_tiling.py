@@ -1,0 +1,66 @@
+"""Tissue detection, model-resolution reads and the resumable zarr tiler on tifffile-written slides."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pathoseg.config import load_config
+from pathoseg.geometry import Box, SlideFrame
+from pathoseg.io import ngff
+from pathoseg.io.slide import open_slide
+from pathoseg.pipeline import find_tissue
+from pathoseg.synthetic import SyntheticSlide
+from pathoseg.tiling.grid import Grid, plan_work, tissue_tiles
+from pathoseg.tiling.tiler import read_model_box, tile_slide
+
+
+def test_tissue_mask_matches_the_drawn_tissue(svs_slide):
+    slide = open_slide(svs_slide)
+    tissue, _ = find_tissue(slide, load_config())
+    h, w = tissue.mask.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    truth = SyntheticSlide(2600, 1800).in_tissue((xs + 0.5) * tissue.level0_per_px, (ys + 0.5) * tissue.level0_per_px)
+    agreement = (tissue.mask == truth).mean()
+    assert agreement > 0.93
+    assert tissue.area_mm2 == pytest.approx(truth.sum() * tissue.mpp**2 * 1e-6, rel=0.1)
+
+
+def test_same_resolution_read_is_exact(svs_slide):
+    slide = open_slide(svs_slide)
+    frame = SlideFrame(slide.mpp, 0.25)
+    direct = slide.read_region(300, 200, 0, 128, 96)
+    assert np.array_equal(read_model_box(slide, frame, Box(300, 200, 128, 96)), direct)
+
+
+def test_upsampled_read_matches_the_slide(tiff_slide):
+    """A 0.5 µm/px slide read at 0.25: each model pixel is the interpolated slide pixel it falls in."""
+    slide = open_slide(tiff_slide)
+    frame = SlideFrame(slide.mpp, 0.25)
+    model = read_model_box(slide, frame, Box(400, 300, 200, 160)).astype(float)
+    level0 = slide.read_region(200, 150, 0, 100, 80).astype(float)
+    shrunk = model.reshape(80, 2, 100, 2, 3).mean(axis=(1, 3))
+    assert np.abs(shrunk[2:-2, 2:-2] - level0[2:-2, 2:-2]).mean() < 6
+
+
+def test_tiler_resumes_and_ignores_torn_lines(svs_slide, tmp_path):
+    slide = open_slide(svs_slide)
+    frame = SlideFrame(slide.mpp, 0.25)
+    grid = Grid(2600, 1800, tile_px=512, region_px=1024, margin_px=64)
+    tissue, _ = find_tissue(slide, load_config())
+    regions, tiles = plan_work(grid, tissue_tiles(grid, tissue.mask, 1 / tissue.level0_per_px))
+    assert 0 < len(tiles) <= 4 * 6 and regions
+    store = tmp_path / "store.zarr"
+    identity = {"slide": "x"}
+    root = ngff.create_image_store(store, "x", 2600, 1800, 512, 0.25, identity)
+    assert tile_slide(slide, frame, store, root, 512, tiles[:3], 2600, 1800) == 3
+    with open(store / ngff.TILES_DONE, "a") as handle:
+        handle.write("1,")  # an interrupted append
+    assert ngff.open_image_store(store, identity) is not None and ngff.open_image_store(store, {"slide": "y"}) is None
+    assert tile_slide(slide, frame, store, root, 512, tiles, 2600, 1800) == len(tiles) - 3
+    row, col = tiles[-1]
+    box = grid.tile_box(row, col)
+    stored = ngff.read_window(root, box.y, box.x, box.height, box.width)
+    assert np.array_equal(stored, read_model_box(slide, frame, box))
+    coarse = root["2"]
+    assert coarse.shape == (3, -(-1800 // 16), -(-2600 // 16))
