@@ -1,0 +1,3 @@
+from pathoseg.cli import main
+
+main()
