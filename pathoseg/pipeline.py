@@ -105,6 +105,86 @@ def _reset_stale_results(nuclei_dir: Path, identity: dict) -> None:
         marker.write_text(json.dumps(identity))
 
 
+@dataclasses.dataclass
+class SlidePlan:
+    """Everything decided about a slide before any tile is read: geometry, tissue, work, store."""
+
+    slide: Slide
+    out_dir: Path
+    metadata: ModelMetadata
+    model_sha256: str
+    frame: SlideFrame
+    tissue: TissueMask
+    grid: Grid
+    regions: list
+    tiles: list
+    store_path: Path
+    store_identity: dict
+
+    @property
+    def nuclei_dir(self) -> Path:
+        return self.store_path / "nuclei"
+
+
+def plan_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp: float | None = None) -> SlidePlan:
+    """Open the slide, check pixel size and output folder, find tissue, lay out tiles and regions."""
+    slide = open_slide(slide_path, mpp)
+    if slide.mpp is None:
+        raise SlideError(f"{slide.path}: the file carries no pixel size; give it with --mpp")
+    out_dir = prepare_output(out_dir)
+    model = load_model(config.model.name)  # workers load their own copy; here for metadata and checksum
+    bounds = slide.bounds
+    frame = SlideFrame(slide.mpp, model.metadata.mpp, bounds.x, bounds.y)
+    tissue, _ = find_tissue(slide, config)
+    if not tissue.mask.any():
+        raise SlideError(f"{slide.path}: no tissue found")
+    width_px, height_px = frame.model_size_px(bounds.width, bounds.height)
+    tiling = config.tiling
+    grid = Grid(width_px, height_px, tiling.tile_px, tiling.region_px, tiling.margin_px)
+    regions, tiles = plan_work(grid, tissue_tiles(grid, tissue.mask, frame.level0_per_model_px /
+                                                  tissue.level0_per_px))
+    stat = slide.path.stat()
+    identity = {"slide": slide.path.name, "size": stat.st_size, "mtime": int(stat.st_mtime),
+                "slide_mpp": slide.mpp, "model_mpp": model.metadata.mpp, "tile_px": tiling.tile_px}
+    return SlidePlan(slide, out_dir, model.metadata, model.sha256, frame, tissue, grid, regions, tiles,
+                     out_dir / "store.zarr", identity)
+
+
+def tile_plan(plan: SlidePlan, config: Config, progress: Progress) -> None:
+    """Stream the plan's tiles into the zarr store (reusing a store made for the same slide and settings)."""
+    grid = plan.grid
+    root = ngff.open_image_store(plan.store_path, plan.store_identity)
+    if root is None:
+        root = ngff.create_image_store(plan.store_path, plan.slide.path.stem, grid.width_px, grid.height_px,
+                                       grid.tile_px, plan.metadata.mpp, plan.store_identity)
+    progress("tiles", 0, len(plan.tiles))
+    tile_slide(plan.slide, plan.frame, plan.store_path, root, grid.tile_px, plan.tiles, grid.width_px,
+               grid.height_px, config.tiling.read_threads, progress=lambda n: progress("tiles", n, len(plan.tiles)))
+
+
+def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: RegionRunner | None = None
+                ) -> tuple[int, int]:
+    """Run the region tasks not finished yet, saving each result as it arrives.
+
+    Returns (regions computed now, peak RSS of a worker in bytes).
+    """
+    settings = region_settings(config, plan.metadata)
+    _reset_stale_results(plan.nuclei_dir, {"model_sha256": plan.model_sha256, "settings": repr(settings),
+                                           "region_px": plan.grid.region_px, "margin_px": plan.grid.margin_px,
+                                           "store": plan.store_identity})
+    done = finished_regions(plan.nuclei_dir)
+    todo = [region for region in plan.regions if region.index not in done]
+    progress("regions", len(plan.regions) - len(todo), len(plan.regions))
+
+    def on_result(result):
+        save_region(plan.nuclei_dir, result)
+        progress("regions", 1, len(plan.regions))
+
+    with nullcontext(runner) if runner else open_runner(config.cluster, config.model) as active:
+        active.run(str(plan.store_path), todo, settings, on_result)
+        return len(todo), active.worker_peak_rss_bytes()
+
+
 def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp: float | None = None,
                   progress: Progress | None = None, runner: RegionRunner | None = None) -> dict:
     """Segment every nucleus of a slide; writes the outputs into ``out_dir`` and returns the summary.
@@ -114,79 +194,35 @@ def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, m
     """
     started = time.time()
     progress = progress or (lambda stage, n, total: None)
-    slide = open_slide(slide_path, mpp)
-    if slide.mpp is None:
-        raise SlideError(f"{slide.path}: the file carries no pixel size; give it with --mpp")
-    out_dir = prepare_output(out_dir)
-    model = load_model(config.model.name)
-    metadata = model.metadata
-    bounds = slide.bounds
-    frame = SlideFrame(slide.mpp, metadata.mpp, bounds.x, bounds.y)
-
-    tissue, _ = find_tissue(slide, config)
-    if not tissue.mask.any():
-        raise SlideError(f"{slide.path}: no tissue found")
-    width_px, height_px = frame.model_size_px(bounds.width, bounds.height)
-    tiling = config.tiling
-    grid = Grid(width_px, height_px, tiling.tile_px, tiling.region_px, tiling.margin_px)
-    has_tissue = tissue_tiles(grid, tissue.mask, frame.level0_per_model_px / tissue.level0_per_px)
-    regions, tiles = plan_work(grid, has_tissue)
-
-    store_path = out_dir / "store.zarr"
-    stat = slide.path.stat()
-    store_identity = {"slide": slide.path.name, "size": stat.st_size, "mtime": int(stat.st_mtime),
-                      "slide_mpp": slide.mpp, "model_mpp": metadata.mpp, "tile_px": tiling.tile_px}
-    root = ngff.open_image_store(store_path, store_identity)
-    if root is None:
-        root = ngff.create_image_store(store_path, slide.path.stem, width_px, height_px, tiling.tile_px,
-                                       metadata.mpp, store_identity)
-    progress("tiles", 0, len(tiles))
-    tile_slide(slide, frame, store_path, root, tiling.tile_px, tiles, width_px, height_px, tiling.read_threads,
-               progress=lambda n: progress("tiles", n, len(tiles)))
-
-    settings = region_settings(config, metadata)
-    nuclei_dir = store_path / "nuclei"
-    _reset_stale_results(nuclei_dir, {"model_sha256": model.sha256, "settings": repr(settings),
-                                      "region_px": tiling.region_px, "margin_px": tiling.margin_px,
-                                      "store": store_identity})
-    done = finished_regions(nuclei_dir)
-    todo = [region for region in regions if region.index not in done]
-    progress("regions", len(regions) - len(todo), len(regions))
-    model_sha256 = model.sha256
-    del model  # workers load their own copy
-    def on_result(result):
-        save_region(nuclei_dir, result)
-        progress("regions", 1, len(regions))
-
-    with nullcontext(runner) if runner else open_runner(config.cluster, config.model) as active:
-        active.run(str(store_path), todo, settings, on_result)
-        worker_peak = active.worker_peak_rss_bytes()
-
-    summary = write_slide_outputs(slide, out_dir, frame, metadata, model_sha256=model_sha256,
-                                  regions=[r.index for r in regions], nuclei_dir=nuclei_dir, tissue=tissue, config=config)
-    summary["grid"] = {"tiles": len(tiles), "regions": len(regions), "tile_px": tiling.tile_px,
-                       "region_px": tiling.region_px, "margin_px": tiling.margin_px,
-                       "model_width_px": width_px, "model_height_px": height_px}
+    plan = plan_slide(slide_path, out_dir, config, mpp)
+    tile_plan(plan, config, progress)
+    computed, worker_peak = run_regions(plan, config, progress, runner)
+    summary = write_slide_outputs(plan, config)
+    grid = plan.grid
+    summary["grid"] = {"tiles": len(plan.tiles), "regions": len(plan.regions), "tile_px": grid.tile_px,
+                       "region_px": grid.region_px, "margin_px": grid.margin_px,
+                       "model_width_px": grid.width_px, "model_height_px": grid.height_px}
     elapsed = time.time() - started
-    tissue_mpx = tissue.area_mm2 * 1e6 / metadata.mpp ** 2 / 1e6
+    tissue_mpx = plan.tissue.area_mm2 / plan.metadata.mpp ** 2
     summary["run"] = {"seconds": round(elapsed, 2), "tissue_mpx_at_model_mpp": round(tissue_mpx, 3),
                       "mpx_per_second": round(tissue_mpx / elapsed, 4) if elapsed else None,
                       "peak_rss_mb_client": round(peak_rss_bytes() / 2**20, 1),
                       "peak_rss_mb_worker": round(worker_peak / 2**20, 1),
-                      "regions_computed": len(todo), "regions_reused": len(regions) - len(todo),
+                      "regions_computed": computed, "regions_reused": len(plan.regions) - computed,
                       "scheduler": config.cluster.scheduler, "device": config.model.device,
                       "pathoseg_version": __version__}
-    write_json(out_dir / "summary.json", summary)
-    write_summary_csv(out_dir / "summary.csv", summary)
-    slide.close()
+    write_json(plan.out_dir / "summary.json", summary)
+    write_summary_csv(plan.out_dir / "summary.csv", summary)
+    plan.slide.close()
     return summary
 
 
-def write_slide_outputs(slide: Slide, out_dir: Path, frame: SlideFrame, metadata: ModelMetadata, model_sha256: str,
-                        regions: list[int], nuclei_dir: Path, tissue: TissueMask, config: Config) -> dict:
+def write_slide_outputs(plan: SlidePlan, config: Config) -> dict:
     """GeoJSON, overlay and the summary's counts, from the saved per-region results."""
+    slide, out_dir, frame, metadata, tissue = plan.slide, plan.out_dir, plan.frame, plan.metadata, plan.tissue
+
     def results():
-        return (load_region(nuclei_dir, index) for index in regions)
+        return (load_region(plan.nuclei_dir, region.index) for region in plan.regions)
 
     def gather(key: str) -> np.ndarray:
         return np.concatenate([r.measurements.get(key, np.zeros(0)) for r in results()] or [np.zeros(0)])
@@ -209,8 +245,8 @@ def write_slide_outputs(slide: Slide, out_dir: Path, frame: SlideFrame, metadata
                   stain_mode, thresholds)
     summary = {
         "slide": _slide_info(slide),
-        "model": {"name": metadata.name, "sha256": model_sha256, "encoder": metadata.encoder, "mpp": metadata.mpp,
-                  "classes": names[1:]},
+        "model": {"name": metadata.name, "sha256": plan.model_sha256, "encoder": metadata.encoder,
+                  "mpp": metadata.mpp, "classes": names[1:]},
         "tissue": {"area_mm2": round(tissue.area_mm2, 4), "fraction": round(tissue.fraction, 4),
                    "mask_mpp": round(tissue.mpp, 3)},
         "stain_mode": stain_mode,
