@@ -31,19 +31,13 @@ def run_options(command):
 
 
 def config_from_options(config_path, model, device, scheduler, workers, stain, no_gzip):
-    overrides: dict = {"model": {}, "cluster": {}, "stain": {}, "output": {}}
-    if model:
-        overrides["model"]["name"] = model
-    if device:
-        overrides["model"]["device"] = device
-    if scheduler:
-        overrides["cluster"]["scheduler"] = scheduler
-    if workers:
-        overrides["cluster"]["workers"] = workers
-    if stain:
-        overrides["stain"]["mode"] = stain
-    if no_gzip:
-        overrides["output"]["gzip"] = False
+    """Configuration: default.yaml, then ``--config``, then the options actually given."""
+    given = {("model", "name"): model, ("model", "device"): device, ("cluster", "scheduler"): scheduler,
+             ("cluster", "workers"): workers, ("stain", "mode"): stain, ("output", "gzip"): False if no_gzip else None}
+    overrides: dict = {}
+    for (section, key), value in given.items():
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
     return load_config(config_path, overrides)
 
 
