@@ -68,6 +68,7 @@ class StainConfig:
 @dataclass
 class OutputConfig:
     gzip: bool = True
+    table: bool = False  # also write nuclei.csv, one row per nucleus
     simplify_px: float = 0.3
     overlay_max_px: int = 2048
 

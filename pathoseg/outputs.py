@@ -45,6 +45,25 @@ def write_geojson(path: Path, results: Iterable[RegionResult], frame: SlideFrame
         return writer.count
 
 
+def write_nuclei_table(path: Path, results: Iterable[RegionResult], frame: SlideFrame, class_names: list[str],
+                       class_colors: list[list[int]], stain_mode: str, dab_thresholds: list[float]) -> int:
+    """One CSV row per nucleus: level-0 centroid, class, and every measurement (streamed, atomic)."""
+    columns = ["centroid_x", "centroid_y", "class", "model_class", *MEASUREMENT_NAMES]
+    count = 0
+    with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for result in results:
+            names, _, _ = nucleus_labels(result, class_names, class_colors, stain_mode, dab_thresholds)
+            xy = frame.model_to_level0(result.centroids) if len(result.centroids) else result.centroids
+            for i, name in enumerate(names):
+                model_class = class_names[int(result.measurements["class_id"][i])]
+                writer.writerow([f"{xy[i, 0]:.2f}", f"{xy[i, 1]:.2f}", name, model_class,
+                                 *(f"{float(result.measurements[key][i]):.5g}" for key in MEASUREMENT_NAMES)])
+                count += 1
+    return count
+
+
 def write_json(path: Path, data: dict) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(data, indent=2, default=float))

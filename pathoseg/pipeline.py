@@ -24,7 +24,7 @@ from pathoseg.io.slide import Slide, SlideError, open_slide
 from pathoseg.measure.biomarkers import class_summary, dab_bins, positivity_summary
 from pathoseg.models.postproc import PostprocParams
 from pathoseg.models.weights import ModelMetadata, load_model
-from pathoseg.outputs import write_geojson, write_json, write_overlay, write_summary_csv
+from pathoseg.outputs import write_geojson, write_json, write_nuclei_table, write_overlay, write_summary_csv
 from pathoseg.region import RegionSettings
 from pathoseg.tiling.grid import Grid, plan_work, tissue_tiles
 from pathoseg.tiling.tiler import tile_slide
@@ -238,6 +238,8 @@ def write_slide_outputs(plan: SlidePlan, config: Config) -> dict:
     suffix = ".geojson.gz" if config.output.gzip else ".geojson"
     n_written = write_geojson(out_dir / f"nuclei{suffix}", results(), frame, slide.path.name, names, colors,
                               stain_mode, thresholds)
+    if config.output.table:
+        write_nuclei_table(out_dir / "nuclei.csv", results(), frame, names, colors, stain_mode, thresholds)
     bounds = slide.bounds
     overlay_side = min(config.output.overlay_max_px, max(bounds.width, bounds.height))
     thumbnail, level0_per_thumb_px = slide.thumbnail(overlay_side)

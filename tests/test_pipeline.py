@@ -91,11 +91,19 @@ def test_rerun_reuses_the_store_and_gives_the_same_nuclei(svs_run, svs_slide):
 
 
 def test_upsampled_generic_tiff_and_plain_geojson(tiff_slide, tmp_path):
-    result = run("segment", tiff_slide, "-o", tmp_path, "--scheduler", "inprocess", "--quiet", "--no-gzip")
+    result = run("segment", tiff_slide, "-o", tmp_path, "--scheduler", "inprocess", "--quiet", "--no-gzip",
+                 "--table")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["grid"]["model_width_px"] == 2800  # 1400 px at 0.5 µm -> 2800 at 0.25
-    check_qupath_geojson(tmp_path / "nuclei.geojson", 1400, 1000)
+    features = check_qupath_geojson(tmp_path / "nuclei.geojson", 1400, 1000)
+    import csv
+    with open(tmp_path / "nuclei.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(features) == summary["nuclei"]
+    areas = sorted(float(r["area_um2"]) for r in rows)
+    assert areas == pytest.approx(sorted(f["properties"]["measurements"]["Nucleus: Area µm^2"] for f in features),
+                                  rel=1e-4)
 
 
 def test_info_prints_slide_facts(svs_slide):

@@ -23,6 +23,7 @@ def run_options(command):
         click.option("--workers", type=int, help="Worker processes of the embedded cluster."),
         click.option("--stain", type=click.Choice(["auto", "he", "ihc"]), help="Stain mode (default auto)."),
         click.option("--no-gzip", is_flag=True, help="Write nuclei.geojson instead of nuclei.geojson.gz."),
+        click.option("--table", is_flag=True, help="Also write nuclei.csv: one row of measurements per nucleus."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):
@@ -30,10 +31,11 @@ def run_options(command):
     return command
 
 
-def config_from_options(config_path, model, device, scheduler, workers, stain, no_gzip):
+def config_from_options(config_path, model, device, scheduler, workers, stain, no_gzip, table=False):
     """Configuration: default.yaml, then ``--config``, then the options actually given."""
     given = {("model", "name"): model, ("model", "device"): device, ("cluster", "scheduler"): scheduler,
-             ("cluster", "workers"): workers, ("stain", "mode"): stain, ("output", "gzip"): False if no_gzip else None}
+             ("cluster", "workers"): workers, ("stain", "mode"): stain, ("output", "gzip"): False if no_gzip else None,
+             ("output", "table"): True if table else None}
     overrides: dict = {}
     for (section, key), value in given.items():
         if value is not None:
@@ -57,9 +59,9 @@ def report(summary: dict, out_dir: Path) -> None:
 @click.option("--mpp", type=float, help="Microns per level-0 pixel (overrides the file's).")
 @run_options
 @friendly_errors
-def segment(slide_path, out_dir, mpp, config_path, model, device, scheduler, workers, stain, no_gzip, quiet):
+def segment(slide_path, out_dir, mpp, config_path, model, device, scheduler, workers, stain, no_gzip, table, quiet):
     """Segment the nuclei of SLIDE_PATH into OUT: nuclei.geojson.gz, summary.json/.csv, overlay.png, store.zarr."""
-    config = config_from_options(config_path, model, device, scheduler, workers, stain, no_gzip)
+    config = config_from_options(config_path, model, device, scheduler, workers, stain, no_gzip, table)
     progress = StageProgress(enabled=not quiet)
     try:
         summary = segment_slide(slide_path, out_dir, config, mpp=mpp, progress=progress)
@@ -73,7 +75,7 @@ def segment(slide_path, out_dir, mpp, config_path, model, device, scheduler, wor
 @click.option("--size", default="6000x4000", show_default=True, help="Synthetic slide size WIDTHxHEIGHT (px).")
 @run_options
 @friendly_errors
-def demo(out_dir, size, config_path, model, device, scheduler, workers, stain, no_gzip, quiet):
+def demo(out_dir, size, config_path, model, device, scheduler, workers, stain, no_gzip, table, quiet):
     """Write a synthetic pyramidal H&E slide (OUT/demo.svs) and segment it into OUT."""
     width, height = (int(v) for v in size.lower().split("x"))
     out_dir = prepare_output(out_dir)
@@ -82,7 +84,7 @@ def demo(out_dir, size, config_path, model, device, scheduler, workers, stain, n
         partial = out_dir / ".demo.svs.partial"
         write_synthetic_slide(partial, width, height, kind="svs")
         partial.rename(slide_path)
-    config = config_from_options(config_path, model, device, scheduler, workers, stain, no_gzip)
+    config = config_from_options(config_path, model, device, scheduler, workers, stain, no_gzip, table)
     progress = StageProgress(enabled=not quiet)
     try:
         summary = segment_slide(slide_path, out_dir, config, progress=progress)
