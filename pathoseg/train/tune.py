@@ -15,8 +15,9 @@ from pathoseg.train.data import Sample
 
 log = logging.getLogger(__name__)
 
-GRID = {"np_threshold": [0.4, 0.5, 0.6], "marker_threshold": [0.2, 0.3, 0.4, 0.5],
-        "gradient_scale": [0.3, 0.5, 0.7]}
+# The model's HV maps are smoother than ground truth, so its boundaries need a more sensitive gradient scale.
+GRID = {"np_threshold": [0.4, 0.5, 0.6], "marker_threshold": [0.15, 0.25, 0.35],
+        "gradient_scale": [0.1, 0.14, 0.2, 0.28]}
 
 
 def tune_postproc(predictor: Predictor, samples: list[Sample], base: PostprocParams = PostprocParams(),
