@@ -74,13 +74,5 @@ class SlideFrame:
         return int(round(width_level0 / scale)), int(round(height_level0 / scale))
 
 
-def area_px_to_um2(area_px: np.ndarray | float, mpp: float) -> np.ndarray | float:
-    return area_px * mpp * mpp
-
-
 def area_px_to_mm2(area_px: float, mpp: float) -> float:
     return area_px * mpp * mpp * 1e-6
-
-
-def um2_to_area_px(area_um2: float, mpp: float) -> float:
-    return area_um2 / (mpp * mpp)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pathoseg.geometry import Box
-from pathoseg.measure.nuclei import MEASUREMENT_NAMES, measure_nuclei, plausible
+from pathoseg.measure.nuclei import measure_nuclei, plausible
 from pathoseg.models.infer import PredictionMaps, Predictor
 from pathoseg.models.postproc import PostprocParams, instances_from_maps
 from pathoseg.stitch.merge import keep_labels, owned_labels
@@ -77,5 +77,3 @@ def segment_region(index: int, rgb: np.ndarray, window: Box, core: Box, predicto
     return nuclei_from_maps(index, rgb, maps, window, core, settings)
 
 
-
-__all__ = ["RegionSettings", "RegionResult", "segment_region", "nuclei_from_maps", "MEASUREMENT_NAMES"]

@@ -6,6 +6,7 @@ import numpy as np
 from skimage.measure import regionprops_table
 
 from pathoseg.measure.stain import stain_od
+from pathoseg.models.postproc import instance_classes
 
 # Internal key -> QuPath measurement name (units in the name, as QuPath writes them).
 MEASUREMENT_NAMES = {
@@ -61,9 +62,9 @@ def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, np_prob: np.ndarray, nc_
                                           "axis_major_length", "axis_minor_length", "intensity_mean",
                                           "intensity_max"))
     area_px, perimeter_px = table["area"].astype(float), table["perimeter"]
-    distribution = class_distributions(labels, nc_prob)[table["label"] - 1]
-    foreground = distribution[:, 1:]
-    class_id = foreground.argmax(axis=1) + 1
+    order = table["label"] - 1
+    classes, class_probability = instance_classes(labels, nc_prob)  # HoVer-Net's majority vote
+    foreground = class_distributions(labels, nc_prob)[order][:, 1:]
     normalised = foreground / np.maximum(foreground.sum(axis=1, keepdims=True), 1e-9)
     entropy = -(normalised * np.log(np.clip(normalised, 1e-9, 1))).sum(axis=1) / np.log(max(2, foreground.shape[1]))
     return {
@@ -79,9 +80,9 @@ def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, np_prob: np.ndarray, nc_
         "dab_od_mean": table["intensity_mean-2"],
         "dab_od_max": table["intensity_max-2"],
         "detection_probability": table["intensity_mean-3"],
-        "class_probability": foreground[np.arange(n), class_id - 1],
+        "class_probability": class_probability[order],
         "class_entropy": entropy,
-        "class_id": class_id,
+        "class_id": classes[order],
     }
 
 

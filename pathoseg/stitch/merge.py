@@ -48,12 +48,6 @@ def keep_labels(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return lookup[labels]
 
 
-def touches_border(labels: np.ndarray) -> np.ndarray:
-    """Sorted labels of instances touching the array border (cut by a window edge)."""
-    edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-    return np.unique(edge[edge > 0])
-
-
 def pixel_sets(labels: np.ndarray, offset_xy: tuple[int, int], full_width: int) -> set[frozenset]:
     """Each instance as the frozenset of its flat pixel indices in a ``full_width``-wide frame (for comparisons)."""
     result = set()
