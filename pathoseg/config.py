@@ -41,10 +41,10 @@ class TilingConfig:
 
 @dataclass
 class PostprocConfig:
-    np_threshold: float = 0.5
+    np_threshold: float = 0.6
     hv_smooth_sigma_px: float = 1.0
-    marker_threshold: float = 0.4
-    gradient_scale: float = 0.5
+    marker_threshold: float = 0.25
+    gradient_scale: float = 0.14
     min_marker_px: int = 10
     max_hole_px: int = 64
     min_object_px: int = 10

@@ -19,10 +19,10 @@ from skimage.segmentation import watershed
 class PostprocParams:
     """Post-processing settings (pixel values at the model's resolution)."""
 
-    np_threshold: float = 0.5
+    np_threshold: float = 0.6
     hv_smooth_sigma_px: float = 1.0
-    marker_threshold: float = 0.4
-    gradient_scale: float = 0.5  # HV slope (per px) that counts as a full boundary
+    marker_threshold: float = 0.25
+    gradient_scale: float = 0.14  # HV slope (per px) that counts as a full boundary; tuned on validation
     min_marker_px: int = 10
     max_hole_px: int = 64
     min_object_px: int = 10
