@@ -56,6 +56,16 @@ class Predictor:
         self.network = network.to(device).eval().to(memory_format=torch.channels_last)
         self.patch_px, self.context_px, self.batch_size, self.bf16 = patch_px, context_px, batch_size, bf16
 
+    @staticmethod
+    def is_glass(patch: np.ndarray, od_threshold: float = 0.1, min_fraction: float = 0.005) -> bool:
+        """True when fewer than ``min_fraction`` of the pixels are stained: darkest channel's OD above
+        ``od_threshold`` (glass is ~0.02, faint IHC counterstain ~0.15, nuclei > 0.3).
+
+        Glass inside a tissue region (and tiles never written, which read as white) then costs no inference.
+        """
+        cutoff = 256 * 10 ** (-od_threshold) - 1  # OD > t  <=>  intensity < cutoff
+        return np.count_nonzero(patch.min(axis=2) < cutoff) < min_fraction * patch.shape[0] * patch.shape[1]
+
     def _forward(self, patches: np.ndarray) -> dict[str, np.ndarray]:
         tensor = torch.from_numpy(patches).to(self.device).permute(0, 3, 1, 2).float().div_(255)
         tensor = tensor.contiguous(memory_format=torch.channels_last)
@@ -83,16 +93,17 @@ class Predictor:
         pad_right = cols * step - width - shift_x + self.context_px
         padded = np.pad(rgb, ((pad_top, pad_bottom), (pad_left, pad_right), (0, 0)), mode="reflect")
         origins = [(r * step, c * step) for r in range(rows) for c in range(cols)]
+        origins = [(y, x) for y, x in origins if not self.is_glass(padded[y:y + self.patch_px, x:x + self.patch_px])]
         np_prob = np.zeros((rows * step, cols * step), np.float32)
         hv = np.zeros((2, rows * step, cols * step), np.float32)
-        nc_prob = None
+        n_classes = self.network.heads["nc"][-1].out_channels
+        nc_prob = np.zeros((n_classes, rows * step, cols * step), np.float32)
+        nc_prob[0] = 1.0  # glass patches: background
         crop = slice(self.context_px, self.context_px + step)
         for start in range(0, len(origins), self.batch_size):
             batch_origins = origins[start:start + self.batch_size]
             patches = np.stack([padded[y:y + self.patch_px, x:x + self.patch_px] for y, x in batch_origins])
             out = self._forward(patches)
-            if nc_prob is None:
-                nc_prob = np.zeros((out["nc"].shape[1], rows * step, cols * step), np.float32)
             for i, (y, x) in enumerate(batch_origins):
                 np_prob[y:y + step, x:x + step] = out["np"][i, crop, crop]
                 hv[:, y:y + step, x:x + step] = out["hv"][i, :, crop, crop]
