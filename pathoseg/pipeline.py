@@ -224,14 +224,15 @@ def write_slide_outputs(plan: SlidePlan, config: Config) -> dict:
     def results():
         return (load_region(plan.nuclei_dir, region.index) for region in plan.regions)
 
-    def gather(key: str) -> np.ndarray:
-        return np.concatenate([r.measurements.get(key, np.zeros(0)) for r in results()] or [np.zeros(0)])
-
-    dab, eosin, class_ids = gather("dab_od_mean"), gather("eosin_od_mean"), gather("class_id")
+    # One pass over the region files for everything the summary needs (the writers below stream their own pass).
+    columns: dict[str, list[np.ndarray]] = {"dab_od_mean": [], "eosin_od_mean": [], "class_id": []}
     removed: dict[str, int] = {}
     for result in results():
+        for key, values in columns.items():
+            values.append(result.measurements.get(key, np.zeros(0)))
         for key, value in result.removed.items():
             removed[key] = removed.get(key, 0) + value
+    dab, eosin, class_ids = (np.concatenate(values or [np.zeros(0)]) for values in columns.values())
     stain_mode = choose_stain_mode(config, eosin)
     names, colors = metadata.class_names, metadata.class_colors
     thresholds = config.stain.dab_thresholds
