@@ -28,7 +28,7 @@ class ModelConfig:
 @dataclass
 class TilingConfig:
     tile_px: int = 512
-    region_px: int = 2048
+    region_px: int = 4096
     margin_px: int = 128
     thumbnail_mpp: float = 8.0
     max_thumbnail_px: int = 4096
@@ -36,7 +36,6 @@ class TilingConfig:
     tissue_closing_um: float = 20.0
     min_tissue_um2: float = 2000.0
     max_tissue_hole_um2: float = 5000.0
-    read_threads: int = 2
 
 
 @dataclass

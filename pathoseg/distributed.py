@@ -1,7 +1,10 @@
-"""Running region tasks: in-process, on an embedded LocalCluster (default) or on an existing Dask scheduler.
+"""Running a slide's tasks: in-process, on an embedded LocalCluster (default) or on an existing Dask scheduler.
 
-The model is loaded once per worker process (a WorkerPlugin fills a per-process cache); GPU workers declare the
-resource ``GPU=1`` and every region task asks for it, so one GPU never runs two tasks at once.
+Two kinds of task: tiling a block of the slide into the zarr store, and segmenting a region (a block plus margin).
+A region task depends on the tiling tasks of the blocks its window touches, so tiling and segmentation overlap and
+the client never reads slide pixels. The model is loaded once per worker process (a WorkerPlugin fills a per-process
+cache); GPU workers declare the resource ``GPU=1`` and every region task asks for it, so one GPU never runs two
+region tasks at once (tiling tasks need no GPU).
 """
 
 from __future__ import annotations
@@ -10,11 +13,11 @@ import logging
 import resource
 from contextlib import contextmanager
 from dataclasses import astuple
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import torch
 import zarr
-from distributed import Client, LocalCluster, WorkerPlugin, as_completed
+from distributed import Client, Future, LocalCluster, WorkerPlugin, as_completed
 
 from pathoseg.config import ClusterConfig, ModelConfig
 from pathoseg.io import ngff
@@ -22,6 +25,9 @@ from pathoseg.models.infer import Predictor, resolve_device
 from pathoseg.models.weights import load_model
 from pathoseg.region import RegionResult, RegionSettings, segment_region
 from pathoseg.tiling.grid import Region
+from pathoseg.tiling.tiler import TileJob, tile_block
+
+Block = tuple[int, int]
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +58,12 @@ class ModelPlugin(WorkerPlugin):
         get_predictor(self.model)
 
 
-def region_task(store_path: str, region: Region, settings: RegionSettings, model: ModelConfig) -> RegionResult:
-    """Read a region's window from the zarr store and segment it (runs on a worker)."""
+def region_task(store_path: str, region: Region, settings: RegionSettings, model: ModelConfig,
+                *tiled_blocks: int) -> RegionResult:
+    """Read a region's window from the zarr store and segment it (runs on a worker).
+
+    ``tiled_blocks`` are the results of the tiling tasks it waits for (unused).
+    """
     root = zarr.open_group(store_path, mode="r", zarr_format=2)
     window = region.window
     rgb = ngff.read_window(root, window.y, window.x, window.height, window.width)
@@ -71,20 +81,45 @@ class RegionRunner:
     def __init__(self, client: Client | None, model: ModelConfig, gpu: bool):
         self.client, self.model, self.gpu = client, model, gpu
 
-    def run(self, store_path: str, regions: list[Region], settings: RegionSettings,
-            on_result: Callable[[RegionResult], None]) -> None:
+    def run(self, job: TileJob, block_tiles: Mapping[Block, list], regions: list[Region], settings: RegionSettings,
+            on_result: Callable[[RegionResult], None], on_tiles: Callable[[int], None] = lambda n: None) -> None:
+        """Tile the blocks in ``block_tiles`` (block -> its tiles) and segment ``regions``.
+
+        Each block is tiled once, ordered just before the first region whose window needs it; ``on_tiles`` gets
+        the number of tiles each tiling task wrote, ``on_result`` each region's result, as soon as they are done.
+        """
+        def needs(region: Region) -> list[Block]:
+            return [block for block in job.grid.blocks_in(region.window) if block in block_tiles]
+
         if self.client is None:
+            tiled: set[Block] = set()
             for region in regions:
-                on_result(region_task(store_path, region, settings, self.model))
+                for block in needs(region):
+                    if block not in tiled:
+                        on_tiles(tile_block(job, block, block_tiles[block]))
+                        tiled.add(block)
+                on_result(region_task(job.store_path, region, settings, self.model))
             return
         resources = {"GPU": 1} if self.gpu else None
-        futures = [self.client.submit(region_task, store_path, region, settings, self.model,
-                                      key=f"pathoseg-region-{store_path}-{region.index}", resources=resources,
-                                      retries=2, pure=False)
-                   for region in regions]
+        tiling: dict[Block, Future] = {}
+        segmenting = []
+        for region in regions:
+            for block in needs(region):
+                if block not in tiling:
+                    tiling[block] = self.client.submit(
+                        tile_block, job, block, block_tiles[block], retries=2, pure=False,
+                        key=f"pathoseg-tiles-{job.store_path}-{block[0]}_{block[1]}")
+            segmenting.append(self.client.submit(
+                region_task, job.store_path, region, settings, self.model, *(tiling[b] for b in needs(region)),
+                key=f"pathoseg-region-{job.store_path}-{region.index}", resources=resources, retries=2, pure=False))
+        futures = [*tiling.values(), *segmenting]
         try:
             for future in as_completed(futures):
-                on_result(future.result())
+                result = future.result()
+                if isinstance(result, RegionResult):
+                    on_result(result)
+                else:
+                    on_tiles(result)
                 future.release()
         finally:
             for future in futures:

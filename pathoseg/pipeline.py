@@ -1,4 +1,4 @@
-"""segment_slide(): slide -> tissue -> zarr tiles -> region tasks -> stitched nuclei -> GeoJSON + summary + overlay."""
+"""segment_slide(): slide -> tissue -> (zarr tiles -> region tasks) -> stitched nuclei -> GeoJSON, summary, overlay."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from pathoseg.models.postproc import PostprocParams
 from pathoseg.models.weights import ModelMetadata, load_model
 from pathoseg.outputs import write_geojson, write_json, write_nuclei_table, write_overlay, write_summary_csv
 from pathoseg.region import RegionSettings
-from pathoseg.tiling.grid import Grid, plan_work, tissue_tiles
-from pathoseg.tiling.tiler import tile_slide
+from pathoseg.tiling.grid import Grid, plan_work, tiles_by_block, tissue_tiles
+from pathoseg.tiling.tiler import TileJob
 from pathoseg.tiling.tissue import TissueMask, detect_tissue
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,10 @@ class SlidePlan:
     tiles: list
     store_path: Path
     store_identity: dict
+    mpp_override: float | None = None
+
+    def tile_job(self) -> TileJob:
+        return TileJob(str(self.slide.path), self.mpp_override, self.frame, self.grid, str(self.store_path))
 
     @property
     def nuclei_dir(self) -> Path:
@@ -145,35 +149,39 @@ def plan_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp:
                                                   tissue.level0_per_px))
     stat = slide.path.stat()
     identity = {"slide": slide.path.name, "size": stat.st_size, "mtime": int(stat.st_mtime),
-                "slide_mpp": slide.mpp, "model_mpp": model.metadata.mpp, "tile_px": tiling.tile_px}
+                "slide_mpp": slide.mpp, "model_mpp": model.metadata.mpp, "tile_px": tiling.tile_px,
+                "block_px": tiling.region_px}
     return SlidePlan(slide, out_dir, model.metadata, model.sha256, frame, tissue, grid, regions, tiles,
-                     out_dir / "store.zarr", identity)
+                     out_dir / "store.zarr", identity, mpp)
 
 
-def tile_plan(plan: SlidePlan, config: Config, progress: Progress) -> None:
-    """Stream the plan's tiles into the zarr store (reusing a store made for the same slide and settings)."""
+def open_store(plan: SlidePlan) -> None:
+    """Reuse the plan's zarr store if it was made for the same slide and settings, else create it empty."""
     grid = plan.grid
-    root = ngff.open_image_store(plan.store_path, plan.store_identity)
-    if root is None:
-        root = ngff.create_image_store(plan.store_path, plan.slide.path.stem, grid.width_px, grid.height_px,
-                                       grid.tile_px, plan.metadata.mpp, plan.store_identity)
-    progress("tiles", 0, len(plan.tiles))
-    tile_slide(plan.slide, plan.frame, plan.store_path, root, grid.tile_px, plan.tiles, grid.width_px,
-               grid.height_px, config.tiling.read_threads, progress=lambda n: progress("tiles", n, len(plan.tiles)))
+    if ngff.open_image_store(plan.store_path, plan.store_identity) is None:
+        ngff.create_image_store(plan.store_path, plan.slide.path.stem, grid.width_px, grid.height_px, grid.tile_px,
+                                grid.region_px, plan.metadata.mpp, plan.store_identity)
 
 
 def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: RegionRunner | None = None
                 ) -> tuple[int, int]:
-    """Run the region tasks not finished yet, saving each result as it arrives.
+    """Tile what the unfinished regions need and run them, saving each result as it arrives.
 
     Returns (regions computed now, peak RSS of a worker in bytes).
     """
+    open_store(plan)
     settings = region_settings(config, plan.metadata)
     _reset_stale_results(plan.nuclei_dir, {"model_sha256": plan.model_sha256, "settings": repr(settings),
                                            "region_px": plan.grid.region_px, "margin_px": plan.grid.margin_px,
                                            "store": plan.store_identity})
     done = finished_regions(plan.nuclei_dir)
     todo = [region for region in plan.regions if region.index not in done]
+    grid = plan.grid
+    needed = {block for region in todo for block in grid.blocks_in(region.window)}
+    block_tiles = {block: tiles for block, tiles in tiles_by_block(grid, plan.tiles).items()
+                   if block in needed and not ngff.block_done(plan.store_path, block)}
+    n_tiles = sum(len(tiles) for tiles in block_tiles.values())
+    progress("tiles", 0, n_tiles)
     progress("regions", len(plan.regions) - len(todo), len(plan.regions))
 
     def on_result(result):
@@ -181,7 +189,8 @@ def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: Reg
         progress("regions", 1, len(plan.regions))
 
     with nullcontext(runner) if runner else open_runner(config.cluster, config.model) as active:
-        active.run(str(plan.store_path), todo, settings, on_result)
+        active.run(plan.tile_job(), block_tiles, todo, settings, on_result,
+                   on_tiles=lambda n: progress("tiles", n, n_tiles))
         return len(todo), active.worker_peak_rss_bytes()
 
 
@@ -195,7 +204,6 @@ def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, m
     started = time.time()
     progress = progress or (lambda stage, n, total: None)
     plan = plan_slide(slide_path, out_dir, config, mpp)
-    tile_plan(plan, config, progress)
     computed, worker_peak = run_regions(plan, config, progress, runner)
     summary = write_slide_outputs(plan, config)
     grid = plan.grid

@@ -11,8 +11,8 @@ from pathoseg.io import ngff
 from pathoseg.io.slide import open_slide
 from pathoseg.pipeline import find_tissue
 from pathoseg.synthetic import SyntheticSlide
-from pathoseg.tiling.grid import Grid, plan_work, tissue_tiles
-from pathoseg.tiling.tiler import read_model_box, tile_slide
+from pathoseg.tiling.grid import Grid, plan_work, tiles_by_block, tissue_tiles
+from pathoseg.tiling.tiler import TileJob, read_model_box, tile_block
 
 
 def test_tissue_mask_matches_the_drawn_tissue(svs_slide):
@@ -43,24 +43,36 @@ def test_upsampled_read_matches_the_slide(tiff_slide):
     assert np.abs(shrunk[2:-2, 2:-2] - level0[2:-2, 2:-2]).mean() < 6
 
 
-def test_tiler_resumes_and_ignores_torn_lines(svs_slide, tmp_path):
+def test_tiler_writes_blocks_once_and_resumes(svs_slide, tmp_path):
     slide = open_slide(svs_slide)
     frame = SlideFrame(slide.mpp, 0.25)
     grid = Grid(2600, 1800, tile_px=512, region_px=1024, margin_px=64)
     tissue, _ = find_tissue(slide, load_config())
     regions, tiles = plan_work(grid, tissue_tiles(grid, tissue.mask, 1 / tissue.level0_per_px))
     assert 0 < len(tiles) <= 4 * 6 and regions
+    blocks = tiles_by_block(grid, tiles)
+    assert sorted(t for block_tiles in blocks.values() for t in block_tiles) == sorted(tiles)
+    assert all(grid.block_of(t) == block for block, block_tiles in blocks.items() for t in block_tiles)
     store = tmp_path / "store.zarr"
     identity = {"slide": "x"}
-    root = ngff.create_image_store(store, "x", 2600, 1800, 512, 0.25, identity)
-    assert tile_slide(slide, frame, store, root, 512, tiles[:3], 2600, 1800) == 3
-    with open(store / ngff.TILES_DONE, "a") as handle:
-        handle.write("1,")  # an interrupted append
+    root = ngff.create_image_store(store, "x", 2600, 1800, 512, 1024, 0.25, identity)
     assert ngff.open_image_store(store, identity) is not None and ngff.open_image_store(store, {"slide": "y"}) is None
-    assert tile_slide(slide, frame, store, root, 512, tiles, 2600, 1800) == len(tiles) - 3
-    row, col = tiles[-1]
-    box = grid.tile_box(row, col)
-    stored = ngff.read_window(root, box.y, box.x, box.height, box.width)
-    assert np.array_equal(stored, read_model_box(slide, frame, box))
+    job = TileJob(str(svs_slide), None, frame, grid, str(store))
+    (first, first_tiles), *rest = blocks.items()
+    assert tile_block(job, first, first_tiles) == len(first_tiles)
+    assert tile_block(job, first, first_tiles) == 0  # done: a rerun skips it
+    for block, block_tiles in rest:
+        tile_block(job, block, block_tiles)
+    for row, col in tiles:
+        box = grid.tile_box(row, col)
+        stored = ngff.read_window(root, box.y, box.x, box.height, box.width)
+        assert np.array_equal(stored, read_model_box(slide, frame, box))
+    untouched = sorted(set(np.ndindex(*grid.tile_shape)) - set(tiles))
+    if untouched:
+        box = grid.tile_box(*untouched[0])
+        assert (ngff.read_window(root, box.y, box.x, box.height, box.width) == 255).all()
     coarse = root["2"]
-    assert coarse.shape == (3, -(-1800 // 16), -(-2600 // 16))
+    assert coarse.shape == (3, -(-1800 // 16), -(-2600 // 16)) and coarse.chunks == (3, 64, 64)
+    level0 = ngff.read_window(root, 0, 0, 1024, 1024).astype(float)
+    assert np.abs(ngff.read_window(root, 0, 0, 64, 64, level=2) -
+                  level0.reshape(64, 16, 64, 16, 3).mean(axis=(1, 3))).max() <= 0.5

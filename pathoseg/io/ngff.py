@@ -1,8 +1,9 @@
 """OME-Zarr 0.4 image store: a (c, y, x) uint8 pyramid at the model's resolution, chunk = tile.
 
 Level ``0`` is the model-resolution image; levels ``1`` and ``2`` are 4x and 16x coarser (for overviews). Chunks
-never written read as white (glass). ``tiles.done`` beside the arrays records finished tiles, one ``row,col`` per
-line, so an interrupted tiling resumes where it stopped.
+never written read as white (glass). The image is written in blocks (``block_px`` squares, a multiple of 16): every
+chunk of every level lies in one block, so blocks can be written by different processes at once. ``blocks.done/``
+beside the arrays holds an empty file per finished block, so an interrupted tiling resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import zarr
 
 PYRAMID_FACTORS = (1, 4, 16)
-TILES_DONE = "tiles.done"
+BLOCKS_DONE = "blocks.done"
 
 
 def _compressor() -> numcodecs.Blosc:
@@ -36,8 +37,8 @@ def multiscales_metadata(name: str, mpp: float) -> list[dict]:
     }]
 
 
-def create_image_store(path: str | Path, name: str, width_px: int, height_px: int, tile_px: int, mpp: float,
-                       identity: dict) -> zarr.Group:
+def create_image_store(path: str | Path, name: str, width_px: int, height_px: int, tile_px: int, block_px: int,
+                       mpp: float, identity: dict) -> zarr.Group:
     """A new, empty image store (overwrites whatever is at ``path``).
 
     ``identity`` (slide path, size, mtime, mpp, tile size) is kept in the attributes so that a rerun can tell
@@ -46,7 +47,7 @@ def create_image_store(path: str | Path, name: str, width_px: int, height_px: in
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     for level, factor in enumerate(PYRAMID_FACTORS):
         root.create_array(str(level), shape=(3, -(-height_px // factor), -(-width_px // factor)),
-                          chunks=(3, tile_px, tile_px), dtype="uint8", compressors=_compressor(), fill_value=255)
+                          chunks=(3, *2 * [min(tile_px, block_px // factor)]), dtype="uint8", compressors=_compressor(), fill_value=255)
     root.attrs.update({"multiscales": multiscales_metadata(name, mpp),
                        "omero": {"channels": [{"label": c, "color": col, "window": {"start": 0, "end": 255}}
                                               for c, col in (("R", "FF0000"), ("G", "00FF00"), ("B", "0000FF"))],
@@ -67,33 +68,32 @@ def open_image_store(path: str | Path, identity: dict) -> zarr.Group | None:
     return root if root.attrs.get("pathoseg") == identity else None
 
 
-def tiles_done(path: str | Path) -> set[tuple[int, int]]:
-    """Tiles recorded as finished; a torn last line (interrupted write) is ignored."""
-    done_file = Path(path) / TILES_DONE
-    if not done_file.is_file():
-        return set()
-    done = set()
-    for line in done_file.read_text().splitlines():
-        parts = line.split(",")
-        if len(parts) == 2 and all(p.isdigit() for p in parts):
-            done.add((int(parts[0]), int(parts[1])))
-    return done
+def _block_marker(path: str | Path, block: tuple[int, int]) -> Path:
+    return Path(path) / BLOCKS_DONE / f"{block[0]}_{block[1]}"
 
 
-def mark_tile_done(path: str | Path, row: int, col: int) -> None:
-    with open(Path(path) / TILES_DONE, "a") as handle:
-        handle.write(f"{row},{col}\n")
+def block_done(path: str | Path, block: tuple[int, int]) -> bool:
+    return _block_marker(path, block).is_file()
 
 
-def write_tile(root: zarr.Group, row: int, col: int, tile_px: int, rgb: np.ndarray) -> None:
-    """Write an (h, w, 3) tile at grid position (row, col) into every pyramid level."""
+def mark_block_done(path: str | Path, block: tuple[int, int]) -> None:
+    marker = _block_marker(path, block)
+    marker.parent.mkdir(exist_ok=True)
+    marker.touch()
+
+
+def write_block(root: zarr.Group, x0: int, y0: int, rgb: np.ndarray) -> None:
+    """Write an (h, w, 3) block whose top-left corner (x0, y0) is a multiple of 16 into every pyramid level.
+
+    White chunks equal the fill value and are not stored.
+    """
     chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))
     for level, factor in enumerate(PYRAMID_FACTORS):
         array = root[str(level)]
-        y0, x0 = row * tile_px // factor, col * tile_px // factor
-        height, width = -(-chw.shape[1] // factor), -(-chw.shape[2] // factor)
+        top, left = y0 // factor, x0 // factor
         block = chw if factor == 1 else block_mean(chw, factor)
-        array[:, y0:y0 + height, x0:x0 + width] = block[:, :array.shape[1] - y0, :array.shape[2] - x0]
+        array[:, top:top + block.shape[1], left:left + block.shape[2]] = \
+            block[:, :array.shape[1] - top, :array.shape[2] - left]
 
 
 def block_mean(chw: np.ndarray, factor: int) -> np.ndarray:

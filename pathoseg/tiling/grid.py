@@ -2,7 +2,8 @@
 
 Tiles (``tile_px``) are the zarr chunks. Regions (``region_px``, a multiple of ``tile_px``) are the units of work:
 a region task reads its core expanded by ``margin_px`` and keeps the nuclei whose centroid lies in its core.
-Cores partition the image, so every nucleus is owned by exactly one region.
+Cores partition the image, so every nucleus is owned by exactly one region. The same cells, as *blocks* keyed
+(row, col), are the units of tiling: one task writes a block's tiles and its chunks of every pyramid level.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ class Grid:
     margin_px: int
 
     def __post_init__(self):
-        if self.region_px % self.tile_px:
-            raise ValueError(f"region_px {self.region_px} must be a multiple of tile_px {self.tile_px}")
+        if self.region_px % self.tile_px or self.region_px % 16:
+            raise ValueError(f"region_px {self.region_px} must be a multiple of tile_px {self.tile_px} and of 16")
 
     @property
     def tile_shape(self) -> tuple[int, int]:
@@ -54,6 +55,20 @@ class Grid:
                 window = core.expand(self.margin_px).clip(self.width_px, self.height_px)
                 regions.append(Region(len(regions), core, window))
         return regions
+
+    def block_box(self, block: tuple[int, int]) -> Box:
+        """The region core at block (row, col)."""
+        return Box(block[1] * self.region_px, block[0] * self.region_px, self.region_px,
+                   self.region_px).clip(self.width_px, self.height_px)
+
+    def block_of(self, tile: tuple[int, int]) -> tuple[int, int]:
+        return tile[0] * self.tile_px // self.region_px, tile[1] * self.tile_px // self.region_px
+
+    def blocks_in(self, box: Box) -> list[tuple[int, int]]:
+        """Blocks intersecting ``box``."""
+        rows = range(box.y // self.region_px, -(-box.y1 // self.region_px))
+        cols = range(box.x // self.region_px, -(-box.x1 // self.region_px))
+        return [(r, c) for r in rows for c in cols]
 
     def tiles_in(self, box: Box) -> list[tuple[int, int]]:
         """Tiles intersecting ``box``."""
@@ -85,3 +100,11 @@ def plan_work(grid: Grid, has_tissue: np.ndarray) -> tuple[list[Region], list[tu
                if any(has_tissue[r, c] for r, c in grid.tiles_in(region.core))]
     needed = sorted({tile for region in regions for tile in grid.tiles_in(region.window) if near_tissue[tile]})
     return regions, needed
+
+
+def tiles_by_block(grid: Grid, tiles: list[tuple[int, int]]) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """The tiles to write, grouped by the block that holds them (blocks in raster order)."""
+    blocks: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for tile in sorted(tiles):
+        blocks.setdefault(grid.block_of(tile), []).append(tile)
+    return dict(sorted(blocks.items()))

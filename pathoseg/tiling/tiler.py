@@ -1,20 +1,19 @@
-"""Slide -> zarr at the model's resolution, tile by tile, resumable. Never holds the whole slide in memory."""
+"""Slide -> zarr at the model's resolution, block by block, resumable. Never holds the whole slide in memory."""
 
 from __future__ import annotations
 
-import logging
-from concurrent.futures import ThreadPoolExecutor
+import functools
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+import zarr
 from scipy import ndimage
 
 from pathoseg.geometry import Box, SlideFrame
 from pathoseg.io import ngff
-from pathoseg.io.slide import Slide
-
-log = logging.getLogger(__name__)
+from pathoseg.io.slide import Slide, open_slide
+from pathoseg.tiling.grid import Grid
 
 
 def read_model_box(slide: Slide, frame: SlideFrame, box: Box) -> np.ndarray:
@@ -46,34 +45,43 @@ def read_model_box(slide: Slide, frame: SlideFrame, box: Box) -> np.ndarray:
     return out
 
 
-def tile_slide(slide: Slide, frame: SlideFrame, store_path: Path, root, tile_px: int,
-               tiles: list[tuple[int, int]], width_px: int, height_px: int, threads: int = 2,
-               progress: Callable[[int], None] | None = None) -> int:
-    """Write the listed tiles not yet in the store; returns how many were written now.
+@dataclass(frozen=True)
+class TileJob:
+    """What a tiling task needs besides the block: small and picklable, so it runs on any worker."""
 
-    Reads run in a small thread pool (OpenSlide decodes outside the GIL); writes happen in this thread, so every
-    pyramid chunk has one writer.
+    slide_path: str
+    slide_mpp: float | None  # the user's --mpp, when the file has none
+    frame: SlideFrame
+    grid: Grid
+    store_path: str
+
+
+@functools.lru_cache(maxsize=4)
+def _open_cached(path: str, size: int, mtime_ns: int, mpp: float | None) -> Slide:
+    return open_slide(path, mpp)
+
+
+def _slide_for(job: TileJob) -> Slide:
+    """This process's open handle on the job's slide (reopened when the file changes)."""
+    stat = Path(job.slide_path).stat()
+    return _open_cached(job.slide_path, stat.st_size, stat.st_mtime_ns, job.slide_mpp)
+
+
+def tile_block(job: TileJob, block: tuple[int, int], tiles: list[tuple[int, int]]) -> int:
+    """Read a block's listed tiles from the slide at model resolution and write the block into the store.
+
+    Returns the number of tiles written now (0 when the block was already done). Tiles not listed stay white.
     """
-    done = ngff.tiles_done(store_path)
-    todo = [tile for tile in tiles if tile not in done]
-    if progress:
-        progress(len(tiles) - len(todo))
-    if not todo:
+    if ngff.block_done(job.store_path, block):
         return 0
-
-    def read(tile: tuple[int, int]) -> np.ndarray:
-        box = Box(tile[1] * tile_px, tile[0] * tile_px, tile_px, tile_px).clip(width_px, height_px)
-        return read_model_box(slide, frame, box)
-
-    # Executor.map submits everything at once; chunks keep at most a few decoded tiles in memory at a time.
-    chunk = 4 * threads
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for start in range(0, len(todo), chunk):
-            batch = todo[start:start + chunk]
-            for tile, rgb in zip(batch, pool.map(read, batch)):
-                ngff.write_tile(root, tile[0], tile[1], tile_px, rgb)
-                ngff.mark_tile_done(store_path, *tile)
-                if progress:
-                    progress(1)
-    log.info("tiled %d tiles (%d already in the store)", len(todo), len(tiles) - len(todo))
-    return len(todo)
+    slide, grid = _slide_for(job), job.grid
+    block_box = grid.block_box(block)
+    rgb = np.full((block_box.height, block_box.width, 3), 255, np.uint8)
+    for tile in tiles:
+        box = grid.tile_box(*tile)
+        rgb[box.y - block_box.y:box.y1 - block_box.y, box.x - block_box.x:box.x1 - block_box.x] = \
+            read_model_box(slide, job.frame, box)
+    root = zarr.open_group(job.store_path, mode="r+", zarr_format=2)
+    ngff.write_block(root, block_box.x, block_box.y, rgb)
+    ngff.mark_block_done(job.store_path, block)
+    return len(tiles)
