@@ -70,6 +70,7 @@ class OutputConfig:
     table: bool = False  # also write nuclei.csv, one row per nucleus
     simplify_px: float = 0.3
     overlay_max_px: int = 2048
+    review_square_um: float = 128.0
 
 
 @dataclass

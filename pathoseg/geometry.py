@@ -40,6 +40,9 @@ class Box:
         x0, y0 = max(self.x, 0), max(self.y, 0)
         return Box(x0, y0, max(0, min(self.x1, width) - x0), max(0, min(self.y1, height) - y0))
 
+    def intersects(self, other: "Box") -> bool:
+        return self.x < other.x1 and other.x < self.x1 and self.y < other.y1 and other.y < self.y1
+
     def contains(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         """Half-open containment of points (the ownership rule relies on it: no point is in two cores)."""
         return (xs >= self.x) & (xs < self.x1) & (ys >= self.y) & (ys < self.y1)

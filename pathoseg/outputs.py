@@ -1,4 +1,4 @@
-"""Slide-level outputs from region results: QuPath GeoJSON, summary.json / summary.csv, overlay.png."""
+"""Slide-level outputs from region results: QuPath GeoJSON, summary.json / .csv, overlay.png, review squares."""
 
 from __future__ import annotations
 
@@ -107,3 +107,40 @@ def write_overlay(path: Path, thumbnail: np.ndarray, level0_per_thumb_px: float,
                 yield frame.model_to_level0(ring) - origin, color
 
     save_png(draw_overlay(thumbnail, outlines(), 1 / level0_per_thumb_px), path)
+
+
+def write_review_geojson(path: Path, squares: list[dict], slide_key: str) -> None:
+    """The review squares as QuPath annotations named by rank and mean confidence."""
+    with FeatureCollectionWriter(path) as writer:
+        for rank, square in enumerate(squares, start=1):
+            x, y, w, h = square["bbox_level0"]
+            ring = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], float)
+            measurements = {"Nuclei": square["nuclei"], "Mean confidence": square["mean_confidence"],
+                            "Low-confidence %": square["low_confidence_percent"]}
+            writer.write(nucleus_feature(ring, "Review", [255, 0, 255], measurements, f"{slide_key}:review:{x}:{y}",
+                                         object_type="annotation",
+                                         name=f"Review {rank}: mean confidence {square['mean_confidence']:.2f}"))
+
+
+def draw_crop(slide, box_level0: tuple[int, int, int, int], results: Iterable[RegionResult], frame: SlideFrame,
+              class_names: list[str], class_colors: list[list[int]], stain_mode: str, dab_thresholds: list[float],
+              max_side_px: int = 1024):
+    """A crop of the slide (box x, y, w, h in level-0 px, read at the finest level where it fits in
+    ``max_side_px``) with the outlines of the nuclei whose centroid lies inside."""
+    x, y, width, height = box_level0
+    downsamples = slide.level_downsamples
+    level = next((i for i, d in enumerate(downsamples) if max(width, height) / d <= max_side_px),
+                 len(downsamples) - 1)
+    downsample = slide.level_downsamples[level]
+    pixels = slide.read_region(x, y, level, int(width / downsample), int(height / downsample))
+
+    def outlines():
+        for result in results:
+            _, colors, _ = nucleus_labels(result, class_names, class_colors, stain_mode, dab_thresholds)
+            centres = frame.model_to_level0(result.centroids) if len(result) else np.zeros((0, 2))
+            inside = (centres[:, 0] >= x) & (centres[:, 0] < x + width) & (centres[:, 1] >= y) & \
+                     (centres[:, 1] < y + height)
+            for i in np.nonzero(inside)[0]:
+                yield frame.model_to_level0(result.polygons[i]) - (x, y), colors[i]
+
+    return draw_overlay(pixels, outlines(), 1 / downsample)

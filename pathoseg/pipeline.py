@@ -13,18 +13,22 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from PIL import Image
 
 from pathoseg import __version__
 from pathoseg.config import Config
 from pathoseg.distributed import RegionRunner, open_runner, peak_rss_bytes
-from pathoseg.geometry import SlideFrame
+from pathoseg.geometry import Box, SlideFrame
 from pathoseg.io import ngff
 from pathoseg.io.regions import finished_regions, load_region, save_region
 from pathoseg.io.slide import Slide, SlideError, open_slide
-from pathoseg.measure.biomarkers import class_summary, dab_bins, positivity_summary
+from pathoseg.io.report import write_report
+from pathoseg.measure.areas import review_squares, tissue_region_stats
+from pathoseg.measure.biomarkers import DAB_BIN_COLORS, DAB_BIN_NAMES, class_summary, dab_bins, positivity_summary
 from pathoseg.models.postproc import PostprocParams
 from pathoseg.models.weights import ModelMetadata, load_model
-from pathoseg.outputs import write_geojson, write_json, write_nuclei_table, write_overlay, write_summary_csv
+from pathoseg.outputs import (draw_crop, write_geojson, write_json, write_nuclei_table, write_overlay,
+                              write_review_geojson, write_summary_csv)
 from pathoseg.region import RegionSettings
 from pathoseg.tiling.grid import Grid, plan_work, tiles_by_block, tissue_tiles
 from pathoseg.tiling.tiler import TileJob
@@ -205,7 +209,7 @@ def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, m
     progress = progress or (lambda stage, n, total: None)
     plan = plan_slide(slide_path, out_dir, config, mpp)
     computed, worker_peak = run_regions(plan, config, progress, runner)
-    summary = write_slide_outputs(plan, config)
+    summary, columns = write_slide_outputs(plan, config)
     grid = plan.grid
     summary["grid"] = {"tiles": len(plan.tiles), "regions": len(plan.regions), "tile_px": grid.tile_px,
                        "region_px": grid.region_px, "margin_px": grid.margin_px,
@@ -221,27 +225,46 @@ def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, m
                       "pathoseg_version": __version__}
     write_json(plan.out_dir / "summary.json", summary)
     write_summary_csv(plan.out_dir / "summary.csv", summary)
+    write_slide_report(plan, config, summary, columns)
     plan.slide.close()
     return summary
 
 
-def write_slide_outputs(plan: SlidePlan, config: Config) -> dict:
-    """GeoJSON, overlay and the summary's counts, from the saved per-region results."""
+COLUMNS = ("class_id", "area_um2", "hematoxylin_od_mean", "eosin_od_mean", "dab_od_mean", "detection_probability",
+           "class_probability")
+
+
+def collect_columns(plan: SlidePlan) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """One pass over the region files: the (N,) per-nucleus columns the summary and report need (and
+    ``centroids_level0``, (N, 2)), and the plausibility filters' counts."""
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in (*COLUMNS, "centroids")}
+    removed: dict[str, int] = {}
+    for region in plan.regions:
+        result = load_region(plan.nuclei_dir, region.index)
+        for key in COLUMNS:
+            parts[key].append(result.measurements.get(key, np.zeros(0)))
+        parts["centroids"].append(result.centroids.reshape(-1, 2))
+        for key, value in result.removed.items():
+            removed[key] = removed.get(key, 0) + value
+    columns = {key: np.concatenate(values) if values else np.zeros(0) for key, values in parts.items()}
+    centroids = columns.pop("centroids").reshape(-1, 2)
+    columns["centroids_level0"] = plan.frame.model_to_level0(centroids)
+    columns["class_id"] = columns["class_id"].astype(int)
+    return columns, removed
+
+
+def write_slide_outputs(plan: SlidePlan, config: Config) -> tuple[dict, dict[str, np.ndarray]]:
+    """GeoJSON, overlay, review squares and the summary's counts, from the saved per-region results.
+
+    Returns the summary (without run figures) and the per-nucleus columns of ``collect_columns``.
+    """
     slide, out_dir, frame, metadata, tissue = plan.slide, plan.out_dir, plan.frame, plan.metadata, plan.tissue
 
     def results():
         return (load_region(plan.nuclei_dir, region.index) for region in plan.regions)
 
-    # One pass over the region files for everything the summary needs (the writers below stream their own pass).
-    columns: dict[str, list[np.ndarray]] = {"dab_od_mean": [], "eosin_od_mean": [], "class_id": []}
-    removed: dict[str, int] = {}
-    for result in results():
-        for key, values in columns.items():
-            values.append(result.measurements.get(key, np.zeros(0)))
-        for key, value in result.removed.items():
-            removed[key] = removed.get(key, 0) + value
-    dab, eosin, class_ids = (np.concatenate(values or [np.zeros(0)]) for values in columns.values())
-    stain_mode = choose_stain_mode(config, eosin)
+    columns, removed = collect_columns(plan)
+    stain_mode = choose_stain_mode(config, columns["eosin_od_mean"])
     names, colors = metadata.class_names, metadata.class_colors
     thresholds = config.stain.dab_thresholds
     suffix = ".geojson.gz" if config.output.gzip else ".geojson"
@@ -254,6 +277,12 @@ def write_slide_outputs(plan: SlidePlan, config: Config) -> dict:
     thumbnail, level0_per_thumb_px = slide.thumbnail(overlay_side)
     write_overlay(out_dir / "overlay.png", thumbnail, level0_per_thumb_px, results(), frame, names, colors,
                   stain_mode, thresholds)
+    bins = dab_bins(columns["dab_od_mean"], tuple(thresholds)) if stain_mode == "ihc" else None
+    origin = (frame.origin_x, frame.origin_y)
+    centroids = columns["centroids_level0"]
+    review = review_squares(centroids, columns["detection_probability"] * columns["class_probability"],
+                            slide.mpp, origin, config.output.review_square_um)
+    write_review_geojson(out_dir / "review.geojson", review["squares"], slide.path.name)
     summary = {
         "slide": _slide_info(slide),
         "model": {"name": metadata.name, "sha256": plan.model_sha256, "encoder": metadata.encoder,
@@ -262,11 +291,36 @@ def write_slide_outputs(plan: SlidePlan, config: Config) -> dict:
                    "mask_mpp": round(tissue.mpp, 3)},
         "stain_mode": stain_mode,
         "nuclei": n_written,
-        "counts": class_summary(class_ids, names, tissue.area_mm2),
+        "counts": class_summary(columns["class_id"], names, tissue.area_mm2),
         "filtered_out": removed,
-        "outputs": {"geojson": f"nuclei{suffix}", "overlay": "overlay.png", "store": "store.zarr"},
+        "tissue_regions": tissue_region_stats(tissue, origin, centroids, columns["class_id"], names, bins),
+        "review": review,
+        "outputs": {"geojson": f"nuclei{suffix}", "overlay": "overlay.png", "report": "report.html",
+                    "review": "review.geojson", "store": "store.zarr"},
     }
-    if stain_mode == "ihc":
-        summary["ihc"] = {**positivity_summary(dab_bins(dab, tuple(thresholds))), "dab_thresholds": thresholds}
-    return summary
+    if bins is not None:
+        summary["ihc"] = {**positivity_summary(bins), "dab_thresholds": thresholds}
+    return summary, columns
 
+
+def write_slide_report(plan: SlidePlan, config: Config, summary: dict, columns: dict[str, np.ndarray]) -> None:
+    """report.html: the overlay, a full-resolution crop of the densest square, counts, histograms, review list."""
+    frame, metadata = plan.frame, plan.metadata
+    names, colors = metadata.class_names, metadata.class_colors
+    crop = None
+    densest = summary["review"]["densest"]
+    if densest is not None:
+        x, y, side, _ = densest["bbox_level0"]
+        bounds = plan.slide.bounds
+        width, height = min(2 * side, bounds.width), min(2 * side, bounds.height)
+        box = (int(np.clip(x - side / 2, bounds.x, bounds.x1 - width)),
+               int(np.clip(y - side / 2, bounds.y, bounds.y1 - height)), width, height)
+        scale = frame.level0_per_model_px
+        model_box = Box(int((box[0] - frame.origin_x) / scale), int((box[1] - frame.origin_y) / scale),
+                        int(box[2] / scale) + 1, int(box[3] / scale) + 1)
+        touching = [region.index for region in plan.regions if region.window.intersects(model_box)]
+        crop = draw_crop(plan.slide, box, (load_region(plan.nuclei_dir, i) for i in touching), frame, names, colors,
+                         summary["stain_mode"], config.stain.dab_thresholds)
+    swatches = {**dict(zip(names, colors)), **dict(zip(DAB_BIN_NAMES, DAB_BIN_COLORS))}
+    with Image.open(plan.out_dir / "overlay.png") as overlay:
+        write_report(plan.out_dir / "report.html", summary, columns, overlay.copy(), crop, swatches)

@@ -23,19 +23,20 @@ NUCLEUS_NAMESPACE = uuid.UUID("3f0c1c8e-7a4e-4f7e-9d55-6f1d2b0c9a11")
 
 
 def nucleus_feature(ring_xy: np.ndarray, class_name: str, class_color: list[int], measurements: dict[str, float],
-                    id_seed: str) -> geojson.Feature:
-    """One QuPath detection. ``ring_xy`` (K, 2) level-0 (x, y), not closed (closed here)."""
+                    id_seed: str, object_type: str = "detection", name: str | None = None) -> geojson.Feature:
+    """One QuPath object (a detection unless ``object_type`` says otherwise). ``ring_xy`` (K, 2) level-0 (x, y),
+    not closed (closed here)."""
     ring = [[round(float(x), 2), round(float(y), 2)] for x, y in ring_xy]
     ring.append(ring[0])
     clean = {name: float(value) for name, value in measurements.items() if value is not None and
              math.isfinite(float(value))}
-    return geojson.Feature(
-        id=str(uuid.uuid5(NUCLEUS_NAMESPACE, id_seed)),
-        geometry=geojson.Polygon([ring]),
-        properties={"objectType": "detection",
-                    "classification": {"name": class_name, "color": [int(c) for c in class_color]},
-                    "measurements": clean},
-    )
+    properties = {"objectType": object_type,
+                  "classification": {"name": class_name, "color": [int(c) for c in class_color]},
+                  "measurements": clean}
+    if name is not None:
+        properties["name"] = name
+    return geojson.Feature(id=str(uuid.uuid5(NUCLEUS_NAMESPACE, id_seed)), geometry=geojson.Polygon([ring]),
+                           properties=properties)
 
 
 @contextmanager
