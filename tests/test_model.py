@@ -8,7 +8,7 @@ import torch
 from skimage.draw import disk
 
 from pathoseg.evaluation import evaluate_samples
-from pathoseg.models.hovernet import HoVerNet
+from pathoseg.models.hovernet import HoVerNet, fused_for_inference
 from pathoseg.models.infer import Predictor, resolve_device
 from pathoseg.models.weights import (CheckpointError, ModelMetadata, load_model, read_checkpoint, save_checkpoint)
 from pathoseg.train.data import load_dataset
@@ -27,6 +27,23 @@ def test_heads_have_input_size(encoder):
     assert out["np"].shape == (1, 2, 64, 96)
     assert out["hv"].shape == (1, 2, 64, 96) and out["hv"].abs().max() <= 1
     assert out["nc"].shape == (1, 5, 64, 96)
+
+
+def test_batchnorm_folding_keeps_the_function():
+    network = HoVerNet("light", n_classes=5)
+    for module in network.modules():  # non-trivial running statistics, as after training
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    network.eval()
+    fused = fused_for_inference(network)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())  # every BN follows a conv
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, got = network(x), fused(x)
+    for head in ("np", "hv", "nc"):
+        assert torch.allclose(expected[head], got[head], atol=1e-4)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())  # the original is untouched
 
 
 def test_light_encoder_is_small():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 from skimage.measure import regionprops_table
 
 from pathoseg.measure.stain import stain_od
@@ -56,13 +57,18 @@ def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, np_prob: np.ndarray, nc_
     n = int(labels.max())
     if n == 0:
         return {key: np.zeros(0) for key in [*MEASUREMENT_NAMES, "class_id"]}
-    intensities = np.dstack([stain_od(rgb, stain_matrix), np_prob[..., None]])
-    table = regionprops_table(labels, intensity_image=intensities,
-                              properties=("label", "area", "perimeter", "solidity", "eccentricity",
-                                          "axis_major_length", "axis_minor_length", "intensity_mean",
-                                          "intensity_max"))
+    table = regionprops_table(labels, properties=("label", "area", "perimeter", "solidity", "eccentricity",
+                                                  "axis_major_length", "axis_minor_length"))
     area_px, perimeter_px = table["area"].astype(float), table["perimeter"]
     order = table["label"] - 1
+    # Stain and probability statistics over the labelled pixels only (a fraction of the window).
+    inside = labels > 0
+    pixel_labels = labels[inside]
+    index = np.arange(1, n + 1)
+    od = stain_od(rgb[inside], stain_matrix)  # (K, 3)
+    od_mean = np.stack([ndimage.mean(od[:, c], pixel_labels, index) for c in range(3)], axis=1)
+    dab_max = ndimage.maximum(od[:, 2], pixel_labels, index)
+    detection_probability = ndimage.mean(np_prob[inside], pixel_labels, index)
     classes, class_probability = instance_classes(labels, nc_prob)  # HoVer-Net's majority vote
     foreground = class_distributions(labels, nc_prob)[order][:, 1:]
     normalised = foreground / np.maximum(foreground.sum(axis=1, keepdims=True), 1e-9)
@@ -75,11 +81,11 @@ def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, np_prob: np.ndarray, nc_
         "eccentricity": table["eccentricity"],
         "major_axis_um": table["axis_major_length"] * mpp,
         "minor_axis_um": table["axis_minor_length"] * mpp,
-        "hematoxylin_od_mean": table["intensity_mean-0"],
-        "eosin_od_mean": table["intensity_mean-1"],
-        "dab_od_mean": table["intensity_mean-2"],
-        "dab_od_max": table["intensity_max-2"],
-        "detection_probability": table["intensity_mean-3"],
+        "hematoxylin_od_mean": od_mean[order, 0],
+        "eosin_od_mean": od_mean[order, 1],
+        "dab_od_mean": od_mean[order, 2],
+        "dab_od_max": np.asarray(dab_max)[order],
+        "detection_probability": np.asarray(detection_probability)[order],
         "class_probability": class_probability[order],
         "class_entropy": entropy,
         "class_id": classes[order],

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pathoseg.models.hovernet import fused_for_inference
+
 log = logging.getLogger(__name__)
 
 
@@ -17,7 +19,7 @@ class PredictionMaps:
 
     np_prob : (H, W) float32, probability of nucleus.
     hv : (2, H, W) float32 in [-1, 1].
-    nc_prob : (C, H, W) float32 class probabilities (class 0 background).
+    nc_prob : (C, H, W) float16 class probabilities (class 0 background; half precision halves a region's memory).
     """
 
     np_prob: np.ndarray
@@ -40,7 +42,7 @@ class Predictor:
 
     Parameters
     ----------
-    network : HoVerNet in eval mode.
+    network : HoVerNet (left untouched: the predictor runs a BatchNorm-folded eval copy).
     device : torch device.
     patch_px : input patch side (multiple of 32).
     context_px : border of each patch's output that is thrown away (patches overlap by twice this).
@@ -53,7 +55,7 @@ class Predictor:
         if patch_px % 32 or patch_px <= 2 * context_px:
             raise ValueError(f"patch_px {patch_px} must be a multiple of 32 larger than twice context_px")
         self.device = device
-        self.network = network.to(device).eval().to(memory_format=torch.channels_last)
+        self.network = fused_for_inference(network).to(device).to(memory_format=torch.channels_last)
         self.patch_px, self.context_px, self.batch_size, self.bf16 = patch_px, context_px, batch_size, bf16
 
     @staticmethod
@@ -97,7 +99,7 @@ class Predictor:
         np_prob = np.zeros((rows * step, cols * step), np.float32)
         hv = np.zeros((2, rows * step, cols * step), np.float32)
         n_classes = self.network.heads["nc"][-1].out_channels
-        nc_prob = np.zeros((n_classes, rows * step, cols * step), np.float32)
+        nc_prob = np.zeros((n_classes, rows * step, cols * step), np.float16)
         nc_prob[0] = 1.0  # glass patches: background
         crop = slice(self.context_px, self.context_px + step)
         for start in range(0, len(origins), self.batch_size):

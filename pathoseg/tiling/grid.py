@@ -34,8 +34,8 @@ class Grid:
     margin_px: int
 
     def __post_init__(self):
-        if self.region_px % self.tile_px or self.region_px % 16:
-            raise ValueError(f"region_px {self.region_px} must be a multiple of tile_px {self.tile_px} and of 16")
+        if self.region_px % self.tile_px:
+            raise ValueError(f"region_px {self.region_px} must be a multiple of tile_px {self.tile_px}")
 
     @property
     def tile_shape(self) -> tuple[int, int]:
