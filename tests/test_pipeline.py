@@ -148,3 +148,13 @@ def test_real_slide_segments(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["nuclei"] > 1000
     check_qupath_geojson(tmp_path / "nuclei.geojson.gz", 2220, 2967)
+
+
+def test_demo_writes_a_slide_and_segments_it(tmp_path):
+    result = run("demo", "-o", tmp_path, "--size", "1600x1200", "--scheduler", "inprocess", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert open_slide(tmp_path / "demo.svs").vendor == "aperio"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["nuclei"] > 100 and f"{summary['nuclei']} nuclei" in result.output
+    for name in ("nuclei.geojson.gz", "overlay.png", "report.html", "review.geojson", "summary.csv"):
+        assert (tmp_path / name).is_file()
