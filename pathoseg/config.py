@@ -21,7 +21,7 @@ class ModelConfig:
     device: str = "auto"
     batch_size: int = 4
     patch_px: int = 512
-    context_px: int = 32
+    context_px: int = 16
     bf16: bool = True
 
 

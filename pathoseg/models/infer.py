@@ -50,7 +50,7 @@ class Predictor:
     bf16 : bfloat16 autocast (CPUs with AVX-512 BF16 and GPUs run ~2x faster).
     """
 
-    def __init__(self, network: torch.nn.Module, device: torch.device, patch_px: int = 512, context_px: int = 32,
+    def __init__(self, network: torch.nn.Module, device: torch.device, patch_px: int = 512, context_px: int = 16,
                  batch_size: int = 4, bf16: bool = True):
         if patch_px % 32 or patch_px <= 2 * context_px:
             raise ValueError(f"patch_px {patch_px} must be a multiple of 32 larger than twice context_px")
