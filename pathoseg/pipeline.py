@@ -127,7 +127,9 @@ class SlidePlan:
     mpp_override: float | None = None
 
     def tile_job(self) -> TileJob:
-        return TileJob(str(self.slide.path), self.mpp_override, self.frame, self.grid, str(self.store_path))
+        """Absolute paths: workers may run in another directory (on a cluster, on a shared filesystem)."""
+        return TileJob(str(self.slide.path.resolve()), self.mpp_override, self.frame, self.grid,
+                       str(self.store_path.resolve()))
 
     @property
     def nuclei_dir(self) -> Path:
