@@ -225,9 +225,9 @@ def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, m
                       "regions_computed": computed, "regions_reused": len(plan.regions) - computed,
                       "scheduler": config.cluster.scheduler, "device": config.model.device,
                       "pathoseg_version": __version__}
-    write_json(plan.out_dir / "summary.json", summary)
-    write_summary_csv(plan.out_dir / "summary.csv", summary)
     write_slide_report(plan, config, summary, columns)
+    write_summary_csv(plan.out_dir / "summary.csv", summary)
+    write_json(plan.out_dir / "summary.json", summary)  # last: its presence marks a finished slide
     plan.slide.close()
     return summary
 
