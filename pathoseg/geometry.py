@@ -72,6 +72,12 @@ class SlideFrame:
         """(N, 2) model-pixel (x, y) positions (pixel corners) -> level-0 (x, y)."""
         return np.asarray(xy_model, float) * self.level0_per_model_px + (self.origin_x, self.origin_y)
 
+    def level0_box_to_model(self, box: Box) -> Box:
+        """The model-pixel box that covers a level-0 box."""
+        scale = self.level0_per_model_px
+        x0, y0 = int((box.x - self.origin_x) / scale), int((box.y - self.origin_y) / scale)
+        return Box(x0, y0, int(box.width / scale) + 1, int(box.height / scale) + 1)
+
     def model_size_px(self, width_level0: float, height_level0: float) -> tuple[int, int]:
         scale = self.level0_per_model_px
         return int(round(width_level0 / scale)), int(round(height_level0 / scale))

@@ -6,11 +6,11 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from pathoseg.geometry import SlideFrame
+from pathoseg.geometry import Box, SlideFrame
 from pathoseg.io.geojson import FeatureCollectionWriter, atomic_path, nucleus_feature
 from pathoseg.io.overlay import draw_overlay, save_png
 from pathoseg.measure.biomarkers import DAB_BIN_COLORS, DAB_BIN_NAMES, dab_bins
@@ -94,19 +94,28 @@ def write_summary_csv(path: Path, summary: dict) -> None:
         temporary.write_text(buffer.getvalue())
 
 
+def level0_outlines(results: Iterable[RegionResult], frame: SlideFrame, class_names: list[str],
+                    class_colors: list[list[int]], stain_mode: str, dab_thresholds: list[float],
+                    box: Box | None = None) -> Iterator[tuple[np.ndarray, list[int]]]:
+    """(ring (K, 2), colour) of each nucleus, in level-0 pixels relative to ``box``'s corner (default: the slide's
+    bounds); with ``box`` (level-0), only the nuclei whose centroid lies in it."""
+    corner = np.array([box.x, box.y] if box else [frame.origin_x, frame.origin_y], float)
+    for result in results:
+        _, colors, _ = nucleus_labels(result, class_names, class_colors, stain_mode, dab_thresholds)
+        keep = range(len(result))
+        if box is not None:
+            centres = frame.model_to_level0(result.centroids.reshape(-1, 2))
+            keep = np.nonzero(box.contains(centres[:, 0], centres[:, 1]))[0]
+        for i in keep:
+            yield frame.model_to_level0(result.polygons[i]) - corner, colors[i]
+
+
 def write_overlay(path: Path, thumbnail: np.ndarray, level0_per_thumb_px: float, results: Iterable[RegionResult],
                   frame: SlideFrame, class_names: list[str], class_colors: list[list[int]], stain_mode: str,
                   dab_thresholds: list[float]) -> None:
     """Thumbnail of the bounded region with nucleus outlines coloured by class (or DAB bin)."""
-    origin = np.array([frame.origin_x, frame.origin_y])
-
-    def outlines():
-        for result in results:
-            _, colors, _ = nucleus_labels(result, class_names, class_colors, stain_mode, dab_thresholds)
-            for ring, color in zip(result.polygons, colors):
-                yield frame.model_to_level0(ring) - origin, color
-
-    save_png(draw_overlay(thumbnail, outlines(), 1 / level0_per_thumb_px), path)
+    outlines = level0_outlines(results, frame, class_names, class_colors, stain_mode, dab_thresholds)
+    save_png(draw_overlay(thumbnail, outlines, 1 / level0_per_thumb_px), path)
 
 
 def write_review_geojson(path: Path, squares: list[dict], slide_key: str) -> None:
@@ -122,25 +131,15 @@ def write_review_geojson(path: Path, squares: list[dict], slide_key: str) -> Non
                                          name=f"Review {rank}: mean confidence {square['mean_confidence']:.2f}"))
 
 
-def draw_crop(slide, box_level0: tuple[int, int, int, int], results: Iterable[RegionResult], frame: SlideFrame,
-              class_names: list[str], class_colors: list[list[int]], stain_mode: str, dab_thresholds: list[float],
-              max_side_px: int = 1024):
-    """A crop of the slide (box x, y, w, h in level-0 px, read at the finest level where it fits in
-    ``max_side_px``) with the outlines of the nuclei whose centroid lies inside."""
-    x, y, width, height = box_level0
+def draw_crop(slide, box_level0: Box, results: Iterable[RegionResult], frame: SlideFrame, class_names: list[str],
+              class_colors: list[list[int]], stain_mode: str, dab_thresholds: list[float], max_side_px: int = 1024):
+    """A crop of the slide (read at the finest level where it fits in ``max_side_px``) with the outlines of the
+    nuclei whose centroid lies inside."""
+    side = max(box_level0.width, box_level0.height)
     downsamples = slide.level_downsamples
-    level = next((i for i, d in enumerate(downsamples) if max(width, height) / d <= max_side_px),
-                 len(downsamples) - 1)
-    downsample = slide.level_downsamples[level]
-    pixels = slide.read_region(x, y, level, int(width / downsample), int(height / downsample))
-
-    def outlines():
-        for result in results:
-            _, colors, _ = nucleus_labels(result, class_names, class_colors, stain_mode, dab_thresholds)
-            centres = frame.model_to_level0(result.centroids) if len(result) else np.zeros((0, 2))
-            inside = (centres[:, 0] >= x) & (centres[:, 0] < x + width) & (centres[:, 1] >= y) & \
-                     (centres[:, 1] < y + height)
-            for i in np.nonzero(inside)[0]:
-                yield frame.model_to_level0(result.polygons[i]) - (x, y), colors[i]
-
-    return draw_overlay(pixels, outlines(), 1 / downsample)
+    level = next((i for i, d in enumerate(downsamples) if side / d <= max_side_px), len(downsamples) - 1)
+    downsample = downsamples[level]
+    pixels = slide.read_region(box_level0.x, box_level0.y, level, int(box_level0.width / downsample),
+                               int(box_level0.height / downsample))
+    outlines = level0_outlines(results, frame, class_names, class_colors, stain_mode, dab_thresholds, box_level0)
+    return draw_overlay(pixels, outlines, 1 / downsample)

@@ -315,11 +315,9 @@ def write_slide_report(plan: SlidePlan, config: Config, summary: dict, columns: 
         x, y, side, _ = densest["bbox_level0"]
         bounds = plan.slide.bounds
         width, height = min(2 * side, bounds.width), min(2 * side, bounds.height)
-        box = (int(np.clip(x - side / 2, bounds.x, bounds.x1 - width)),
-               int(np.clip(y - side / 2, bounds.y, bounds.y1 - height)), width, height)
-        scale = frame.level0_per_model_px
-        model_box = Box(int((box[0] - frame.origin_x) / scale), int((box[1] - frame.origin_y) / scale),
-                        int(box[2] / scale) + 1, int(box[3] / scale) + 1)
+        box = Box(int(np.clip(x - side / 2, bounds.x, bounds.x1 - width)),
+                  int(np.clip(y - side / 2, bounds.y, bounds.y1 - height)), width, height)
+        model_box = frame.level0_box_to_model(box)
         touching = [region.index for region in plan.regions if region.window.intersects(model_box)]
         crop = draw_crop(plan.slide, box, (load_region(plan.nuclei_dir, i) for i in touching), frame, names, colors,
                          summary["stain_mode"], config.stain.dab_thresholds)

@@ -41,13 +41,14 @@ def create_image_store(path: str | Path, name: str, width_px: int, height_px: in
                        mpp: float, identity: dict) -> zarr.Group:
     """A new, empty image store (overwrites whatever is at ``path``).
 
-    ``identity`` (slide path, size, mtime, mpp, tile size) is kept in the attributes so that a rerun can tell
-    whether the store belongs to the same slide and settings.
+    ``identity`` (slide path, size, mtime, mpp, tile and block size) is kept in the attributes so that a rerun can
+    tell whether the store belongs to the same slide and settings.
     """
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     for level, factor in enumerate(PYRAMID_FACTORS):
+        chunk_px = min(tile_px, block_px // factor)  # every chunk inside one block
         root.create_array(str(level), shape=(3, -(-height_px // factor), -(-width_px // factor)),
-                          chunks=(3, *2 * [min(tile_px, block_px // factor)]), dtype="uint8", compressors=_compressor(), fill_value=255)
+                          chunks=(3, chunk_px, chunk_px), dtype="uint8", compressors=_compressor(), fill_value=255)
     root.attrs.update({"multiscales": multiscales_metadata(name, mpp),
                        "omero": {"channels": [{"label": c, "color": col, "window": {"start": 0, "end": 255}}
                                               for c, col in (("R", "FF0000"), ("G", "00FF00"), ("B", "0000FF"))],

@@ -136,8 +136,8 @@ def _review_section(review: dict) -> str:
     rows = [[str(i), escape(", ".join(map(str, s["bbox_level0"]))), s["nuclei"], s["mean_confidence"],
              s["low_confidence_percent"]] for i, s in enumerate(squares, start=1)]
     return (f"<p>{review['square_um']:.0f} µm squares with the lowest mean nucleus confidence (detection probability "
-            f"&times; class probability); a nucleus counts as low-confidence below {review['low_confidence_threshold']}."
-            " Also in <code>review.geojson</code> for QuPath.</p>"
+            f"&times; class probability); a nucleus counts as low-confidence below "
+            f"{review['low_confidence_threshold']}. Also in <code>review.geojson</code> for QuPath.</p>"
             + _table(["#", "bbox (level-0 x, y, w, h)", "nuclei", "mean confidence", "% low-confidence"], rows))
 
 

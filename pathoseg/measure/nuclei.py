@@ -7,7 +7,7 @@ from scipy import ndimage
 from skimage.measure import regionprops_table
 
 from pathoseg.measure.stain import stain_od
-from pathoseg.models.postproc import instance_classes
+from pathoseg.models.postproc import class_distributions, majority_classes
 
 # Internal key -> QuPath measurement name (units in the name, as QuPath writes them).
 MEASUREMENT_NAMES = {
@@ -26,16 +26,6 @@ MEASUREMENT_NAMES = {
     "class_probability": "Class probability",
     "class_entropy": "Class entropy",
 }
-
-
-def class_distributions(labels: np.ndarray, nc_prob: np.ndarray) -> np.ndarray:
-    """(N, C) mean class probabilities over each instance 1..N."""
-    n = int(labels.max())
-    inside = labels > 0
-    index = labels[inside] - 1
-    sums = np.stack([np.bincount(index, weights=nc_prob[c, inside], minlength=n) for c in range(nc_prob.shape[0])],
-                    axis=1)
-    return sums / np.maximum(np.bincount(index, minlength=n), 1)[:, None]
 
 
 def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, np_prob: np.ndarray, nc_prob: np.ndarray, mpp: float,
@@ -69,8 +59,10 @@ def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, np_prob: np.ndarray, nc_
     od_mean = np.stack([ndimage.mean(od[:, c], pixel_labels, index) for c in range(3)], axis=1)
     dab_max = ndimage.maximum(od[:, 2], pixel_labels, index)
     detection_probability = ndimage.mean(np_prob[inside], pixel_labels, index)
-    classes, class_probability = instance_classes(labels, nc_prob)  # HoVer-Net's majority vote
-    foreground = class_distributions(labels, nc_prob)[order][:, 1:]
+    classes = majority_classes(labels, nc_prob)  # HoVer-Net's vote
+    distributions = class_distributions(labels, nc_prob)
+    class_probability = distributions[np.arange(n), classes].astype(np.float32)
+    foreground = distributions[order][:, 1:]
     normalised = foreground / np.maximum(foreground.sum(axis=1, keepdims=True), 1e-9)
     entropy = -(normalised * np.log(np.clip(normalised, 1e-9, 1))).sum(axis=1) / np.log(max(2, foreground.shape[1]))
     return {

@@ -79,8 +79,34 @@ def relabel_in_raster_order(labels: np.ndarray) -> np.ndarray:
     return lookup[labels]
 
 
+def majority_classes(instances: np.ndarray, nc_prob: np.ndarray) -> np.ndarray:
+    """(N,) class in 1..C-1 of each instance 1..N: the most frequent per-pixel argmax (background excluded).
+
+    Parameters
+    ----------
+    instances : (H, W) int, labels 1..N.
+    nc_prob : (C, H, W) float, class probabilities, class 0 = background.
+    """
+    n_instances, n_classes = int(instances.max()), nc_prob.shape[0]
+    inside = instances > 0
+    votes_per_pixel = nc_prob[1:, inside].argmax(axis=0)
+    votes = np.bincount((instances[inside] - 1) * (n_classes - 1) + votes_per_pixel,
+                        minlength=n_instances * (n_classes - 1)).reshape(n_instances, n_classes - 1)
+    return votes.argmax(axis=1) + 1
+
+
+def class_distributions(instances: np.ndarray, nc_prob: np.ndarray) -> np.ndarray:
+    """(N, C) mean class probabilities over each instance 1..N."""
+    n_instances = int(instances.max())
+    inside = instances > 0
+    index = instances[inside] - 1
+    sums = np.stack([np.bincount(index, weights=nc_prob[c, inside], minlength=n_instances)
+                     for c in range(nc_prob.shape[0])], axis=1)
+    return sums / np.maximum(np.bincount(index, minlength=n_instances), 1)[:, None]
+
+
 def instance_classes(instances: np.ndarray, nc_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Majority class of each instance (background excluded) and the mean probability of that class.
+    """Majority class of each instance (HoVer-Net's vote) and the mean probability of that class.
 
     Parameters
     ----------
@@ -92,18 +118,8 @@ def instance_classes(instances: np.ndarray, nc_prob: np.ndarray) -> tuple[np.nda
     classes : (N,) int in 1..C-1, index i for label i + 1.
     probabilities : (N,) float32.
     """
-    n_instances = int(instances.max())
-    n_classes = nc_prob.shape[0]
-    if n_instances == 0:
+    if int(instances.max()) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    inside = instances > 0
-    label_of_pixel = instances[inside] - 1
-    votes_per_pixel = nc_prob[1:, inside].argmax(axis=0)
-    votes = np.bincount(label_of_pixel * (n_classes - 1) + votes_per_pixel,
-                        minlength=n_instances * (n_classes - 1)).reshape(n_instances, n_classes - 1)
-    classes = votes.argmax(axis=1) + 1
-    prob_sums = np.stack([np.bincount(label_of_pixel, weights=nc_prob[c, inside], minlength=n_instances)
-                          for c in range(n_classes)], axis=1)
-    areas = np.bincount(label_of_pixel, minlength=n_instances)
-    probabilities = prob_sums[np.arange(n_instances), classes] / np.maximum(areas, 1)
+    classes = majority_classes(instances, nc_prob)
+    probabilities = class_distributions(instances, nc_prob)[np.arange(len(classes)), classes]
     return classes, probabilities.astype(np.float32)
