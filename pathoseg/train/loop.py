@@ -1,4 +1,5 @@
-"""Training loop: sampling, augmentation in a loader process, bf16 autocast, validation, resumable checkpoints."""
+"""Training loop: sampling, augmentation in a loader process, bf16 autocast, an exponential moving average of the
+weights (what is validated and shipped), validation, resumable checkpoints."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pathoseg.models.infer import Predictor, resolve_device
 from pathoseg.models.weights import ModelMetadata, build_network, read_checkpoint, save_checkpoint
@@ -52,6 +54,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     dab_probability: float = 0.25
+    ema_decay: float = 0.999
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
@@ -79,7 +82,7 @@ class TrainingStream(torch.utils.data.IterableDataset):
                                                      sample.types if has_types else None, self.size_px,
                                                      p_dab=self.p_dab)
             yield {
-                "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
+                "image": torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1),
                 "np": torch.from_numpy((instances > 0).astype(np.int64)),
                 "hv": torch.from_numpy(hv_targets(instances)),
                 "nc": torch.from_numpy(types.astype(np.int64) if types is not None
@@ -121,15 +124,21 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
                              training_data=[spec.path for spec in config.datasets])
     network = build_network(metadata).to(device).to(memory_format=torch.channels_last)
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    step, best_pq, history = 0, -1.0, []
+    step, best_pq, history, averaged_state = 0, -1.0, [], None
     last_path, best_path = output / "last.pt", output / "best.pt"
     if resume and last_path.is_file():
         payload = read_checkpoint(last_path)
-        network.load_state_dict(payload["state_dict"])
-        optimiser.load_state_dict(payload["extra"]["optimiser"])
-        step, best_pq = payload["extra"]["step"], payload["extra"]["best_pq"]
-        history = json.loads(payload["extra"]["history"])
+        extra = payload["extra"]
+        # A checkpoint's state_dict holds the averaged weights; the raw ones ride in extra (older runs: none).
+        network.load_state_dict(extra.get("raw_state_dict", payload["state_dict"]))
+        averaged_state = payload["state_dict"] if "raw_state_dict" in extra else None
+        optimiser.load_state_dict(extra["optimiser"])
+        step, best_pq, history = extra["step"], extra["best_pq"], json.loads(extra["history"])
         log.info("resumed from %s at step %d (best PQ %.3f)", last_path, step, best_pq)
+    averaged = AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    if averaged_state is not None:
+        averaged.module.load_state_dict(averaged_state)
+        averaged.n_averaged.fill_(1)
 
     groups, validation = [], {}
     for spec in config.datasets:
@@ -144,7 +153,8 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
 
     def checkpoint(path: Path, metrics: dict) -> None:
         metadata.step, metadata.metrics = step, metrics
-        save_checkpoint(path, network, metadata, extra={
+        save_checkpoint(path, averaged.module, metadata, extra={
+            "raw_state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
             "optimiser": optimiser.state_dict(), "step": step, "best_pq": best_pq, "history": json.dumps(history)})
 
     network.train()
@@ -162,18 +172,18 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
+        averaged.update_parameters(network)
         step += 1
         if step % 10 == 0:
             log.info("step %d loss %.3f %s (%.2f s/step)", step, loss.item(),
                      " ".join(f"{k}={v:.3f}" for k, v in parts.items()), (time.time() - started) / 10)
             started = time.time()
         if step % config.validate_every == 0 or step == config.steps:
-            network.eval()
-            predictor = Predictor(network, device, patch_px=320, context_px=32, batch_size=4)
+            averaged.module.eval()
+            predictor = Predictor(averaged.module, device, patch_px=320, context_px=32, batch_size=4)
             last_metrics = {name: evaluate_samples(predictor, samples, n_classes=len(metadata.class_names)
                                                    if has_types else None)["overall"]
                             for name, (samples, has_types) in validation.items() if samples}
-            network.train()
             history.append({"step": step, **last_metrics})
             for name, metrics in last_metrics.items():
                 log.info("validation %s step %d: %s", name, step, _format(metrics))
