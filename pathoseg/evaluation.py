@@ -11,7 +11,8 @@ from skimage.draw import polygon as fill_polygon
 from pathoseg.io.geojson import read_features
 from pathoseg.metrics import centroids, detection_and_type_f1, instance_metrics, majority_types
 from pathoseg.models.infer import Predictor
-from pathoseg.models.postproc import PostprocParams, instance_classes, instances_from_maps
+from pathoseg.models.postproc import instances_from_maps
+from pathoseg.region import RegionSettings, plausible_nuclei
 from pathoseg.train.data import Sample, load_dataset, read_class_names, read_manifest
 
 METRIC_KEYS = ("dice", "aji", "aji_plus", "dq", "sq", "pq")
@@ -44,14 +45,26 @@ class Accumulator:
         return {"overall": overall, "per_image": self.per_image}
 
 
-def evaluate_samples(predictor: Predictor, samples: list[Sample], params: PostprocParams = PostprocParams(),
+def predict_nuclei(predictor: Predictor, rgb: np.ndarray, settings: RegionSettings) -> tuple[np.ndarray, np.ndarray]:
+    """The nuclei ``pathoseg segment`` outputs for an image at the model's mpp: post-processing, then the
+    plausibility filters. Returns the (H, W) instance map (1..N) and the (N,) classes."""
+    maps = predictor.predict(rgb)
+    labels = instances_from_maps(maps.np_prob, maps.hv, settings.postproc)
+    labels, measurements, _ = plausible_nuclei(labels, rgb, maps, settings)
+    return labels, measurements["class_id"].astype(int)
+
+
+def evaluate_samples(predictor: Predictor, samples: list[Sample], settings: RegionSettings,
                      n_classes: int | None = None, radius_px: float = 12.0) -> dict:
-    """Run the model over samples (already at its mpp): mean per-image metrics, pooled detection/type F1."""
+    """Run the model over samples (already at its mpp): mean per-image metrics, pooled detection/type F1.
+
+    ``settings`` are a run's post-processing and filters (``RegionSettings.from_config``), so the figures describe
+    what ``pathoseg segment`` writes.
+    """
     accumulator = Accumulator(list(range(1, n_classes)) if n_classes else None, radius_px)
     for sample in samples:
-        maps = predictor.predict(sample.image)
-        pred = instances_from_maps(maps.np_prob, maps.hv, params)
-        accumulator.add(sample, pred, instance_classes(pred, maps.nc_prob)[0] if n_classes else None)
+        pred, pred_classes = predict_nuclei(predictor, sample.image, settings)
+        accumulator.add(sample, pred, pred_classes if n_classes else None)
     return accumulator.result()
 
 

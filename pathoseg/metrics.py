@@ -132,6 +132,7 @@ def detection_and_type_f1(true_xy: np.ndarray, true_class: np.ndarray, pred_xy: 
         fp_unpaired, fn_unpaired = np.sum(unpaired_pred == cls), np.sum(unpaired_true == cls)
         denominator = 2 * tp + 2 * fp_paired + 2 * fn_paired + fp_unpaired + fn_unpaired
         result[f"f1_type_{cls}"] = float(2 * tp / denominator) if denominator else 1.0
+        result[f"n_true_type_{cls}"] = int(np.sum(true_class == cls))  # support: F1 of an absent class says little
     return result
 
 

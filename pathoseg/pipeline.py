@@ -25,7 +25,6 @@ from pathoseg.io.slide import Slide, SlideError, open_slide
 from pathoseg.io.report import write_report
 from pathoseg.measure.areas import review_squares, tissue_region_stats
 from pathoseg.measure.biomarkers import DAB_BIN_COLORS, DAB_BIN_NAMES, class_summary, dab_bins, positivity_summary
-from pathoseg.models.postproc import PostprocParams
 from pathoseg.models.weights import ModelMetadata, load_model
 from pathoseg.outputs import (draw_crop, write_geojson, write_json, write_nuclei_table, write_overlay,
                               write_review_geojson, write_summary_csv)
@@ -67,16 +66,6 @@ def find_tissue(slide: Slide, config: Config) -> tuple[TissueMask, np.ndarray]:
     mask = detect_tissue(thumbnail, thumb_mpp, tuple(tiling.tissue_od_range), tiling.tissue_closing_um,
                          tiling.min_tissue_um2, tiling.max_tissue_hole_um2)
     return TissueMask(mask, level0_per_px, thumb_mpp), thumbnail
-
-
-def region_settings(config: Config, metadata: ModelMetadata) -> RegionSettings:
-    return RegionSettings(
-        mpp=metadata.mpp,
-        postproc=PostprocParams(**dataclasses.asdict(config.postproc)),
-        min_area_um2=config.filters.min_area_um2, max_area_um2=config.filters.max_area_um2,
-        min_solidity=config.filters.min_solidity, simplify_px=config.output.simplify_px,
-        stain_matrix=None if config.stain.stain_matrix is None else tuple(map(tuple, config.stain.stain_matrix)),
-    )
 
 
 def choose_stain_mode(config: Config, eosin_od_means: np.ndarray) -> str:
@@ -176,7 +165,7 @@ def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: Reg
     Returns (regions computed now, peak RSS of a worker in bytes).
     """
     open_store(plan)
-    settings = region_settings(config, plan.metadata)
+    settings = RegionSettings.from_config(config, plan.metadata.mpp)
     _reset_stale_results(plan.nuclei_dir, {"model_sha256": plan.model_sha256, "settings": repr(settings),
                                            "region_px": plan.grid.region_px, "margin_px": plan.grid.margin_px,
                                            "store": plan.store_identity})

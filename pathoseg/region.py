@@ -5,10 +5,12 @@ The same function runs in-process or on a Dask worker; it returns only small res
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from pathoseg.config import Config
 from pathoseg.geometry import Box
 from pathoseg.measure.nuclei import measure_nuclei, plausible
 from pathoseg.models.infer import PredictionMaps, Predictor
@@ -28,6 +30,15 @@ class RegionSettings:
     min_solidity: float = 0.7
     simplify_px: float = 0.3
     stain_matrix: tuple | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, mpp: float) -> "RegionSettings":
+        """Settings of a run's configuration, for a model working at ``mpp``."""
+        stain_matrix = config.stain.stain_matrix
+        return cls(mpp=mpp, postproc=PostprocParams(**dataclasses.asdict(config.postproc)),
+                   min_area_um2=config.filters.min_area_um2, max_area_um2=config.filters.max_area_um2,
+                   min_solidity=config.filters.min_solidity, simplify_px=config.output.simplify_px,
+                   stain_matrix=None if stain_matrix is None else tuple(map(tuple, stain_matrix)))
 
 
 @dataclass
@@ -55,19 +66,39 @@ def nuclei_from_maps(index: int, rgb: np.ndarray, maps: PredictionMaps, window: 
     """Post-process a window's maps, keep the nuclei the core owns, measure and outline them."""
     labels = instances_from_maps(maps.np_prob, maps.hv, settings.postproc)
     owned = keep_labels(labels, owned_labels(labels, window, core))
-    stain_matrix = None if settings.stain_matrix is None else np.asarray(settings.stain_matrix)
-    measurements = measure_nuclei(owned, rgb, maps.np_prob, maps.nc_prob, settings.mpp, stain_matrix)
-    filters = plausible(measurements, settings.min_area_um2, settings.max_area_um2, settings.min_solidity)
-    keep = filters["keep"]
-    polygons = instance_polygons(keep_labels(owned, np.nonzero(keep)[0] + 1), settings.simplify_px)
+    kept_labels, measurements, filters = plausible_nuclei(owned, rgb, maps, settings)
+    polygons = instance_polygons(kept_labels, settings.simplify_px)
     valid = np.array([p is not None for p in polygons], bool)
     offset = np.array([window.x, window.y], float)
     kept_polygons = [np.asarray(p.exterior.coords)[:-1] + offset for p in polygons if p is not None]
-    kept = {key: values[keep][valid] for key, values in measurements.items()}
+    kept = {key: values[valid] for key, values in measurements.items()}
     centroids = np.array([p.centroid.coords[0] for p in polygons if p is not None]).reshape(-1, 2) + offset
     removed = {name: int(filters[name].sum()) for name in ("too_small", "too_large", "irregular")}
     removed["degenerate"] = int((~valid).sum())
     return RegionResult(index, kept_polygons, centroids, kept, removed)
+
+
+def plausible_nuclei(labels: np.ndarray, rgb: np.ndarray, maps: PredictionMaps, settings: RegionSettings
+                     ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Measure instances and drop the implausible ones (too small, too large, irregular).
+
+    Parameters
+    ----------
+    labels : (H, W) int, instances 1..N, all present.
+    rgb : (H, W, 3) uint8; maps : the prediction maps of the same pixels.
+
+    Returns
+    -------
+    kept_labels : (H, W) int32, the kept instances renumbered 1..K in their original order.
+    measurements : dict of (K,) arrays of the kept instances (see ``measure_nuclei``).
+    filters : dict of (N,) bool masks (see ``plausible``).
+    """
+    stain_matrix = None if settings.stain_matrix is None else np.asarray(settings.stain_matrix)
+    measurements = measure_nuclei(labels, rgb, maps.np_prob, maps.nc_prob, settings.mpp, stain_matrix)
+    filters = plausible(measurements, settings.min_area_um2, settings.max_area_um2, settings.min_solidity)
+    keep = filters["keep"]
+    kept_labels = keep_labels(labels, np.nonzero(keep)[0] + 1)
+    return kept_labels, {key: values[keep] for key, values in measurements.items()}, filters
 
 
 def segment_region(index: int, rgb: np.ndarray, window: Box, core: Box, predictor: Predictor,

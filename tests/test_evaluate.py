@@ -59,3 +59,31 @@ def test_missing_prediction_is_a_clear_error(dataset, tmp_path):
     result = CliRunner().invoke(main, ["evaluate", str(tmp_path), str(dataset)])
     assert result.exit_code == 2
     assert result.output.startswith("error: ") and "no prediction for image" in result.output
+
+
+def test_model_evaluation_measures_what_segment_writes(tmp_path):
+    """``evaluate --model`` scores the nuclei ``segment`` outputs: same post-processing, same plausibility filters."""
+    source = shared("monuseg/train")
+    sample_id = "TCGA-B0-5711-01Z-00-DX1"  # a validation image of the shipped model
+    dataset = tmp_path / "dataset"
+    for sub in ("images", "labels"):
+        (dataset / sub).mkdir(parents=True)
+        (dataset / sub / f"{sample_id}.png").symlink_to(source / sub / f"{sample_id}.png")
+    (dataset / "MANIFEST.csv").write_text(f"id,mpp\n{sample_id},0.25\n")
+    runner = CliRunner()
+    result = runner.invoke(main, ["segment", str(dataset / "images" / f"{sample_id}.png"), "--mpp", "0.25",
+                                  "-o", str(tmp_path / "run"), "--scheduler", "inprocess", "--quiet", "--no-gzip"])
+    assert result.exit_code == 0, result.output
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "run" / "nuclei.geojson").rename(tmp_path / "pred" / f"{sample_id}.geojson")
+    from_geojson = tmp_path / "from-geojson.json"
+    from_model = tmp_path / "from-model.json"
+    result = runner.invoke(main, ["evaluate", str(tmp_path / "pred"), str(dataset), "-o", str(from_geojson)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["evaluate", "--model", "pathoseg-light", str(dataset), "-o", str(from_model)])
+    assert result.exit_code == 0, result.output
+    written, direct = (json.loads(path.read_text())["overall"] for path in (from_geojson, from_model))
+    assert direct["pq"] > 0.5
+    # Only polygon simplification and rasterisation stand between the two.
+    for key in ("pq", "aji", "dice"):
+        assert written[key] == pytest.approx(direct[key], abs=0.004), key

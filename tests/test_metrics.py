@@ -56,6 +56,7 @@ def test_detection_and_type_f1_by_hand():
     assert result["f1_detection"] == pytest.approx(4 / 6)
     assert result["f1_type_1"] == pytest.approx(2 / (2 + 2))          # tp 1, fn_paired 1
     assert result["f1_type_2"] == pytest.approx(0.0)                  # fp_paired 1, fp 1, fn 1
+    assert (result["n_true_type_1"], result["n_true_type_2"]) == (2, 1)
 
 
 def test_majority_types():

@@ -8,21 +8,25 @@ from pathlib import Path
 import click
 
 from pathoseg.cli.common import fail, friendly_errors
+from pathoseg.config import load_config
 from pathoseg.evaluation import evaluate_folder, evaluate_samples
 from pathoseg.io.geojson import atomic_path
 from pathoseg.models.infer import Predictor, resolve_device
 from pathoseg.models.weights import load_model
+from pathoseg.region import RegionSettings
 from pathoseg.train.data import load_dataset, read_manifest
 
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--model", help="Run this model (name or checkpoint) over DATASET, then evaluate.")
+@click.option("-c", "--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="Run configuration whose post-processing and filters apply (default: the packaged one).")
 @click.option("--ids", help="Comma-separated image ids to evaluate (default: all in MANIFEST.csv).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), help="Write the metrics JSON here.")
 @friendly_errors
-def evaluate(paths, model, ids, device, out_path) -> None:
+def evaluate(paths, model, config_path, ids, device, out_path) -> None:
     """Dice, AJI, AJI+, DQ, SQ, PQ per image and overall; detection and type F1 where classes exist.
 
     PATHS is PRED GT (a folder of <id>.png instance maps or <id>.geojson files, and a dataset folder), or, with
@@ -36,16 +40,19 @@ def evaluate(paths, model, ids, device, out_path) -> None:
         selected = ids.split(",") if ids else list(read_manifest(dataset))
         samples = load_dataset(dataset, loaded.metadata.mpp, selected)
         has_types = any(s.types is not None for s in samples)
-        predictor = Predictor(loaded.network, resolve_device(device))
-        result = evaluate_samples(predictor, samples, n_classes=len(loaded.metadata.class_names) if has_types
-                                  else None)
+        config = load_config(config_path)
+        predictor = Predictor(loaded.network, resolve_device(device), config.model.patch_px, config.model.context_px,
+                              config.model.batch_size, config.model.bf16)
+        settings = RegionSettings.from_config(config, loaded.metadata.mpp)
+        n_classes = len(loaded.metadata.class_names) if has_types else None
+        result = evaluate_samples(predictor, samples, settings, n_classes=n_classes)
         result["model"] = {"name": loaded.metadata.name, "sha256": loaded.sha256}
     else:
         if len(paths) != 2:
             fail("give PRED and GT folders (or --model NAME DATASET)")
         result = evaluate_folder(paths[0], paths[1])
     for key, value in result["overall"].items():
-        click.echo(f"{key:>16}: {value:.4f}")
+        click.echo(f"{key:>16}: {value}" if isinstance(value, int) else f"{key:>16}: {value:.4f}")
     if out_path:
         with atomic_path(out_path) as temporary:
             temporary.write_text(json.dumps(result, indent=2, default=float))

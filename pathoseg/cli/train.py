@@ -6,11 +6,13 @@ import logging
 
 import click
 
-from pathoseg.cli.common import friendly_errors
 from pathlib import Path
 
+from pathoseg.cli.common import friendly_errors
+from pathoseg.config import load_config
 from pathoseg.models.infer import Predictor, resolve_device
 from pathoseg.models.weights import load_model, publish_checkpoint
+from pathoseg.region import RegionSettings
 from pathoseg.train.data import load_dataset
 from pathoseg.train.tune import tune_postproc
 from pathoseg.train.loop import TrainConfig, train as train_model
@@ -52,7 +54,7 @@ def tune(config: TrainConfig) -> None:
     spec = config.datasets[0]
     samples = load_dataset(spec.path, loaded.metadata.mpp, spec.validation_ids)
     predictor = Predictor(loaded.network, resolve_device(config.device))
-    best, tried = tune_postproc(predictor, samples)
+    best, tried = tune_postproc(predictor, samples, RegionSettings.from_config(load_config(), loaded.metadata.mpp))
     for row in sorted(tried, key=lambda r: -r["pq"])[:5]:
         click.echo("  ".join(f"{k}={v:.3f}" for k, v in row.items()))
     click.echo(f"best: {best}")

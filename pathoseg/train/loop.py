@@ -15,9 +15,11 @@ import torch
 import yaml
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from pathoseg.config import load_config
 from pathoseg.models.infer import Predictor, resolve_device
 from pathoseg.models.weights import ModelMetadata, build_network, read_checkpoint, save_checkpoint
 from pathoseg.evaluation import evaluate_samples
+from pathoseg.region import RegionSettings
 from pathoseg.train.augment import augment_sample
 from pathoseg.train.data import Sample, load_dataset, read_manifest
 from pathoseg.train.losses import hovernet_loss
@@ -157,6 +159,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
             "raw_state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
             "optimiser": optimiser.state_dict(), "step": step, "best_pq": best_pq, "history": json.dumps(history)})
 
+    settings = RegionSettings.from_config(load_config(), config.mpp)  # validate what `segment` would output
     network.train()
     started, last_metrics = time.time(), {}
     for batch in loader:
@@ -181,7 +184,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         if step % config.validate_every == 0 or step == config.steps:
             averaged.module.eval()
             predictor = Predictor(averaged.module, device, patch_px=320, context_px=32, batch_size=4)
-            last_metrics = {name: evaluate_samples(predictor, samples, n_classes=len(metadata.class_names)
+            last_metrics = {name: evaluate_samples(predictor, samples, settings, n_classes=len(metadata.class_names)
                                                    if has_types else None)["overall"]
                             for name, (samples, has_types) in validation.items() if samples}
             history.append({"step": step, **last_metrics})

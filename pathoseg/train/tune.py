@@ -11,6 +11,7 @@ import numpy as np
 from pathoseg.metrics import instance_metrics
 from pathoseg.models.infer import Predictor
 from pathoseg.models.postproc import PostprocParams, instances_from_maps
+from pathoseg.region import RegionSettings, plausible_nuclei
 from pathoseg.train.data import Sample
 
 log = logging.getLogger(__name__)
@@ -20,17 +21,19 @@ GRID = {"np_threshold": [0.4, 0.5, 0.6], "marker_threshold": [0.15, 0.25, 0.35],
         "gradient_scale": [0.1, 0.14, 0.2, 0.28]}
 
 
-def tune_postproc(predictor: Predictor, samples: list[Sample], base: PostprocParams = PostprocParams(),
+def tune_postproc(predictor: Predictor, samples: list[Sample], settings: RegionSettings,
                   grid: dict[str, list] = GRID) -> tuple[PostprocParams, list[dict]]:
-    """The parameters of best mean PQ over ``samples``, and every tried combination with its PQ and AJI."""
+    """The post-processing parameters of best mean PQ over ``samples`` (after ``settings``' plausibility filters,
+    as ``pathoseg segment`` applies them), and every tried combination with its PQ and AJI."""
     maps = [predictor.predict(sample.image) for sample in samples]
     tried = []
     for values in itertools.product(*grid.values()):
-        params = dataclasses.replace(base, **dict(zip(grid, values)))
-        scores = [instance_metrics(s.instances, instances_from_maps(m.np_prob, m.hv, params))
+        params = dataclasses.replace(settings.postproc, **dict(zip(grid, values)))
+        scores = [instance_metrics(s.instances, plausible_nuclei(instances_from_maps(m.np_prob, m.hv, params),
+                                                                 s.image, m, settings)[0])
                   for s, m in zip(samples, maps)]
         tried.append({**dict(zip(grid, values)), "pq": float(np.mean([s["pq"] for s in scores])),
                       "aji": float(np.mean([s["aji"] for s in scores]))})
         log.info("%s", tried[-1])
     best = max(tried, key=lambda row: row["pq"])
-    return dataclasses.replace(base, **{k: best[k] for k in grid}), tried
+    return dataclasses.replace(settings.postproc, **{k: best[k] for k in grid}), tried
