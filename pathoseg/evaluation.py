@@ -9,7 +9,8 @@ from PIL import Image
 from skimage.draw import polygon as fill_polygon
 
 from pathoseg.io.geojson import read_features
-from pathoseg.metrics import centroids, detection_and_type_f1, instance_metrics, majority_types
+from pathoseg.metrics import (centroids, class_panoptic_quality, detection_and_type_f1, instance_metrics,
+                              majority_types)
 from pathoseg.models.infer import Predictor
 from pathoseg.models.postproc import instances_from_maps
 from pathoseg.region import RegionSettings, plausible_nuclei
@@ -18,8 +19,25 @@ from pathoseg.train.data import Sample, load_dataset, read_class_names, read_man
 METRIC_KEYS = ("dice", "aji", "aji_plus", "dq", "sq", "pq")
 
 
+def _mean_of_defined(values: list[float]) -> float:
+    """Mean of the non-NaN values; NaN when there are none."""
+    defined = [value for value in values if not np.isnan(value)]
+    return float(np.mean(defined)) if defined else float("nan")
+
+
+def json_safe(value):
+    """``value`` with NaN floats replaced by None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (float, np.floating)):
+        return None if np.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 class Accumulator:
-    """Per-image instance metrics, and centroids/classes pooled for detection and type F1."""
+    """Per-image instance metrics (and per-class PQ), and centroids/classes pooled for detection and type F1."""
 
     def __init__(self, classes: list[int] | None, radius_px: float):
         self.classes, self.radius_px = classes, radius_px
@@ -29,9 +47,12 @@ class Accumulator:
     def add(self, sample: Sample, pred: np.ndarray, pred_classes: np.ndarray | None) -> None:
         self.per_image[sample.id] = instance_metrics(sample.instances, pred)
         if self.classes and sample.types is not None and pred_classes is not None:
+            true_classes = majority_types(sample.instances, sample.types)
+            class_pq = class_panoptic_quality(sample.instances, true_classes, pred, pred_classes, self.classes)
+            self.per_image[sample.id].update({f"pq_type_{cls}": pq for cls, pq in class_pq.items()})
             xy, labels = centroids(sample.instances)
             self.true_xy.append(xy)
-            self.true_cls.append(majority_types(sample.instances, sample.types)[labels - 1])
+            self.true_cls.append(true_classes[labels - 1])
             xy, labels = centroids(pred)
             self.pred_xy.append(xy)
             self.pred_cls.append(pred_classes[labels - 1])
@@ -39,6 +60,10 @@ class Accumulator:
     def result(self) -> dict:
         overall = {k: float(np.mean([m[k] for m in self.per_image.values()])) for k in METRIC_KEYS}
         if self.true_xy:
+            class_pq = {f"pq_type_{cls}": _mean_of_defined([m.get(f"pq_type_{cls}", np.nan)
+                                                             for m in self.per_image.values()])
+                        for cls in self.classes}
+            overall.update(class_pq, mpq=_mean_of_defined(list(class_pq.values())))
             overall.update(detection_and_type_f1(np.concatenate(self.true_xy), np.concatenate(self.true_cls),
                                                  np.concatenate(self.pred_xy), np.concatenate(self.pred_cls),
                                                  self.classes, self.radius_px))

@@ -5,6 +5,8 @@
   predictions never used add to the union.
 * AJI+ (Graham et al. 2019): as AJI with a one-to-one pairing (Hungarian on IoU).
 * Dice: pixel-level foreground Dice.
+* Per-class PQ (PanNuke's mPQ): PQ between the instances of one class in ground truth and prediction, per image
+  (undefined where the ground truth has none of that class), averaged over images; mPQ averages the classes.
 * Detection / type F1 (HoVer-Net): centroids paired within a radius (12 px at 40x), one-to-one.
 """
 
@@ -133,6 +135,32 @@ def detection_and_type_f1(true_xy: np.ndarray, true_class: np.ndarray, pred_xy: 
         denominator = 2 * tp + 2 * fp_paired + 2 * fn_paired + fp_unpaired + fn_unpaired
         result[f"f1_type_{cls}"] = float(2 * tp / denominator) if denominator else 1.0
         result[f"n_true_type_{cls}"] = int(np.sum(true_class == cls))  # support: F1 of an absent class says little
+    return result
+
+
+def instances_of_class(labels: np.ndarray, classes: np.ndarray, cls: int) -> np.ndarray:
+    """The instance map with only the instances whose class is ``cls``; ``classes[i]`` is label i + 1's."""
+    lookup = np.zeros(len(classes) + 1, dtype=np.int64)
+    lookup[1:] = np.where(np.asarray(classes) == cls, np.arange(1, len(classes) + 1), 0)
+    return lookup[labels]
+
+
+def class_panoptic_quality(true: np.ndarray, true_classes: np.ndarray, pred: np.ndarray, pred_classes: np.ndarray,
+                           classes: list[int]) -> dict[int, float]:
+    """PQ of each class in one image, NaN where the ground truth has none of it (PanNuke's convention).
+
+    Parameters
+    ----------
+    true, pred : (H, W) int instance maps, labels 1..N and 1..M.
+    true_classes : (N,) int, class of true label i + 1; pred_classes : (M,) int, likewise.
+    """
+    result = {}
+    for cls in classes:
+        true_cls = instances_of_class(true, true_classes, cls)
+        if not true_cls.any():
+            result[cls] = float("nan")
+            continue
+        result[cls] = panoptic_quality(true_cls, instances_of_class(pred, pred_classes, cls))["pq"]
     return result
 
 

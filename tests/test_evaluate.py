@@ -49,10 +49,15 @@ def test_ground_truth_as_geojson_scores_nearly_perfectly(dataset, tmp_path):
                 name = names.get(int(types[i]), "unknown") if types is not None else "nucleus"
                 writer.write(nucleus_feature(np.asarray(polygon.exterior.coords)[:-1], name, [0, 0, 0],
                                              {"x": 1.0}, f"{sample_id}:{i}"))
-    result = CliRunner().invoke(main, ["evaluate", str(tmp_path), str(dataset)])
+    out = tmp_path / "metrics.json"
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path), str(dataset), "-o", str(out)])
     assert result.exit_code == 0, result.output
     pq = float(next(line for line in result.output.splitlines() if line.strip().startswith("pq:")).split(":")[1])
     assert pq > 0.9
+    overall = json.loads(out.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))["overall"]
+    for cls in names:
+        assert overall[f"pq_type_{cls}"] > 0.9 and overall[f"f1_type_{cls}"] > 0.95
+    assert overall["mpq"] > 0.9
 
 
 def test_missing_prediction_is_a_clear_error(dataset, tmp_path):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pathoseg.metrics import (aggregated_jaccard, detection_and_type_f1, dice, instance_metrics, majority_types,
-                              panoptic_quality)
+from pathoseg.metrics import (aggregated_jaccard, class_panoptic_quality, detection_and_type_f1, dice,
+                              instance_metrics, majority_types, panoptic_quality)
 
 
 @pytest.fixture
@@ -63,3 +63,14 @@ def test_majority_types():
     instances = np.array([[1, 1, 1, 2], [0, 0, 2, 2]])
     types = np.array([[3, 3, 1, 2], [0, 0, 2, 0]])
     assert majority_types(instances, types).tolist() == [3, 2]
+
+
+def test_class_panoptic_quality_by_hand():
+    true = np.array([[1, 1, 0, 2, 2, 0, 3]])
+    true_classes = np.array([1, 1, 2])
+    pred = np.array([[1, 1, 0, 2, 2, 2, 3]])   # label 2: IoU 2/3 with true 2; label 3 matches true 3
+    pred_classes = np.array([1, 2, 2])          # true 2 (class 1) predicted class 2
+    result = class_panoptic_quality(true, true_classes, pred, pred_classes, [1, 2, 3])
+    assert result[1] == pytest.approx(1 / (1 + 0.5 * 1))           # tp 1 (IoU 1), fn 1
+    assert result[2] == pytest.approx(1 / (1 + 0.5 * 1))           # tp 1 (true 3), fp 1 (pred 2)
+    assert np.isnan(result[3])                                      # no class-3 ground truth

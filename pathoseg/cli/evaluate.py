@@ -9,7 +9,7 @@ import click
 
 from pathoseg.cli.common import fail, friendly_errors
 from pathoseg.config import load_config
-from pathoseg.evaluation import evaluate_folder, evaluate_samples
+from pathoseg.evaluation import evaluate_folder, evaluate_samples, json_safe
 from pathoseg.io.geojson import atomic_path
 from pathoseg.models.infer import Predictor, resolve_device
 from pathoseg.models.weights import load_model
@@ -55,4 +55,4 @@ def evaluate(paths, model, config_path, ids, device, out_path) -> None:
         click.echo(f"{key:>16}: {value}" if isinstance(value, int) else f"{key:>16}: {value:.4f}")
     if out_path:
         with atomic_path(out_path) as temporary:
-            temporary.write_text(json.dumps(result, indent=2, default=float))
+            temporary.write_text(json.dumps(json_safe(result), indent=2))
