@@ -157,3 +157,12 @@ def test_train_resumes_and_keeps_averaged_weights(tmp_path):
     assert averaged.keys() == raw.keys()
     assert any(not torch.equal(averaged[k], raw[k]) for k in raw if raw[k].is_floating_point())
     assert load_model(str(best)).metadata.name == "tiny"
+
+
+def test_training_configs_share_one_validation_split():
+    """Every shipped training config parses, and all validate on the same images (their figures compare)."""
+    configs = [TrainConfig.from_yaml(path) for path in sorted((REPO / "configs").glob("train-*.yaml"))]
+    assert {config.encoder for config in configs} == {"light", "preact-resnet50"}
+    splits = {tuple((spec.path, tuple(spec.validation_ids)) for spec in config.datasets) for config in configs}
+    assert len(splits) == 1
+    assert len({config.output for config in configs}) == len(configs)
