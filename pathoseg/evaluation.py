@@ -58,7 +58,11 @@ class Accumulator:
             self.pred_cls.append(pred_classes[labels - 1])
 
     def result(self) -> dict:
-        overall = {k: float(np.mean([m[k] for m in self.per_image.values()])) for k in METRIC_KEYS}
+        # Images without true nuclei are left out of the means (PanNuke's convention): their PQ is 0 even when
+        # nothing is predicted, their AJI and Dice 1.
+        scored = [m for m in self.per_image.values() if m["tp"] + m["fn"] > 0]
+        overall = {k: _mean_of_defined([m[k] for m in scored]) for k in METRIC_KEYS}
+        overall["images_scored"] = len(scored)
         if self.true_xy:
             class_pq = {f"pq_type_{cls}": _mean_of_defined([m.get(f"pq_type_{cls}", np.nan)
                                                              for m in self.per_image.values()])

@@ -92,3 +92,17 @@ def test_model_evaluation_measures_what_segment_writes(tmp_path):
     # Only polygon simplification and rasterisation stand between the two.
     for key in ("pq", "aji", "dice"):
         assert written[key] == pytest.approx(direct[key], abs=0.004), key
+
+
+def test_images_without_nuclei_are_left_out_of_the_means():
+    from pathoseg.evaluation import Accumulator
+    from pathoseg.train.data import Sample
+    nuclei = np.zeros((8, 8), np.int32)
+    nuclei[1:4, 1:4], nuclei[5:7, 5:7] = 1, 2
+    accumulator = Accumulator(None, 12.0)
+    accumulator.add(Sample("with", np.zeros((8, 8, 3), np.uint8), nuclei, None), nuclei, None)
+    accumulator.add(Sample("empty", np.zeros((8, 8, 3), np.uint8), np.zeros_like(nuclei), None),
+                    np.zeros_like(nuclei), None)
+    result = accumulator.result()
+    assert result["per_image"]["empty"]["pq"] == 0  # PQ has no pairs to score there
+    assert result["overall"]["pq"] == pytest.approx(1) and result["overall"]["images_scored"] == 1

@@ -116,9 +116,9 @@ def test_shipped_model_on_a_held_out_monuseg_image():
     loaded = load_model()
     settings = RegionSettings.from_config(load_config(), loaded.metadata.mpp)
     result = evaluate_samples(Predictor(loaded.network, resolve_device("cpu")), samples, settings)["overall"]
-    # Untrained: ~0. This image is the hardest of the five (shipped model: Dice 0.69, PQ 0.36; the five: 0.79, 0.50).
-    assert result["dice"] > 0.65
-    assert result["pq"] > 0.33
+    # Untrained: ~0. This image is the hardest of the five (shipped model: Dice 0.72, PQ 0.42; the five: 0.80, 0.535).
+    assert result["dice"] > 0.68
+    assert result["pq"] > 0.38
 
 
 def _write_disk_dataset(folder, n_images: int = 3, size_px: int = 96) -> None:

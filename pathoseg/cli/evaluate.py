@@ -14,7 +14,7 @@ from pathoseg.io.geojson import atomic_path
 from pathoseg.models.infer import Predictor, resolve_device
 from pathoseg.models.weights import load_model
 from pathoseg.region import RegionSettings
-from pathoseg.train.data import load_dataset, read_manifest
+from pathoseg.train.data import load_dataset, read_class_names, read_manifest
 
 
 @click.command()
@@ -39,7 +39,10 @@ def evaluate(paths, model, config_path, ids, device, out_path) -> None:
         dataset = paths[0]
         selected = ids.split(",") if ids else list(read_manifest(dataset))
         samples = load_dataset(dataset, loaded.metadata.mpp, selected)
-        has_types = any(s.types is not None for s in samples)
+        # Type metrics only where the dataset's classes are the model's (NuCLS's tumour/non-tumour are not).
+        dataset_classes = read_class_names(dataset) or {}
+        has_types = (any(s.types is not None for s in samples)
+                     and [dataset_classes[i] for i in sorted(dataset_classes)] == loaded.metadata.class_names[1:])
         config = load_config(config_path)
         predictor = Predictor(loaded.network, resolve_device(device), config.model.patch_px, config.model.context_px,
                               config.model.batch_size, config.model.bf16)
