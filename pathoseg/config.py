@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 DEFAULT_CONFIG = Path(__file__).parent / "default.yaml"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -22,7 +23,7 @@ class ModelConfig:
     batch_size: int = 4
     patch_px: int = 512
     context_px: int = 16
-    bf16: bool = True
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16: auto = bf16 only where the hardware runs it natively
 
 
 @dataclass
@@ -47,6 +48,7 @@ class PostprocConfig:
     min_marker_px: int = 10
     max_hole_px: int = 64
     min_object_px: int = 10
+    interior_threshold: float = 0.5
 
 
 @dataclass
@@ -91,9 +93,17 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
+def _legacy(instance, values: dict) -> dict:
+    """Settings of older versions, translated: ``model.bf16`` (true meant "the fast precision") -> precision."""
+    if isinstance(instance, ModelConfig) and "bf16" in values:
+        values = dict(values)
+        values.setdefault("precision", "auto" if values.pop("bf16") else "fp32")
+    return values
+
+
 def _merge(instance, values: dict, where: str):
     known = {f.name: f for f in dataclasses.fields(instance)}
-    for key, value in values.items():
+    for key, value in _legacy(instance, values).items():
         if key not in known:
             raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join(known)})")
         current = getattr(instance, key)
@@ -122,6 +132,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         _merge(config, values, str(source))
     if overrides:
         _merge(config, overrides, "options")
+    if config.model.precision not in PRECISIONS:
+        raise ConfigError(f"model.precision: {config.model.precision!r} is not one of {', '.join(PRECISIONS)}")
     tiling = config.tiling
     if tiling.tile_px % 16 or tiling.region_px % tiling.tile_px:
         raise ConfigError(f"tiling: tile_px ({tiling.tile_px}) must be a multiple of 16 and region_px "

@@ -40,7 +40,7 @@ def get_predictor(model: ModelConfig) -> Predictor:
     if key not in _PREDICTORS:
         loaded = load_model(model.name)
         _PREDICTORS[key] = Predictor(loaded.network, resolve_device(model.device), model.patch_px,
-                                     model.context_px, model.batch_size, model.bf16)
+                                     model.context_px, model.batch_size, model.precision)
         log.info("loaded model %s on %s", model.name, _PREDICTORS[key].device)
     return _PREDICTORS[key]
 

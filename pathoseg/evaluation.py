@@ -11,7 +11,7 @@ from skimage.draw import polygon as fill_polygon
 from pathoseg.io.geojson import read_features
 from pathoseg.metrics import (centroids, class_panoptic_quality, detection_and_type_f1, instance_metrics,
                               majority_types)
-from pathoseg.models.infer import Predictor
+from pathoseg.models.infer import PredictionMaps, Predictor
 from pathoseg.models.postproc import instances_from_maps
 from pathoseg.region import RegionSettings, plausible_nuclei
 from pathoseg.train.data import Sample, load_dataset, read_class_names, read_manifest
@@ -23,17 +23,6 @@ def _mean_of_defined(values: list[float]) -> float:
     """Mean of the non-NaN values; NaN when there are none."""
     defined = [value for value in values if not np.isnan(value)]
     return float(np.mean(defined)) if defined else float("nan")
-
-
-def json_safe(value):
-    """``value`` with NaN floats replaced by None (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, (float, np.floating)):
-        return None if np.isnan(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 class Accumulator:
@@ -74,11 +63,10 @@ class Accumulator:
         return {"overall": overall, "per_image": self.per_image}
 
 
-def predict_nuclei(predictor: Predictor, rgb: np.ndarray, settings: RegionSettings) -> tuple[np.ndarray, np.ndarray]:
-    """The nuclei ``pathoseg segment`` outputs for an image at the model's mpp: post-processing, then the
-    plausibility filters. Returns the (H, W) instance map (1..N) and the (N,) classes."""
-    maps = predictor.predict(rgb)
-    labels = instances_from_maps(maps.np_prob, maps.hv, settings.postproc)
+def nuclei_of_maps(rgb: np.ndarray, maps: PredictionMaps, settings: RegionSettings) -> tuple[np.ndarray, np.ndarray]:
+    """The nuclei ``pathoseg segment`` outputs for an image at the model's mpp, from its prediction maps:
+    post-processing, then the plausibility filters. Returns the (H, W) instance map (1..N) and the (N,) classes."""
+    labels = instances_from_maps(maps.np_prob, maps.hv, settings.postproc, maps.interior_prob)
     labels, measurements, _ = plausible_nuclei(labels, rgb, maps, settings)
     return labels, measurements["class_id"].astype(int)
 
@@ -92,7 +80,7 @@ def evaluate_samples(predictor: Predictor, samples: list[Sample], settings: Regi
     """
     accumulator = Accumulator(list(range(1, n_classes)) if n_classes else None, radius_px)
     for sample in samples:
-        pred, pred_classes = predict_nuclei(predictor, sample.image, settings)
+        pred, pred_classes = nuclei_of_maps(sample.image, predictor.predict(sample.image), settings)
         accumulator.add(sample, pred, pred_classes if n_classes else None)
     return accumulator.result()
 

@@ -64,6 +64,17 @@ def write_nuclei_table(path: Path, results: Iterable[RegionResult], frame: Slide
     return count
 
 
+def json_safe(value):
+    """``value`` with NaN floats replaced by None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (float, np.floating)):
+        return None if np.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def write_json(path: Path, data: dict) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(data, indent=2, default=float))

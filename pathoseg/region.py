@@ -64,7 +64,7 @@ class RegionResult:
 def nuclei_from_maps(index: int, rgb: np.ndarray, maps: PredictionMaps, window: Box, core: Box,
                      settings: RegionSettings) -> RegionResult:
     """Post-process a window's maps, keep the nuclei the core owns, measure and outline them."""
-    labels = instances_from_maps(maps.np_prob, maps.hv, settings.postproc)
+    labels = instances_from_maps(maps.np_prob, maps.hv, settings.postproc, maps.interior_prob)
     owned = keep_labels(labels, owned_labels(labels, window, core))
     kept_labels, measurements, filters = plausible_nuclei(owned, rgb, maps, settings)
     polygons = instance_polygons(kept_labels, settings.simplify_px)

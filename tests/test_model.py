@@ -18,7 +18,9 @@ from pathoseg.region import RegionSettings
 from pathoseg.train.data import load_dataset
 from pathoseg.train.loop import TrainConfig
 from pathoseg.train.losses import hovernet_loss
-from pathoseg.train.targets import hv_targets
+from pathoseg.models.postproc import PostprocParams, instances_from_maps
+from pathoseg.train.augment import rescan_at_lower_resolution
+from pathoseg.train.targets import hv_targets, np_targets
 
 from conftest import REPO, shared
 
@@ -31,6 +33,53 @@ def test_heads_have_input_size(encoder):
     assert out["np"].shape == (1, 2, 64, 96)
     assert out["hv"].shape == (1, 2, 64, 96) and out["hv"].abs().max() <= 1
     assert out["nc"].shape == (1, 5, 64, 96)
+
+
+def test_three_class_nuclear_pixel_head():
+    network = HoVerNet("light", n_classes=5, np_classes=3).eval()
+    with torch.no_grad():
+        assert network(torch.rand(1, 3, 32, 32))["np"].shape == (1, 3, 32, 32)
+    predictor = Predictor(network, torch.device("cpu"), patch_px=64, context_px=8, precision="fp32")
+    maps = predictor.predict(np.full((40, 50, 3), 120, np.uint8))
+    assert maps.interior_prob.shape == maps.np_prob.shape == (40, 50)
+    assert np.all(maps.interior_prob <= maps.np_prob + 1e-3)  # interior is a part of the nucleus
+    two_class = Predictor(HoVerNet("light"), torch.device("cpu"), patch_px=64, context_px=8)
+    assert two_class.predict(np.full((40, 50, 3), 120, np.uint8)).interior_prob is None
+
+
+def test_nuclear_pixel_targets_mark_a_boundary_band():
+    instances = np.zeros((40, 60), np.int32)
+    instances[disk((20, 15), 10)] = 1
+    instances[disk((20, 34), 10)] = 2  # touches nucleus 1
+    two = np_targets(instances)
+    assert set(np.unique(two)) == {0, 1} and np.array_equal(two > 0, instances > 0)
+    three = np_targets(instances, boundary_px=2)
+    assert np.array_equal(three > 0, instances > 0)
+    assert three[20, 5] == 0 and three[20, 6] == 2 and three[20, 7] == 2 and three[20, 8] == 1 == three[20, 15]
+    touching = np.nonzero((instances[20] == 1) & (instances[20, np.r_[1:60, 59]] == 2))[0][0]
+    assert three[20, touching] == 2 and three[20, touching + 1] == 2  # both sides of the contact are boundary
+
+
+def test_interior_probability_splits_touching_nuclei():
+    instances = np.zeros((40, 60), np.int32)
+    instances[disk((20, 15), 10)] = 1
+    instances[disk((20, 33), 10)] = 2
+    np_prob = (instances > 0).astype(np.float32)
+    flat_hv = np.zeros((2, 40, 60), np.float32)  # HV maps that see no boundary between the two
+    params = PostprocParams(min_marker_px=4)
+    assert instances_from_maps(np_prob, flat_hv, params).max() == 1
+    interior = (np_targets(instances, boundary_px=2) == 1).astype(np.float32)
+    split = instances_from_maps(np_prob, flat_hv, params, interior)
+    assert split.max() == 2 and np.array_equal(split > 0, instances > 0)
+
+
+def test_lower_resolution_rescan_keeps_size_and_blurs():
+    rng = np.random.default_rng(0)
+    image = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+    rescanned = rescan_at_lower_resolution(rng, image)
+    assert rescanned.shape == image.shape and rescanned.dtype == np.uint8
+    assert np.abs(np.diff(rescanned.astype(float), axis=1)).mean() < 0.6 * np.abs(np.diff(image.astype(float),
+                                                                                          axis=1)).mean()
 
 
 def test_batchnorm_folding_keeps_the_function():
@@ -64,7 +113,8 @@ def test_hv_targets_of_a_disk():
     assert hv[0, 20, 20] == pytest.approx(0, abs=1e-6)
 
 
-def test_training_steps_reduce_the_loss():
+@pytest.mark.parametrize("np_classes", [2, 3])
+def test_training_steps_reduce_the_loss(np_classes):
     torch.manual_seed(0)
     instances = np.zeros((64, 64), np.int32)
     for label, centre in enumerate([(16, 16), (16, 46), (46, 30)], start=1):
@@ -72,11 +122,11 @@ def test_training_steps_reduce_the_loss():
     image = np.full((64, 64, 3), 230, np.uint8)
     image[instances > 0] = (90, 50, 140)
     batch = {"image": torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255,
-             "np": torch.from_numpy((instances > 0).astype(np.int64))[None],
+             "np": torch.from_numpy(np_targets(instances, 2 if np_classes == 3 else 0))[None],
              "hv": torch.from_numpy(hv_targets(instances))[None],
              "nc": torch.from_numpy((instances > 0).astype(np.int64) * 2)[None],
              "has_types": torch.ones(1)}
-    network = HoVerNet("light")
+    network = HoVerNet("light", np_classes=np_classes)
     optimiser = torch.optim.Adam(network.parameters(), 3e-3)
     losses = []
     for _ in range(25):
@@ -117,7 +167,7 @@ def test_shipped_model_on_a_held_out_monuseg_image():
     settings = RegionSettings.from_config(load_config(), loaded.metadata.mpp)
     result = evaluate_samples(Predictor(loaded.network, resolve_device("cpu")), samples, settings)["overall"]
     # Untrained: ~0. This image is the hardest of the five (shipped model: Dice 0.72, PQ 0.42; the five: 0.80, 0.535).
-    assert result["dice"] > 0.68
+    assert result["dice"] > 0.7
     assert result["pq"] > 0.38
 
 
@@ -160,9 +210,16 @@ def test_train_resumes_and_keeps_averaged_weights(tmp_path):
 
 
 def test_training_configs_share_one_validation_split():
-    """Every shipped training config parses, and all validate on the same images (their figures compare)."""
-    configs = [TrainConfig.from_yaml(path) for path in sorted((REPO / "configs").glob("train-*.yaml"))]
-    assert {config.encoder for config in configs} == {"light", "preact-resnet50"}
-    splits = {tuple((spec.path, tuple(spec.validation_ids)) for spec in config.datasets) for config in configs}
-    assert len(splits) == 1
-    assert len({config.output for config in configs}) == len(configs)
+    """Every training config parses and validates on the same MoNuSeg images (their figures compare); the
+    configs of the current recipe share the whole split. train-light.yaml records how the shipped v1 was trained
+    (CoNSeP validation without epithelial nuclei)."""
+    paths = sorted((REPO / "configs").glob("train-*.yaml"))
+    configs = {path.name: TrainConfig.from_yaml(path) for path in paths}
+    assert {config.encoder for config in configs.values()} == {"light", "preact-resnet50"}
+    monuseg = {tuple(spec.validation_ids) for config in configs.values() for spec in config.datasets
+               if spec.path.endswith("monuseg/train")}
+    assert len(monuseg) == 1 and len(next(iter(monuseg))) == 5
+    current = [config for name, config in configs.items() if name != "train-light.yaml"]
+    splits = {tuple((spec.path, tuple(spec.validation_ids)) for spec in config.datasets) for config in current}
+    assert len(current) >= 2 and len(splits) == 1
+    assert len({config.output for config in configs.values()}) == len(configs)

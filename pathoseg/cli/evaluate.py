@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from pathoseg.cli.common import fail, friendly_errors
 from pathoseg.config import load_config
-from pathoseg.evaluation import evaluate_folder, evaluate_samples, json_safe
-from pathoseg.io.geojson import atomic_path
+from pathoseg.evaluation import evaluate_folder, evaluate_samples
 from pathoseg.models.infer import Predictor, resolve_device
 from pathoseg.models.weights import load_model
+from pathoseg.outputs import json_safe, write_json
 from pathoseg.region import RegionSettings
 from pathoseg.train.data import load_dataset, read_class_names, read_manifest
 
@@ -45,7 +44,7 @@ def evaluate(paths, model, config_path, ids, device, out_path) -> None:
                      and [dataset_classes[i] for i in sorted(dataset_classes)] == loaded.metadata.class_names[1:])
         config = load_config(config_path)
         predictor = Predictor(loaded.network, resolve_device(device), config.model.patch_px, config.model.context_px,
-                              config.model.batch_size, config.model.bf16)
+                              config.model.batch_size, config.model.precision)
         settings = RegionSettings.from_config(config, loaded.metadata.mpp)
         n_classes = len(loaded.metadata.class_names) if has_types else None
         result = evaluate_samples(predictor, samples, settings, n_classes=n_classes)
@@ -57,5 +56,4 @@ def evaluate(paths, model, config_path, ids, device, out_path) -> None:
     for key, value in result["overall"].items():
         click.echo(f"{key:>16}: {value}" if isinstance(value, int) else f"{key:>16}: {value:.4f}")
     if out_path:
-        with atomic_path(out_path) as temporary:
-            temporary.write_text(json.dumps(json_safe(result), indent=2))
+        write_json(out_path, json_safe(result))

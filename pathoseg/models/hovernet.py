@@ -153,13 +153,15 @@ class HoVerNet(nn.Module):
     encoder : {"light", "preact-resnet50"}
     n_classes : int
         Nucleus classes for the NC head, background included (CoNSeP: 5).
+    np_classes : int
+        Nuclear-pixel classes: 2 (background, nucleus) or 3 (background, interior, boundary band).
 
     Forward returns a dict of tensors for input ``(B, 3, H, W)`` float in [0, 1]:
-    ``np`` logits ``(B, 2, H, W)``, ``hv`` ``(B, 2, H, W)`` in [-1, 1] (channel 0 horizontal, 1 vertical),
+    ``np`` logits ``(B, np_classes, H, W)``, ``hv`` ``(B, 2, H, W)`` in [-1, 1] (channel 0 horizontal, 1 vertical),
     ``nc`` logits ``(B, n_classes, H, W)``.
     """
 
-    def __init__(self, encoder: str = "light", n_classes: int = 5):
+    def __init__(self, encoder: str = "light", n_classes: int = 5, np_classes: int = 2):
         super().__init__()
         if encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {encoder!r}; choose one of {sorted(ENCODERS)}")
@@ -170,7 +172,7 @@ class HoVerNet(nn.Module):
         self.heads = nn.ModuleDict(
             {
                 name: nn.Sequential(_conv_bn_relu(head_in, head_in), nn.Conv2d(head_in, out_ch, 1))
-                for name, out_ch in (("np", 2), ("hv", 2), ("nc", n_classes))
+                for name, out_ch in (("np", np_classes), ("hv", 2), ("nc", n_classes))
             }
         )
         self.register_buffer("pixel_mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))

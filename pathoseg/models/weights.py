@@ -29,6 +29,7 @@ class ModelMetadata:
 
     name: str
     encoder: str = "light"
+    np_classes: int = 2  # 3: background / interior / boundary band
     mpp: float = 0.25
     input_size_px: int = 256
     class_names: list[str] = field(default_factory=lambda: ["background", "other", "inflammatory", "epithelial",
@@ -61,7 +62,7 @@ def sha256_of(path: str | Path) -> str:
 
 
 def build_network(metadata: ModelMetadata) -> HoVerNet:
-    return HoVerNet(encoder=metadata.encoder, n_classes=len(metadata.class_names))
+    return HoVerNet(encoder=metadata.encoder, n_classes=len(metadata.class_names), np_classes=metadata.np_classes)
 
 
 def save_checkpoint(path: str | Path, network: torch.nn.Module, metadata: ModelMetadata,

@@ -76,21 +76,40 @@ def stain_jitter(rng: np.random.Generator, image: np.ndarray, sigma: float = 0.0
     return (np.clip(hed2rgb(hed), 0, 1) * 255).round().astype(np.uint8)
 
 
-def dab_recolour(rng: np.random.Generator, image: np.ndarray, instances: np.ndarray,
-                 fraction_positive: float = 0.5) -> np.ndarray:
-    """Make the sample look like an IHC slide: drop eosin, move some nuclei's hematoxylin into DAB.
+def dab_recolour(rng: np.random.Generator, image: np.ndarray, instances: np.ndarray) -> np.ndarray:
+    """Re-synthesise an H&E crop as hematoxylin-DAB IHC.
 
-    Teaches the model that brown (DAB-positive) nuclei are nuclei too.
+    Eosin is removed, hematoxylin lightened to counterstain tones, a random fraction of the nuclei carries DAB at
+    a random strength (brown nuclei are nuclei too), and sometimes brown non-nuclear material (cytoplasm, stroma)
+    is added as a distractor that must not be taken for nuclei.
     """
     hed = rgb2hed(image)
-    hed[..., 1] *= rng.uniform(0.0, 0.3)
+    hed[..., 1] *= rng.uniform(0.0, 0.2)
+    hed[..., 0] *= rng.uniform(0.5, 1.0)
     labels = np.unique(instances)[1:]
-    positive = labels[rng.random(labels.size) < fraction_positive]
+    positive = labels[rng.random(labels.size) < rng.uniform(0.05, 0.7)]
     mask = np.isin(instances, positive)
-    strength = rng.uniform(0.5, 1.0)
+    strength = rng.uniform(0.4, 1.0)
     hed[..., 2][mask] += strength * hed[..., 0][mask] * rng.uniform(0.8, 2.0)
     hed[..., 0][mask] *= 1 - strength * rng.uniform(0.5, 1.0)
+    if rng.random() < 0.5:
+        field = ndimage.gaussian_filter(rng.random(instances.shape), sigma=rng.uniform(3, 10))
+        distractor = (field > np.quantile(field, rng.uniform(0.8, 0.97))) & (instances == 0)
+        hed[..., 2][distractor] += rng.uniform(0.05, 0.35)
     return (np.clip(hed2rgb(hed), 0, 1) * 255).round().astype(np.uint8)
+
+
+def rescan_at_lower_resolution(rng: np.random.Generator, image: np.ndarray,
+                               factor_range: tuple[float, float] = (1.6, 2.4)) -> np.ndarray:
+    """What a 20x scanner sees, brought back to the model's resolution: anti-aliased downsampling by ~2x,
+    sometimes JPEG, then bilinear upsampling (as the tiler upsamples a 20x slide)."""
+    height, width = image.shape[:2]
+    factor = rng.uniform(*factor_range)
+    small = resize(image, (round(height / factor), round(width / factor)), order=1, anti_aliasing=True,
+                   preserve_range=True).round().astype(np.uint8)
+    if rng.random() < 0.5:
+        small = jpeg_noise(rng, small, (60, 95))
+    return resize(small, (height, width), order=1, preserve_range=True).round().astype(np.uint8)
 
 
 def blur(rng: np.random.Generator, image: np.ndarray, max_sigma: float = 1.2) -> np.ndarray:
@@ -113,9 +132,10 @@ def brightness_contrast(rng: np.random.Generator, image: np.ndarray, amount: flo
 
 
 def augment_sample(rng: np.random.Generator, image: np.ndarray, instances: np.ndarray, types: np.ndarray | None,
-                   size_px: int, scale_range: tuple[float, float] = (0.8, 1.25), p_dab: float = 0.25
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """The full training augmentation: crop with scale jitter, geometry, elastic, stain, blur, JPEG."""
+                   size_px: int, scale_range: tuple[float, float] = (0.8, 1.25), p_dab: float = 0.25,
+                   p_low_resolution: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The full training augmentation: crop with scale jitter, geometry, elastic, IHC re-synthesis, stain,
+    brightness, lower scan resolution, blur, JPEG."""
     image, (instances, types) = scaled_crop(rng, image, [instances, types], size_px, scale_range)
     image, instances, types = flip_rotate(rng, [image, instances, types])
     if rng.random() < 0.3:
@@ -126,7 +146,9 @@ def augment_sample(rng: np.random.Generator, image: np.ndarray, instances: np.nd
         image = stain_jitter(rng, image)
     if rng.random() < 0.5:
         image = brightness_contrast(rng, image)
-    if rng.random() < 0.2:
+    if rng.random() < p_low_resolution:
+        image = rescan_at_lower_resolution(rng, image)
+    elif rng.random() < 0.2:
         image = blur(rng, image)
     if rng.random() < 0.2:
         image = jpeg_noise(rng, image)

@@ -1,5 +1,5 @@
-"""Training loop: sampling, augmentation in a loader process, bf16 autocast, an exponential moving average of the
-weights (what is validated and shipped), validation, resumable checkpoints."""
+"""Training loop: sampling, augmentation in a loader process, autocast in the device's fast precision, an
+exponential moving average of the weights (what is validated and shipped), validation, resumable checkpoints."""
 
 from __future__ import annotations
 
@@ -17,13 +17,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pathoseg.config import load_config
 from pathoseg.models.infer import Predictor, resolve_device
+from pathoseg.models.precision import autocast, resolve_precision
 from pathoseg.models.weights import ModelMetadata, build_network, read_checkpoint, save_checkpoint
 from pathoseg.evaluation import evaluate_samples
 from pathoseg.region import RegionSettings
 from pathoseg.train.augment import augment_sample
 from pathoseg.train.data import Sample, load_dataset, read_manifest
 from pathoseg.train.losses import hovernet_loss
-from pathoseg.train.targets import hv_targets
+from pathoseg.train.targets import hv_targets, np_targets
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,12 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     dab_probability: float = 0.25
+    low_resolution_probability: float = 0.0  # crops re-scanned at ~20x and upsampled back
     ema_decay: float = 0.999
+    np_classes: int = 2  # 3: background / interior / boundary band of boundary_px
+    boundary_px: int = 2
+    nc_class_weighting: bool = False  # weigh the NC loss by 1/sqrt(class frequency), clipped to [1, 5]
+    precision: str = "auto"
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
@@ -68,9 +74,12 @@ class TrainConfig:
 class TrainingStream(torch.utils.data.IterableDataset):
     """Endless stream of augmented samples: dataset by weight, image by area, random crop."""
 
-    def __init__(self, groups: list[tuple[float, list[Sample], bool]], size_px: int, seed: int, p_dab: float):
+    def __init__(self, groups: list[tuple[float, list[Sample], bool]], size_px: int, seed: int, config: TrainConfig):
         super().__init__()
-        self.groups, self.size_px, self.seed, self.p_dab = groups, size_px, seed, p_dab
+        self.groups = [group for group in groups if group[0] > 0 and group[1]]
+        self.size_px, self.seed = size_px, seed
+        self.p_dab, self.p_low_resolution = config.dab_probability, config.low_resolution_probability
+        self.boundary_px = config.boundary_px if config.np_classes == 3 else 0
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -82,10 +91,10 @@ class TrainingStream(torch.utils.data.IterableDataset):
             sample = samples[rng.choice(len(samples), p=areas / areas.sum())]
             image, instances, types = augment_sample(rng, sample.image, sample.instances,
                                                      sample.types if has_types else None, self.size_px,
-                                                     p_dab=self.p_dab)
+                                                     p_dab=self.p_dab, p_low_resolution=self.p_low_resolution)
             yield {
                 "image": torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1),
-                "np": torch.from_numpy((instances > 0).astype(np.int64)),
+                "np": torch.from_numpy(np_targets(instances, self.boundary_px)),
                 "hv": torch.from_numpy(hv_targets(instances)),
                 "nc": torch.from_numpy(types.astype(np.int64) if types is not None
                                        else np.zeros(instances.shape, np.int64)),
@@ -110,6 +119,19 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def nc_class_weights(groups: list[tuple[float, list[Sample], bool]], n_classes: int) -> torch.Tensor:
+    """(n_classes,) NC loss weights: 1/sqrt of each nucleus class's pixel share relative to the commonest class,
+    clipped to [1, 5]; background 1."""
+    counts = np.zeros(n_classes)
+    for _, samples, has_types in groups:
+        for sample in samples if has_types else []:
+            counts += np.bincount(sample.types.ravel(), minlength=n_classes)[:n_classes]
+    nuclei = counts[1:]
+    weights = np.ones(n_classes)
+    weights[1:] = np.clip(np.sqrt(nuclei.max() / np.maximum(nuclei, 1)), 1, 5) if nuclei.any() else 1
+    return torch.tensor(weights, dtype=torch.float32)
+
+
 def _format(metrics: dict) -> str:
     return " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
 
@@ -119,9 +141,11 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    log.info("training on %s in %s", device, precision)
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
-    metadata = ModelMetadata(name=config.name, encoder=config.encoder, mpp=config.mpp,
+    metadata = ModelMetadata(name=config.name, encoder=config.encoder, np_classes=config.np_classes, mpp=config.mpp,
                              input_size_px=config.input_size_px,
                              training_data=[spec.path for spec in config.datasets])
     network = build_network(metadata).to(device).to(memory_format=torch.channels_last)
@@ -148,8 +172,12 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         groups.append((spec.weight, train_samples, spec.use_types))
         validation[Path(spec.path).parent.name] = (val_samples, spec.use_types)
         log.info("%s: %d training, %d validation images", spec.path, len(train_samples), len(val_samples))
+    class_weights = (nc_class_weights(groups, len(metadata.class_names)).to(device) if config.nc_class_weighting
+                     else None)
+    log.info("NC class weights: %s", None if class_weights is None else class_weights.tolist())
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     loader = torch.utils.data.DataLoader(
-        TrainingStream(groups, config.input_size_px, config.seed + step, config.dab_probability),
+        TrainingStream(groups, config.input_size_px, config.seed + step, config),
         batch_size=config.batch_size, num_workers=config.loader_workers, persistent_workers=config.loader_workers > 0,
         prefetch_factor=4 if config.loader_workers else None)
 
@@ -169,12 +197,13 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
             group["lr"] = learning_rate(config, step)
         batch = {k: v.to(device) for k, v in batch.items()}
         images = batch["image"].float().div(255).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with autocast(device, precision):
             outputs = network(images)
-        loss, parts = hovernet_loss(outputs, batch)
+        loss, parts = hovernet_loss(outputs, batch, nc_class_weights=class_weights)
         optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimiser)
+        scaler.update()
         averaged.update_parameters(network)
         step += 1
         if step % 10 == 0:
@@ -183,7 +212,8 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
             started = time.time()
         if step % config.validate_every == 0 or step == config.steps:
             averaged.module.eval()
-            predictor = Predictor(averaged.module, device, patch_px=320, context_px=32, batch_size=4)
+            predictor = Predictor(averaged.module, device, patch_px=320, context_px=32, batch_size=4,
+                                  precision=precision)
             last_metrics = {name: evaluate_samples(predictor, samples, settings, n_classes=len(metadata.class_names)
                                                    if has_types else None)["overall"]
                             for name, (samples, has_types) in validation.items() if samples}

@@ -1,4 +1,4 @@
-"""Training targets generated from instance label maps (HoVer-Net's HV maps)."""
+"""Training targets generated from instance label maps: nuclear-pixel classes and HoVer-Net's HV maps."""
 
 from __future__ import annotations
 
@@ -33,3 +33,24 @@ def hv_targets(instances: np.ndarray) -> np.ndarray:
                 scaled[positive] /= scaled[positive].max()
             hv[channel][box][rows, cols] = scaled
     return hv
+
+
+def np_targets(instances: np.ndarray, boundary_px: int = 0) -> np.ndarray:
+    """Nuclear-pixel classes: 0 background, 1 nucleus (interior), 2 boundary band.
+
+    Parameters
+    ----------
+    instances : (H, W) int array, 0 = background, 1..N nuclei.
+    boundary_px : width of the band inside each nucleus that borders background or another nucleus; 0 gives
+        the two-class target (background / nucleus).
+
+    Returns
+    -------
+    (H, W) int64 array.
+    """
+    nucleus = instances > 0
+    if boundary_px <= 0:
+        return nucleus.astype(np.int64)
+    size = 2 * boundary_px + 1
+    near_other_label = ndimage.maximum_filter(instances, size) != ndimage.minimum_filter(instances, size)
+    return np.where(nucleus, np.where(near_other_label, 2, 1), 0).astype(np.int64)

@@ -10,8 +10,9 @@ import numpy as np
 
 from pathoseg.metrics import instance_metrics
 from pathoseg.models.infer import Predictor
-from pathoseg.models.postproc import PostprocParams, instances_from_maps
-from pathoseg.region import RegionSettings, plausible_nuclei
+from pathoseg.evaluation import nuclei_of_maps
+from pathoseg.models.postproc import PostprocParams
+from pathoseg.region import RegionSettings
 from pathoseg.train.data import Sample
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,9 @@ def tune_postproc(predictor: Predictor, samples: list[Sample], settings: RegionS
     maps = [predictor.predict(sample.image) for sample in samples]
     tried = []
     for values in itertools.product(*grid.values()):
-        params = dataclasses.replace(settings.postproc, **dict(zip(grid, values)))
-        scores = [instance_metrics(s.instances, plausible_nuclei(instances_from_maps(m.np_prob, m.hv, params),
-                                                                 s.image, m, settings)[0])
+        tried_settings = dataclasses.replace(
+            settings, postproc=dataclasses.replace(settings.postproc, **dict(zip(grid, values))))
+        scores = [instance_metrics(s.instances, nuclei_of_maps(s.image, m, tried_settings)[0])
                   for s, m in zip(samples, maps)]
         tried.append({**dict(zip(grid, values)), "pq": float(np.mean([s["pq"] for s in scores])),
                       "aji": float(np.mean([s["aji"] for s in scores]))})

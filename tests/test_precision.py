@@ -1,0 +1,62 @@
+"""Precision per device: the `auto` decision for every kind of hardware, forced precisions on this CPU, and the
+configuration key of older versions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pathoseg.config import ConfigError, load_config
+from pathoseg.models.hovernet import HoVerNet
+from pathoseg.models.infer import Predictor
+from pathoseg.models.precision import DeviceFacts, choose_precision, cpu_has_native_bf16, resolve_precision
+
+
+@pytest.mark.parametrize("facts, expected", [
+    (DeviceFacts("cpu", cpu_native_bf16=False), "fp32"),  # AVX2 laptops: bf16 runs ~10x slower there
+    (DeviceFacts("cpu", cpu_native_bf16=True), "bf16"),  # AVX-512 BF16 / AMX
+    (DeviceFacts("cuda", cuda_capability=(7, 5)), "fp16"),  # T4, V100 (7.0)
+    (DeviceFacts("cuda", cuda_capability=(8, 0)), "bf16"),  # A100
+    (DeviceFacts("cuda", cuda_capability=(9, 0)), "bf16"),  # H100
+    (DeviceFacts("mps"), "fp32"),
+])
+def test_auto_picks_the_native_precision(facts, expected):
+    assert choose_precision("auto", facts) == expected
+
+
+@pytest.mark.parametrize("forced", ["fp32", "bf16", "fp16"])
+def test_a_forced_precision_is_kept_on_any_device(forced):
+    for facts in (DeviceFacts("cpu"), DeviceFacts("cpu", True), DeviceFacts("cuda", cuda_capability=(7, 0))):
+        assert choose_precision(forced, facts) == forced
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="fp8"):
+        choose_precision("fp8", DeviceFacts("cpu"))
+    with pytest.raises(ConfigError, match="model.precision"):
+        load_config(overrides={"model": {"precision": "fp8"}})
+
+
+def test_auto_on_this_cpu_follows_its_capability():
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if cpu_has_native_bf16() else "fp32")
+
+
+@pytest.mark.parametrize("forced", ["bf16", "fp16"])
+def test_forced_precision_runs_here_and_agrees_with_fp32(forced):
+    torch.manual_seed(0)
+    network = HoVerNet("light").eval()
+    image = (np.random.default_rng(0).random((96, 96, 3)) * 255).astype(np.uint8)
+    reference = Predictor(network, torch.device("cpu"), patch_px=64, context_px=8, precision="fp32").predict(image)
+    predictor = Predictor(network, torch.device("cpu"), patch_px=64, context_px=8, precision=forced)
+    assert predictor.precision == forced
+    maps = predictor.predict(image)
+    assert np.abs(maps.np_prob - reference.np_prob).max() < 0.05
+    assert np.abs(maps.hv - reference.hv).max() < 0.05
+
+
+@pytest.mark.parametrize("bf16, expected", [(True, "auto"), (False, "fp32")])
+def test_configs_with_the_old_bf16_key_keep_working(tmp_path, bf16, expected):
+    path = tmp_path / "old.yaml"
+    path.write_text(f"model:\n  bf16: {str(bf16).lower()}\n")
+    assert load_config(path).model.precision == expected
