@@ -24,6 +24,7 @@ class ModelConfig:
     patch_px: int = 512
     context_px: int = 16
     precision: str = "auto"  # auto | fp32 | bf16 | fp16: auto = bf16 only where the hardware runs it natively
+    runtime: str = "auto"  # auto | torch | openvino: auto = OpenVINO on the CPU where installed
 
 
 @dataclass

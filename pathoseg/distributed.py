@@ -21,9 +21,9 @@ from distributed import Client, Future, LocalCluster, WorkerPlugin, as_completed
 
 from pathoseg.config import ClusterConfig, ModelConfig
 from pathoseg.io import ngff
-from pathoseg.models.infer import Predictor, resolve_device
+from pathoseg.models.infer import Predictor, predictor_for, resolve_device
 from pathoseg.models.weights import load_model
-from pathoseg.region import RegionResult, RegionSettings, segment_region
+from pathoseg.region import RegionResult, RegionSettings, segment_region, timed
 from pathoseg.tiling.grid import Region
 from pathoseg.tiling.tiler import TileJob, tile_block
 
@@ -39,10 +39,16 @@ def get_predictor(model: ModelConfig) -> Predictor:
     key = astuple(model)
     if key not in _PREDICTORS:
         loaded = load_model(model.name)
-        _PREDICTORS[key] = Predictor(loaded.network, resolve_device(model.device), model.patch_px,
-                                     model.context_px, model.batch_size, model.precision)
-        log.info("loaded model %s on %s", model.name, _PREDICTORS[key].device)
+        predictor = _PREDICTORS[key] = predictor_for(loaded.network, model)
+        log.info("loaded model %s on %s (%s, %s)", model.name, predictor.device, predictor.runtime,
+                 predictor.precision)
     return _PREDICTORS[key]
+
+
+def predictor_facts(model: ModelConfig) -> dict[str, str]:
+    """Device, runtime and precision this process's predictor for ``model`` runs in."""
+    predictor = get_predictor(model)
+    return {"device": str(predictor.device), "runtime": predictor.runtime, "precision": predictor.precision}
 
 
 class ModelPlugin(WorkerPlugin):
@@ -64,10 +70,12 @@ def region_task(store_path: str, region: Region, settings: RegionSettings, model
 
     ``tiled_blocks`` are the results of the tiling tasks it waits for (unused).
     """
-    root = zarr.open_group(store_path, mode="r", zarr_format=2)
+    seconds: dict[str, float] = {}
     window = region.window
-    rgb = ngff.read_window(root, window.y, window.x, window.height, window.width)
-    return segment_region(region.index, rgb, window, region.core, get_predictor(model), settings)
+    with timed(seconds, "read"):
+        root = zarr.open_group(store_path, mode="r", zarr_format=2)
+        rgb = ngff.read_window(root, window.y, window.x, window.height, window.width)
+    return segment_region(region.index, rgb, window, region.core, get_predictor(model), settings, seconds)
 
 
 def peak_rss_bytes() -> int:
@@ -124,6 +132,13 @@ class RegionRunner:
         finally:
             for future in futures:
                 future.cancel()
+
+    def engine_facts(self) -> dict[str, str]:
+        """``predictor_facts`` of the workers; a value that differs between workers lists each, comma-separated."""
+        if self.client is None:
+            return predictor_facts(self.model)
+        per_worker = list(self.client.run(predictor_facts, self.model).values())
+        return {key: ",".join(sorted({facts[key] for facts in per_worker})) for key in per_worker[0]}
 
     def worker_peak_rss_bytes(self) -> int:
         """Largest peak RSS of any worker process (this process when in-process)."""

@@ -158,11 +158,11 @@ def open_store(plan: SlidePlan) -> None:
                                 grid.region_px, plan.metadata.mpp, plan.store_identity)
 
 
-def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: RegionRunner | None = None
-                ) -> tuple[int, int]:
+def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: RegionRunner | None = None) -> dict:
     """Tile what the unfinished regions need and run them, saving each result as it arrives.
 
-    Returns (regions computed now, peak RSS of a worker in bytes).
+    Returns facts for the summary's ``run``: regions computed now, the largest worker's peak RSS, where the
+    region tasks' time went (seconds summed over tasks), and the device, runtime and precision of the workers.
     """
     open_store(plan)
     settings = RegionSettings.from_config(config, plan.metadata.mpp)
@@ -179,14 +179,19 @@ def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: Reg
     progress("tiles", 0, n_tiles)
     progress("regions", len(plan.regions) - len(todo), len(plan.regions))
 
+    stage_seconds: dict[str, float] = {}
+
     def on_result(result):
         save_region(plan.nuclei_dir, result)
+        for stage, seconds in result.seconds.items():
+            stage_seconds[stage] = round(stage_seconds.get(stage, 0.0) + seconds, 2)
         progress("regions", 1, len(plan.regions))
 
     with nullcontext(runner) if runner else open_runner(config.cluster, config.model) as active:
         active.run(plan.tile_job(), block_tiles, todo, settings, on_result,
                    on_tiles=lambda n: progress("tiles", n, n_tiles))
-        return len(todo), active.worker_peak_rss_bytes()
+        return {"regions_computed": len(todo), "peak_rss_mb_worker": round(active.worker_peak_rss_bytes() / 2**20, 1),
+                "task_seconds": stage_seconds, **active.engine_facts()}
 
 
 def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp: float | None = None,
@@ -199,7 +204,7 @@ def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, m
     started = time.time()
     progress = progress or (lambda stage, n, total: None)
     plan = plan_slide(slide_path, out_dir, config, mpp)
-    computed, worker_peak = run_regions(plan, config, progress, runner)
+    run_facts = run_regions(plan, config, progress, runner)
     summary, columns = write_slide_outputs(plan, config)
     grid = plan.grid
     summary["grid"] = {"tiles": len(plan.tiles), "regions": len(plan.regions), "tile_px": grid.tile_px,
@@ -209,11 +214,9 @@ def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, m
     tissue_mpx = plan.tissue.area_mm2 / plan.metadata.mpp ** 2
     summary["run"] = {"seconds": round(elapsed, 2), "tissue_mpx_at_model_mpp": round(tissue_mpx, 3),
                       "mpx_per_second": round(tissue_mpx / elapsed, 4) if elapsed else None,
-                      "peak_rss_mb_client": round(peak_rss_bytes() / 2**20, 1),
-                      "peak_rss_mb_worker": round(worker_peak / 2**20, 1),
-                      "regions_computed": computed, "regions_reused": len(plan.regions) - computed,
-                      "scheduler": config.cluster.scheduler, "device": config.model.device,
-                      "pathoseg_version": __version__}
+                      "peak_rss_mb_client": round(peak_rss_bytes() / 2**20, 1), **run_facts,
+                      "regions_reused": len(plan.regions) - run_facts["regions_computed"],
+                      "scheduler": config.cluster.scheduler, "pathoseg_version": __version__}
     write_slide_report(plan, config, summary, columns)
     write_summary_csv(plan.out_dir / "summary.csv", summary)
     write_json(plan.out_dir / "summary.json", summary)  # last: its presence marks a finished slide

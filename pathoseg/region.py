@@ -6,7 +6,10 @@ The same function runs in-process or on a Dask worker; it returns only small res
 from __future__ import annotations
 
 import dataclasses
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
@@ -49,6 +52,7 @@ class RegionResult:
     centroids : (N, 2) float (x, y).
     measurements : dict of (N,) arrays (MEASUREMENT_NAMES keys and ``class_id``).
     removed : counts of owned instances dropped by each plausibility filter.
+    seconds : wall time of each stage of the task (read, inference, postproc, measure, outlines).
     """
 
     index: int
@@ -56,18 +60,31 @@ class RegionResult:
     centroids: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     measurements: dict[str, np.ndarray] = field(default_factory=dict)
     removed: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.polygons)
 
 
+@contextmanager
+def timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    """Add the wall time of the ``with`` body to ``seconds[stage]``."""
+    started = time.perf_counter()
+    yield
+    seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - started
+
+
 def nuclei_from_maps(index: int, rgb: np.ndarray, maps: PredictionMaps, window: Box, core: Box,
-                     settings: RegionSettings) -> RegionResult:
+                     settings: RegionSettings, seconds: dict[str, float] | None = None) -> RegionResult:
     """Post-process a window's maps, keep the nuclei the core owns, measure and outline them."""
-    labels = instances_from_maps(maps.np_prob, maps.hv, settings.postproc, maps.interior_prob)
-    owned = keep_labels(labels, owned_labels(labels, window, core))
-    kept_labels, measurements, filters = plausible_nuclei(owned, rgb, maps, settings)
-    polygons = instance_polygons(kept_labels, settings.simplify_px)
+    seconds = {} if seconds is None else seconds
+    with timed(seconds, "postproc"):
+        labels = instances_from_maps(maps.np_prob, maps.hv, settings.postproc, maps.interior_prob)
+        owned = keep_labels(labels, owned_labels(labels, window, core))
+    with timed(seconds, "measure"):
+        kept_labels, measurements, filters = plausible_nuclei(owned, rgb, maps, settings)
+    with timed(seconds, "outlines"):
+        polygons = instance_polygons(kept_labels, settings.simplify_px)
     valid = np.array([p is not None for p in polygons], bool)
     offset = np.array([window.x, window.y], float)
     kept_polygons = [np.asarray(p.exterior.coords)[:-1] + offset for p in polygons if p is not None]
@@ -75,7 +92,7 @@ def nuclei_from_maps(index: int, rgb: np.ndarray, maps: PredictionMaps, window: 
     centroids = np.array([p.centroid.coords[0] for p in polygons if p is not None]).reshape(-1, 2) + offset
     removed = {name: int(filters[name].sum()) for name in ("too_small", "too_large", "irregular")}
     removed["degenerate"] = int((~valid).sum())
-    return RegionResult(index, kept_polygons, centroids, kept, removed)
+    return RegionResult(index, kept_polygons, centroids, kept, removed, seconds)
 
 
 def plausible_nuclei(labels: np.ndarray, rgb: np.ndarray, maps: PredictionMaps, settings: RegionSettings
@@ -102,9 +119,11 @@ def plausible_nuclei(labels: np.ndarray, rgb: np.ndarray, maps: PredictionMaps, 
 
 
 def segment_region(index: int, rgb: np.ndarray, window: Box, core: Box, predictor: Predictor,
-                   settings: RegionSettings) -> RegionResult:
+                   settings: RegionSettings, seconds: dict[str, float] | None = None) -> RegionResult:
     """Model + post-processing + ownership on one region's window pixels (h, w, 3) uint8."""
-    maps = predictor.predict(rgb, origin_xy=(window.x, window.y))
-    return nuclei_from_maps(index, rgb, maps, window, core, settings)
+    seconds = {} if seconds is None else seconds
+    with timed(seconds, "inference"):
+        maps = predictor.predict(rgb, origin_xy=(window.x, window.y))
+    return nuclei_from_maps(index, rgb, maps, window, core, settings, seconds)
 
 

@@ -9,6 +9,7 @@ import torch
 
 from pathoseg.config import ConfigError, load_config
 from pathoseg.models.hovernet import HoVerNet
+from pathoseg.models.engines import choose_runtime, openvino_available
 from pathoseg.models.infer import Predictor
 from pathoseg.models.precision import DeviceFacts, choose_precision, cpu_has_native_bf16, resolve_precision
 
@@ -60,3 +61,32 @@ def test_configs_with_the_old_bf16_key_keep_working(tmp_path, bf16, expected):
     path = tmp_path / "old.yaml"
     path.write_text(f"model:\n  bf16: {str(bf16).lower()}\n")
     assert load_config(path).model.precision == expected
+
+
+def test_runtime_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert choose_runtime("auto", cpu) == ("openvino" if openvino_available() else "torch")
+    assert choose_runtime("auto", cuda) == "torch"
+    assert choose_runtime("torch", cpu) == "torch"
+    with pytest.raises(ValueError, match="CPU"):
+        choose_runtime("openvino", cuda)
+    with pytest.raises(ValueError, match="tensorrt"):
+        choose_runtime("tensorrt", cpu)
+
+
+@pytest.mark.skipif(not openvino_available(), reason="openvino is not installed")
+@pytest.mark.parametrize("np_classes", [2, 3])
+def test_openvino_gives_pytorchs_maps(np_classes):
+    torch.manual_seed(0)
+    network = HoVerNet("light", np_classes=np_classes).eval()
+    image = (np.random.default_rng(1).random((200, 150, 3)) * 255).astype(np.uint8)
+    maps = {runtime: Predictor(network, torch.device("cpu"), patch_px=64, context_px=8, batch_size=3,
+                               precision="fp32", runtime=runtime).predict(image, origin_xy=(5, 7))
+            for runtime in ("torch", "openvino")}
+    for name in ("np_prob", "hv", "nc_prob", "interior_prob"):
+        expected, got = getattr(maps["torch"], name), getattr(maps["openvino"], name)
+        if expected is None:
+            assert got is None and np_classes == 2
+            continue
+        assert got.shape == expected.shape
+        assert np.abs(got.astype(np.float32) - expected.astype(np.float32)).max() < 2e-3, name

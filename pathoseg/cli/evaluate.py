@@ -9,7 +9,7 @@ import click
 from pathoseg.cli.common import fail, friendly_errors
 from pathoseg.config import load_config
 from pathoseg.evaluation import evaluate_folder, evaluate_samples
-from pathoseg.models.infer import Predictor, resolve_device
+from pathoseg.models.infer import predictor_for
 from pathoseg.models.weights import load_model
 from pathoseg.outputs import json_safe, write_json
 from pathoseg.region import RegionSettings
@@ -22,7 +22,7 @@ from pathoseg.train.data import load_dataset, read_class_names, read_manifest
 @click.option("-c", "--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="Run configuration whose post-processing and filters apply (default: the packaged one).")
 @click.option("--ids", help="Comma-separated image ids to evaluate (default: all in MANIFEST.csv).")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", help="auto | cpu | cuda | cuda:N (default: the configuration's).")
 @click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), help="Write the metrics JSON here.")
 @friendly_errors
 def evaluate(paths, model, config_path, ids, device, out_path) -> None:
@@ -43,8 +43,7 @@ def evaluate(paths, model, config_path, ids, device, out_path) -> None:
         has_types = (any(s.types is not None for s in samples)
                      and [dataset_classes[i] for i in sorted(dataset_classes)] == loaded.metadata.class_names[1:])
         config = load_config(config_path)
-        predictor = Predictor(loaded.network, resolve_device(device), config.model.patch_px, config.model.context_px,
-                              config.model.batch_size, config.model.precision)
+        predictor = predictor_for(loaded.network, config.model, device)
         settings = RegionSettings.from_config(config, loaded.metadata.mpp)
         n_classes = len(loaded.metadata.class_names) if has_types else None
         result = evaluate_samples(predictor, samples, settings, n_classes=n_classes)

@@ -1,24 +1,37 @@
-"""``pathoseg info SLIDE``: what the slide is and how much tissue it holds."""
+"""``pathoseg info SLIDE``: what the slide is and how much tissue it holds. ``pathoseg info --system``: what this
+machine runs the model with, and how fast."""
 
 from __future__ import annotations
 
 import json
 
 import click
+import torch
 
-from pathoseg.cli.common import friendly_errors
+from pathoseg.cli.common import fail, friendly_errors
 from pathoseg.config import load_config
 from pathoseg.io.slide import open_slide
+from pathoseg.models.weights import load_model
 from pathoseg.pipeline import find_tissue
+from pathoseg.system import model_mpx_per_second, runtimes_here, system_facts
 
 
 @click.command()
-@click.argument("slide_path", type=click.Path(path_type=str))
+@click.argument("slide_path", type=click.Path(path_type=str), required=False)
 @click.option("--mpp", type=float, help="Microns per level-0 pixel (for images without a pixel size).")
+@click.option("--system", is_flag=True,
+              help="Instead of a slide: this machine's devices, what `auto` picks, and the model's throughput in "
+                   "each runtime and precision (measured, ~20 s).")
+@click.option("--seconds", type=float, default=2.0, show_default=True, help="--system: seconds per measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @friendly_errors
-def info(slide_path: str, mpp: float | None, as_json: bool) -> None:
+def info(slide_path: str | None, mpp: float | None, system: bool, seconds: float, as_json: bool) -> None:
     """Vendor, levels, dimensions, mpp, objective power, bounds and tissue fraction of SLIDE_PATH."""
+    if system:
+        show_system(seconds, as_json)
+        return
+    if slide_path is None:
+        fail("give a SLIDE_PATH, or --system for this machine")
     slide = open_slide(slide_path, mpp)
     bounds = slide.bounds
     facts = {
@@ -45,3 +58,33 @@ def info(slide_path: str, mpp: float | None, as_json: bool) -> None:
     if "tissue" in facts:
         click.echo(f"  tissue: {100 * facts['tissue']['fraction']:.1f}% of the slide, "
                    f"{facts['tissue']['area_mm2']:.3f} mm²")
+
+
+def show_system(seconds: float, as_json: bool) -> None:
+    """Print the machine's facts and the model-only throughput per runtime and precision, on one thread per
+    core as a default run uses them (worker processes x 1 thread)."""
+    facts = system_facts()
+    config = load_config()
+    network = load_model(config.model.name).network
+    torch.set_num_threads(config.cluster.threads_per_worker)
+    device = torch.device("cpu")
+    facts["model_mpx_per_second_per_thread"] = {
+        f"{runtime}/{precision}": round(model_mpx_per_second(network, device, precision, runtime, seconds), 3)
+        for runtime in runtimes_here(device) for precision in ("fp32", "bf16")}
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    auto = facts["cpu_auto"]
+    click.echo(f"cpu: {facts['cpu']} ({facts['cores']} cores)\n  PyTorch vector ISA: {facts['cpu_capability']}, "
+               f"native bfloat16: {'yes' if facts['cpu_native_bf16'] else 'no'}\n  torch {facts['torch']}, "
+               f"openvino {facts['openvino'] or 'not installed'}\n  auto picks: runtime {auto['runtime']}, "
+               f"precision {auto['precision']}")
+    for gpu in facts["cuda"]:
+        click.echo(f"cuda: {gpu['name']} (compute capability {gpu['capability']}), auto precision "
+                   f"{gpu['auto_precision']}")
+    click.echo(f"model {config.model.name}, one thread, model only (Mpx/s; a default run has "
+               f"{config.cluster.workers} worker processes):")
+    best = max(facts["model_mpx_per_second_per_thread"].values())
+    for key, value in facts["model_mpx_per_second_per_thread"].items():
+        marker = "  <- auto" if key == f"{auto['runtime']}/{auto['precision']}" else ""
+        click.echo(f"  {key:<16} {value:7.3f}  ({value / best:.2f}x the fastest){marker}")

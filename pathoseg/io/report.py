@@ -175,7 +175,9 @@ def write_report(path: Path, summary: dict, columns: dict[str, np.ndarray], over
              ["tissue", f"{tissue['area_mm2']:.3f} mm² ({100 * tissue['fraction']:.1f}% of the slide)"],
              ["model", f"{escape(model['name'])} ({escape(model['encoder'])}, {model['mpp']} µm/px), sha256 "
                        f"{escape(model['sha256'][:12])}…"],
-             ["run", f"{run.get('seconds', 0):.1f} s, {run.get('mpx_per_second') or 0:.3f} Mpx/s"]]
+             ["run", f"{run.get('seconds', 0):.1f} s, {run.get('mpx_per_second') or 0:.3f} Mpx/s on "
+                     f"{escape(str(run.get('device', '?')))} ({escape(str(run.get('runtime', '?')))}, "
+                     f"{escape(str(run.get('precision', '?')))})"]]
     page = f"""<!DOCTYPE html>
 <html lang="en">
 <head><meta charset="utf-8"><title>pathoseg report: {escape(Path(slide["path"]).name)}</title>

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pathoseg.config import ModelConfig
+from pathoseg.models.engines import build_engine, choose_runtime
 from pathoseg.models.hovernet import fused_for_inference
-from pathoseg.models.precision import autocast, resolve_precision
+from pathoseg.models.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +54,21 @@ class Predictor:
     context_px : border of each patch's output that is thrown away (patches overlap by twice this).
     batch_size : patches per forward pass.
     precision : auto | fp32 | bf16 | fp16 (see ``models.precision``); the resolved one is ``self.precision``.
+    runtime : auto | torch | openvino (see ``models.engines``); the resolved one is ``self.runtime``.
     """
 
     def __init__(self, network: torch.nn.Module, device: torch.device, patch_px: int = 512, context_px: int = 16,
-                 batch_size: int = 4, precision: str = "auto"):
+                 batch_size: int = 4, precision: str = "auto", runtime: str = "auto"):
         if patch_px % 32 or patch_px <= 2 * context_px:
             raise ValueError(f"patch_px {patch_px} must be a multiple of 32 larger than twice context_px")
         self.device = device
-        self.network = fused_for_inference(network).to(device).to(memory_format=torch.channels_last)
         self.patch_px, self.context_px, self.batch_size = patch_px, context_px, batch_size
         self.precision = resolve_precision(precision, device)
-        self.np_classes = self.network.heads["np"][-1].out_channels
+        self.runtime = choose_runtime(runtime, device)
+        fused = fused_for_inference(network).to(memory_format=torch.channels_last)
+        self.np_classes = fused.heads["np"][-1].out_channels
+        self.n_classes = fused.heads["nc"][-1].out_channels
+        self.engine = build_engine(fused, device, self.precision, self.runtime, batch_size, patch_px)
 
     @staticmethod
     def is_glass(patch: np.ndarray, od_threshold: float = 0.1, min_fraction: float = 0.005) -> bool:
@@ -73,21 +79,6 @@ class Predictor:
         """
         cutoff = 256 * 10 ** (-od_threshold) - 1  # OD > t  <=>  intensity < cutoff
         return np.count_nonzero(patch.min(axis=2) < cutoff) < min_fraction * patch.shape[0] * patch.shape[1]
-
-    def _forward(self, patches: np.ndarray) -> dict[str, np.ndarray]:
-        tensor = torch.from_numpy(patches).to(self.device).permute(0, 3, 1, 2).float().div_(255)
-        tensor = tensor.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            out = self.network(tensor)
-        np_prob = out["np"].float().softmax(dim=1)
-        maps = {
-            "np": (1 - np_prob[:, 0]).cpu().numpy(),
-            "hv": out["hv"].float().cpu().numpy(),
-            "nc": out["nc"].float().softmax(dim=1).cpu().numpy(),
-        }
-        if self.np_classes == 3:
-            maps["interior"] = np_prob[:, 1].cpu().numpy()
-        return maps
 
     def predict(self, rgb: np.ndarray, origin_xy: tuple[int, int] = (0, 0)) -> PredictionMaps:
         """Prediction maps for an (H, W, 3) uint8 image; borders use reflected context.
@@ -108,21 +99,27 @@ class Predictor:
         origins = [(y, x) for y, x in origins if not self.is_glass(padded[y:y + self.patch_px, x:x + self.patch_px])]
         np_prob = np.zeros((rows * step, cols * step), np.float32)
         hv = np.zeros((2, rows * step, cols * step), np.float32)
-        n_classes = self.network.heads["nc"][-1].out_channels
-        nc_prob = np.zeros((n_classes, rows * step, cols * step), np.float16)
+        nc_prob = np.zeros((self.n_classes, rows * step, cols * step), np.float16)
         nc_prob[0] = 1.0  # glass patches: background
         interior_prob = np.zeros_like(np_prob, np.float16) if self.np_classes == 3 else None
         crop = slice(self.context_px, self.context_px + step)
         for start in range(0, len(origins), self.batch_size):
             batch_origins = origins[start:start + self.batch_size]
             patches = np.stack([padded[y:y + self.patch_px, x:x + self.patch_px] for y, x in batch_origins])
-            out = self._forward(patches)
+            out = self.engine(patches)  # (B, K, patch, patch): np, [interior,] hv (2), nc (C)
+            first_hv = 2 if interior_prob is not None else 1
             for i, (y, x) in enumerate(batch_origins):
-                np_prob[y:y + step, x:x + step] = out["np"][i, crop, crop]
-                hv[:, y:y + step, x:x + step] = out["hv"][i, :, crop, crop]
-                nc_prob[:, y:y + step, x:x + step] = out["nc"][i, :, crop, crop]
+                np_prob[y:y + step, x:x + step] = out[i, 0, crop, crop]
                 if interior_prob is not None:
-                    interior_prob[y:y + step, x:x + step] = out["interior"][i, crop, crop]
+                    interior_prob[y:y + step, x:x + step] = out[i, 1, crop, crop]
+                hv[:, y:y + step, x:x + step] = out[i, first_hv:first_hv + 2, crop, crop]
+                nc_prob[:, y:y + step, x:x + step] = out[i, first_hv + 2:, crop, crop]
         keep = (slice(shift_y, shift_y + height), slice(shift_x, shift_x + width))
         return PredictionMaps(np_prob[keep], hv[(slice(None), *keep)], nc_prob[(slice(None), *keep)],
                               None if interior_prob is None else interior_prob[keep])
+
+
+def predictor_for(network: torch.nn.Module, model: ModelConfig, device: str | None = None) -> Predictor:
+    """The predictor a run's model settings describe (``device`` overrides ``model.device``)."""
+    return Predictor(network, resolve_device(device or model.device), model.patch_px, model.context_px,
+                     model.batch_size, model.precision, model.runtime)

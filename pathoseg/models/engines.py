@@ -1,0 +1,117 @@
+"""Inference engines: what turns a batch of RGB patches into the network's probability maps.
+
+* ``torch``: the network in PyTorch (any device), autocast in the chosen precision.
+* ``openvino``: the same weights compiled by OpenVINO for the CPU (measured 1.9x PyTorch in fp32 and 2.4x in
+  bf16 on one core; ``benchmarks/bench_speed.py``). Used by ``auto`` on CPUs where the package is installed.
+
+Both run ``InferenceGraph``: uint8 NHWC patches in, one float array of maps out, so that the conversion and the
+softmaxes run inside the engine instead of as separate NumPy passes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from pathoseg.models.precision import autocast
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "torch", "openvino")
+_OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+# Probabilities stored as float16 are clamped to its smallest normal number: converting values below it
+# (subnormals) takes NumPy's slow path, measured 28x slower, over a second per region.
+FLOAT16_TINY = 2.0 ** -14
+
+
+class InferenceGraph(nn.Module):
+    """(B, H, W, 3) uint8 -> (B, K, H, W) float maps: nucleus probability (1 - p(background)), [interior
+    probability for a three-class NP head,] HV (2 channels), class probabilities (C channels)."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+        self.np_classes = network.heads["np"][-1].out_channels
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        rgb = patches.permute(0, 3, 1, 2).float().div(255).contiguous(memory_format=torch.channels_last)
+        out = self.network(rgb)
+        np_prob = out["np"].float().softmax(dim=1)
+        maps = [1 - np_prob[:, :1]]
+        if self.np_classes == 3:
+            maps.append(np_prob[:, 1:2].clamp_min(FLOAT16_TINY))
+        return torch.cat([*maps, out["hv"].float(), out["nc"].float().softmax(dim=1).clamp_min(FLOAT16_TINY)], dim=1)
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_runtime(requested: str, device: torch.device) -> str:
+    """``auto``: OpenVINO on the CPU when it is installed, PyTorch otherwise."""
+    if requested not in RUNTIMES:
+        raise ValueError(f"runtime {requested!r}: choose one of {', '.join(RUNTIMES)}")
+    if requested == "openvino" and device.type != "cpu":
+        raise ValueError(f"runtime openvino runs on the CPU, not on {device}")
+    if requested == "openvino" and not openvino_available():
+        raise ValueError("runtime openvino: the openvino package is not installed (pip install openvino)")
+    if requested == "auto":
+        return "openvino" if device.type == "cpu" and openvino_available() else "torch"
+    return requested
+
+
+class TorchEngine:
+    """The graph in PyTorch on ``device``."""
+
+    def __init__(self, graph: InferenceGraph, device: torch.device, precision: str):
+        self.graph = graph.to(device).eval()
+        self.device, self.precision = device, precision
+
+    def __call__(self, patches: np.ndarray) -> np.ndarray:
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            return self.graph(torch.from_numpy(patches).to(self.device)).float().cpu().numpy()
+
+
+class OpenVinoEngine:
+    """The graph compiled by OpenVINO for the CPU, for batches of ``batch_size`` patches of ``patch_px``.
+
+    A shorter last batch is padded to the compiled shape (one static shape compiles to the fastest kernels).
+    """
+
+    def __init__(self, graph: InferenceGraph, precision: str, batch_size: int, patch_px: int):
+        import openvino as ov
+
+        example = torch.zeros(batch_size, patch_px, patch_px, 3, dtype=torch.uint8)
+        model = ov.convert_model(torch.export.export(graph.eval(), (example,)))
+        model.reshape([batch_size, patch_px, patch_px, 3])  # static: the fastest kernels
+        threads = torch.get_num_threads()
+        # No pinning: several worker processes share the cores, and pinned threads would pile onto the same ones.
+        config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False,
+                  "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[precision]}
+        self.compiled = ov.Core().compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.batch_size = batch_size
+        log.info("OpenVINO engine: %d thread(s), %s", threads, precision)
+
+    def __call__(self, patches: np.ndarray) -> np.ndarray:
+        n = len(patches)
+        if n < self.batch_size:
+            patches = np.concatenate([patches, np.zeros((self.batch_size - n, *patches.shape[1:]), patches.dtype)])
+        # A copy: the request reuses its output buffer on the next call.
+        return np.array(self.request.infer({0: np.ascontiguousarray(patches)})[0][:n])
+
+
+def build_engine(network: nn.Module, device: torch.device, precision: str, runtime: str, batch_size: int,
+                 patch_px: int) -> TorchEngine | OpenVinoEngine:
+    """The engine for a resolved ``runtime`` (see ``choose_runtime``) and precision."""
+    graph = InferenceGraph(network)
+    if runtime == "openvino":
+        return OpenVinoEngine(graph, precision, batch_size, patch_px)
+    return TorchEngine(graph, device, precision)

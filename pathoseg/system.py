@@ -1,0 +1,77 @@
+"""What this machine is and how fast the model runs on it (``pathoseg info --system`` and the benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pathoseg.models.engines import choose_runtime, openvino_available
+from pathoseg.models.infer import Predictor
+from pathoseg.models.precision import cpu_has_native_bf16, resolve_precision
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_capability() -> str:
+    """One line for benchmark output: model, PyTorch's vector ISA, native bfloat16, cores."""
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    return f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()}, {bf16}, {os.cpu_count()} cores)"
+
+
+def system_facts() -> dict:
+    """Devices and the choices ``auto`` makes on them."""
+    cpu = torch.device("cpu")
+    facts = {
+        "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": cpu_has_native_bf16(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "openvino": _openvino_version(),
+        "cpu_auto": {"runtime": choose_runtime("auto", cpu), "precision": resolve_precision("auto", cpu)},
+        "cuda": [],
+    }
+    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        device = torch.device("cuda", index)
+        facts["cuda"].append({"name": torch.cuda.get_device_name(device),
+                              "capability": ".".join(map(str, torch.cuda.get_device_capability(device))),
+                              "auto_precision": resolve_precision("auto", device)})
+    return facts
+
+
+def _openvino_version() -> str | None:
+    if not openvino_available():
+        return None
+    import openvino
+
+    return openvino.__version__.split("-")[0]
+
+
+def model_mpx_per_second(network: torch.nn.Module, device: torch.device, precision: str, runtime: str,
+                         seconds: float = 2.0, side_px: int = 960, patch_px: int = 512, batch_size: int = 4) -> float:
+    """Model-only throughput: megapixels per second of ``Predictor.predict`` on a (side_px, side_px) image of
+    stained-looking noise (no glass, so every patch runs), after one warm-up call. The default side is two
+    patch steps, one batch of four patches."""
+    predictor = Predictor(network, device, patch_px, 16, batch_size, precision, runtime)
+    rgb = np.random.default_rng(0).integers(60, 220, (side_px, side_px, 3), dtype=np.uint8)
+    predictor.predict(rgb[:patch_px, :patch_px])
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        predictor.predict(rgb)
+        done += side_px * side_px
+    return done / (time.perf_counter() - started) / 1e6
+
+
+def runtimes_here(device: torch.device) -> list[str]:
+    """The runtimes that can run on ``device`` on this machine."""
+    return ["torch", "openvino"] if device.type == "cpu" and openvino_available() else ["torch"]
