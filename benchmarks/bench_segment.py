@@ -1,10 +1,11 @@
-"""End-to-end throughput and peak memory of `segment` on synthetic slides of growing size.
+"""End-to-end throughput and peak memory of `segment` on synthetic slides, per inference setting, side by side.
 
-Prints, per slide size: tissue megapixels at the model's resolution per second (end to end, tiling included), the
-model-only throughput on the same machine in the same run (the baseline), their ratio, and peak RSS of the client
-and of the worker processes. Peak RSS should stay flat as the slide grows.
+Prints the CPU, then per setting (runtime/precision; ``auto`` is what a default run picks) and slide size: tissue
+megapixels at the model's resolution per second (end to end, tiling and outputs included), the model-only
+throughput of that setting in the same run (the baseline), their ratio, where the region tasks' time went, and peak
+RSS of the client and of the worker processes. Peak RSS should stay flat as the slide grows.
 
-    python benchmarks/bench_segment.py --sizes 10000 20000
+    python benchmarks/bench_segment.py --sizes 20000 --settings auto/auto openvino/fp32 torch/bf16
 """
 
 from __future__ import annotations
@@ -13,29 +14,24 @@ import argparse
 import multiprocessing
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pathoseg.config import load_config
-from pathoseg.distributed import get_predictor
+from pathoseg.models.infer import resolve_device
+from pathoseg.models.weights import load_model
 from pathoseg.pipeline import segment_slide
 from pathoseg.synthetic import write_synthetic_slide
+from pathoseg.system import cpu_capability, model_mpx_per_second
 
 
 def model_only_mpx_per_s(config, seconds: float = 20.0) -> float:
-    """Baseline: the predictor alone on 2048 x 2048 random-content windows, as a worker runs it."""
+    """Baseline: the predictor alone, with as many torch threads as the cluster has in all."""
     torch.set_num_threads(config.cluster.threads_per_worker * config.cluster.workers)
-    predictor = get_predictor(config.model)
-    rgb = np.random.default_rng(0).integers(0, 255, (2048, 2048, 3), dtype=np.uint8)
-    predictor.predict(rgb[:512, :512])
-    done, started = 0, time.time()
-    while time.time() - started < seconds:
-        predictor.predict(rgb)
-        done += rgb.shape[0] * rgb.shape[1]
-    return done / (time.time() - started) / 1e6
+    model = config.model
+    return model_mpx_per_second(load_model(model.name).network, resolve_device(model.device), model.precision,
+                                model.runtime, seconds)
 
 
 def main() -> None:
@@ -43,28 +39,34 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 20000], help="square slide sides (px)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: the config's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: the config's)")
+    parser.add_argument("--settings", nargs="+", default=["auto/auto", "openvino/fp32", "torch/bf16"],
+                        help="runtime/precision pairs (auto/auto: what a default run picks)")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     cluster = {key: value for key, value in (("workers", args.workers), ("threads_per_worker", args.threads))
                if value is not None}
-    config = load_config(overrides={"cluster": cluster})
-    workers, threads = config.cluster.workers, config.cluster.threads_per_worker
-    # In a child process, so that the client's peak RSS below is the pipeline's alone.
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        baseline = pool.submit(model_only_mpx_per_s, config).result()
-    print(f"baseline model-only: {baseline:.3f} Mpx/s (one process, {workers * threads} torch threads); slides run on "
-          f"{workers} worker(s) x {threads} thread(s), regions of {config.tiling.region_px} px")
+    print(f"CPU: {cpu_capability()}; torch {torch.__version__}")
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
-        for side in args.sizes:
-            slide = write_synthetic_slide(Path(workdir) / f"bench-{side}.svs", side, side)
-            summary = segment_slide(slide, Path(workdir) / f"out-{side}", config)
-            run = summary["run"]
-            print(f"slide {side}x{side} px @0.25 µm: tissue {run['tissue_mpx_at_model_mpp']:.1f} Mpx, "
-                  f"{summary['nuclei']} nuclei, {run['seconds']:.0f} s, end-to-end {run['mpx_per_second']:.3f} "
-                  f"Mpx/s ({run['mpx_per_second'] / baseline:.2f}x model-only), peak RSS client "
-                  f"{run['peak_rss_mb_client']:.0f} MB, largest worker {run['peak_rss_mb_worker']:.0f} MB "
-                  f"(all processes <= {run['peak_rss_mb_client'] + workers * run['peak_rss_mb_worker']:.0f} MB)",
-                  flush=True)
+        slides = {side: write_synthetic_slide(Path(workdir) / f"bench-{side}.svs", side, side) for side in args.sizes}
+        for setting in args.settings:
+            runtime, precision = setting.split("/")
+            config = load_config(overrides={"cluster": cluster, "model": {"runtime": runtime,
+                                                                          "precision": precision}})
+            workers, threads = config.cluster.workers, config.cluster.threads_per_worker
+            # In a child process, so that the client's peak RSS below is the pipeline's alone.
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                baseline = pool.submit(model_only_mpx_per_s, config).result()
+            for side, slide in slides.items():
+                summary = segment_slide(slide, Path(workdir) / f"out-{side}-{runtime}-{precision}", config)
+                run = summary["run"]
+                tasks = run["task_seconds"]
+                shares = ", ".join(f"{k} {100 * v / sum(tasks.values()):.0f}%" for k, v in tasks.items())
+                print(f"[{setting} -> {run['runtime']}/{run['precision']}] slide {side}x{side} px @0.25 µm: tissue "
+                      f"{run['tissue_mpx_at_model_mpp']:.1f} Mpx, {summary['nuclei']} nuclei, {run['seconds']:.0f} s, "
+                      f"end-to-end {run['mpx_per_second']:.3f} Mpx/s ({run['mpx_per_second'] / baseline:.2f}x "
+                      f"model-only {baseline:.3f} on {workers * threads} threads); region tasks: {shares}; peak RSS "
+                      f"client {run['peak_rss_mb_client']:.0f} MB, largest of {workers} worker(s) x {threads} "
+                      f"thread(s) {run['peak_rss_mb_worker']:.0f} MB", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,18 @@ region tasks at once (tiling tasks need no GPU).
 from __future__ import annotations
 
 import logging
+import os
 import resource
 from contextlib import contextmanager
 from dataclasses import astuple
+from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 import torch
 import zarr
 from distributed import Client, Future, LocalCluster, WorkerPlugin, as_completed
 
+from pathoseg import __version__
 from pathoseg.config import ClusterConfig, ModelConfig
 from pathoseg.io import ngff
 from pathoseg.models.infer import Predictor, predictor_for, resolve_device
@@ -86,8 +89,18 @@ def peak_rss_bytes() -> int:
 class RegionRunner:
     """Runs region tasks and hands each result to a callback as soon as it is done."""
 
-    def __init__(self, client: Client | None, model: ModelConfig, gpu: bool):
-        self.client, self.model, self.gpu = client, model, gpu
+    def __init__(self, client: Client | None, model: ModelConfig, resources: dict | None = None):
+        self.client, self.model, self.resources = client, model, resources
+
+    def check_workers(self, readable: list[Path], writable: list[Path]) -> None:
+        """Raise ClusterError naming a worker that cannot read ``readable`` or write ``writable``."""
+        if self.client is None:
+            return
+        answers = self.client.run(unusable_paths, [str(p) for p in readable], [str(p) for p in writable])
+        for worker, problems in sorted(answers.items()):
+            if problems:
+                raise ClusterError(f"worker {worker}: cannot {problems[0]} (the slides and the output folder must "
+                                   f"be on a filesystem every worker shares, under the same path)")
 
     def run(self, job: TileJob, block_tiles: Mapping[Block, list], regions: list[Region], settings: RegionSettings,
             on_result: Callable[[RegionResult], None], on_tiles: Callable[[int], None] = lambda n: None) -> None:
@@ -108,7 +121,6 @@ class RegionRunner:
                         tiled.add(block)
                 on_result(region_task(job.store_path, region, settings, self.model))
             return
-        resources = {"GPU": 1} if self.gpu else None
         tiling: dict[Block, Future] = {}
         segmenting = []
         for region in regions:
@@ -119,7 +131,8 @@ class RegionRunner:
                         key=f"pathoseg-tiles-{job.store_path}-{block[0]}_{block[1]}")
             segmenting.append(self.client.submit(
                 region_task, job.store_path, region, settings, self.model, *(tiling[b] for b in needs(region)),
-                key=f"pathoseg-region-{job.store_path}-{region.index}", resources=resources, retries=2, pure=False))
+                key=f"pathoseg-region-{job.store_path}-{region.index}", resources=self.resources, retries=2,
+                pure=False))
         futures = [*tiling.values(), *segmenting]
         try:
             for future in as_completed(futures):
@@ -148,24 +161,75 @@ class RegionRunner:
         return max(peaks.values(), default=0)
 
 
+class ClusterError(RuntimeError):
+    """A Dask cluster that cannot run the work: no scheduler, no worker, or a worker without pathoseg or without
+    access to the files."""
+
+
+def unusable_paths(readable: list[str], writable: list[str]) -> list[str]:
+    """What this process cannot do with the given paths, e.g. ``["read /a/slide.svs"]`` (runs on workers)."""
+    return ([f"read {path}" for path in readable if not os.access(path, os.R_OK)]
+            + [f"write {path}" for path in writable if not os.access(path, os.W_OK)])
+
+
+def region_resources(cluster: ClusterConfig, model: ModelConfig, local_gpu: bool = False) -> dict | None:
+    """The Dask resources each region task asks for: the configured ones, else ``{"GPU": 1}`` when the model runs
+    on CUDA (named, or ``auto`` on a local cluster that has a GPU), else none."""
+    if cluster.region_resources:
+        return dict(cluster.region_resources)
+    return {"GPU": 1} if model.device.startswith("cuda") or local_gpu else None
+
+
+def _connect(cluster: ClusterConfig) -> Client:
+    """A client of the scheduler at ``cluster.scheduler`` whose workers can run pathoseg."""
+    address = cluster.scheduler
+    try:
+        client = Client(address, timeout=f"{cluster.connect_timeout_s}s")
+    except (OSError, TimeoutError, ValueError) as error:
+        raise ClusterError(f"{address}: no Dask scheduler answered within {cluster.connect_timeout_s:.0f} s "
+                           f"({error.__class__.__name__})") from None
+    try:
+        client.wait_for_workers(1, timeout=cluster.worker_timeout_s)
+    except TimeoutError:
+        client.close()
+        raise ClusterError(f"{address}: no Dask worker connected within {cluster.worker_timeout_s:.0f} s") from None
+    versions = client.run(pathoseg_version, on_error="return")
+    broken = {worker: answer for worker, answer in versions.items() if isinstance(answer, BaseException)}
+    if broken:
+        client.close()
+        worker, error = sorted(broken.items())[0]
+        raise ClusterError(f"worker {worker}: cannot run pathoseg ({error.__class__.__name__}: "
+                           f"{str(error).splitlines()[0] if str(error) else ''}); install it in the workers' "
+                           f"environment") from None
+    return client
+
+
+def pathoseg_version() -> str:
+    return __version__
+
+
 @contextmanager
 def open_runner(cluster: ClusterConfig, model: ModelConfig) -> Iterator[RegionRunner]:
-    """A RegionRunner for ``cluster.scheduler``: ``inprocess``, ``local`` (embedded LocalCluster) or an address."""
-    gpu = resolve_device(model.device).type == "cuda"
+    """A RegionRunner for ``cluster.scheduler``: ``inprocess``, ``local`` (embedded LocalCluster) or an address.
+
+    Raises ClusterError for a scheduler that does not answer, has no worker, or has a worker without pathoseg.
+    """
     if cluster.scheduler == "inprocess":
         torch.set_num_threads(cluster.threads_per_worker)
-        yield RegionRunner(None, model, gpu)
+        yield RegionRunner(None, model)
         return
+    local = None
     if cluster.scheduler == "local":
+        resources = region_resources(cluster, model, resolve_device(model.device).type == "cuda")
         local = LocalCluster(n_workers=cluster.workers, threads_per_worker=1, processes=True,
-                             dashboard_address=None, resources={"GPU": 1} if gpu else None,
-                             silence_logs=logging.ERROR)
+                             dashboard_address=None, resources=resources, silence_logs=logging.ERROR)
         client = Client(local)
     else:
-        local, client = None, Client(cluster.scheduler, timeout="30s")
+        resources = region_resources(cluster, model)
+        client = _connect(cluster)
     try:
         client.register_plugin(ModelPlugin(model, cluster.threads_per_worker))
-        yield RegionRunner(client, model, gpu)
+        yield RegionRunner(client, model, resources)
     finally:
         client.close()
         if local is not None:

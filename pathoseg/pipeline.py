@@ -188,6 +188,7 @@ def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: Reg
         progress("regions", 1, len(plan.regions))
 
     with nullcontext(runner) if runner else open_runner(config.cluster, config.model) as active:
+        active.check_workers(readable=[plan.slide.path.resolve()], writable=[plan.store_path.resolve()])
         active.run(plan.tile_job(), block_tiles, todo, settings, on_result,
                    on_tiles=lambda n: progress("tiles", n, n_tiles))
         return {"regions_computed": len(todo), "peak_rss_mb_worker": round(active.worker_peak_rss_bytes() / 2**20, 1),

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from pathoseg.batch import run_batch
+from pathoseg.config import load_config
 from pathoseg.synthetic import write_synthetic_slide
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,3 +34,26 @@ def tiff_slide(tmp_path_factory) -> Path:
     """Generic pyramidal TIFF, JPEG tiles, mpp 0.5 (20x): the tiler must upsample to the model's 0.25."""
     return write_synthetic_slide(tmp_path_factory.mktemp("slides") / "synthetic.tiff", 1400, 1000, mpp=0.5,
                                  kind="tiff", tile_px=256, seed=3, min_level_px=256)
+
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory) -> Path:
+    """A small slide archive: two 1500 x 1200 px synthetic slides in a sub-folder."""
+    root = tmp_path_factory.mktemp("archive")
+    for seed in (1, 2):
+        write_synthetic_slide(root / "cases" / f"slide{seed}.svs", 1500, 1200, tile_px=256, min_level_px=256,
+                              seed=seed)
+    return root
+
+
+@pytest.fixture(scope="session")
+def reference(archive, tmp_path_factory) -> Path:
+    """The archive's in-process batch results (regions of 512 px), what every cluster run must reproduce."""
+    from clusters import SMALL_CONFIG
+
+    folder = tmp_path_factory.mktemp("reference")
+    (folder / "small.yaml").write_text(SMALL_CONFIG)
+    config = load_config(folder / "small.yaml", overrides={"cluster": {"scheduler": "inprocess"}})
+    rows = run_batch(archive, folder / "results", config)
+    assert [row["status"] for row in rows] == ["ok", "ok"]
+    return folder / "results"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from shapely.geometry import Polygon
+
 from skimage.draw import ellipse
 
 from pathoseg.measure.biomarkers import class_summary, dab_bins, positivity_summary

@@ -10,11 +10,12 @@ import click
 from tqdm import tqdm
 
 from pathoseg.config import ConfigError
+from pathoseg.distributed import ClusterError
 from pathoseg.io.slide import SlideError
 from pathoseg.models.weights import CheckpointError
 from pathoseg.pipeline import OutputError
 
-USER_ERRORS = (SlideError, OutputError, CheckpointError, ConfigError, FileNotFoundError, ValueError)
+USER_ERRORS = (SlideError, OutputError, CheckpointError, ConfigError, ClusterError, FileNotFoundError, ValueError)
 
 
 def fail(message: str, code: int = 2) -> None:

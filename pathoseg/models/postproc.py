@@ -36,12 +36,14 @@ def boundary_energy(hv: np.ndarray, params: PostprocParams) -> np.ndarray:
     ----------
     hv : (2, H, W) float, channel 0 horizontal, channel 1 vertical, in [-1, 1].
     """
-    smooth = [ndimage.gaussian_filter(channel.astype(np.float32), params.hv_smooth_sigma_px) for channel in hv]
-    # ndimage.sobel is 8x the per-pixel slope.
-    slope_x = ndimage.sobel(smooth[0], axis=1) / 8
-    slope_y = ndimage.sobel(smooth[1], axis=0) / 8
-    energy = np.maximum(-slope_x, -slope_y) / params.gradient_scale
-    return np.clip(energy, 0, 1)
+    energy = None
+    for axis, channel in ((1, hv[0]), (0, hv[1])):  # horizontal map: slope along x; vertical: along y
+        smooth = ndimage.gaussian_filter(channel.astype(np.float32, copy=False), params.hv_smooth_sigma_px)
+        slope = ndimage.sobel(smooth, axis=axis)  # 8x the per-pixel slope
+        del smooth
+        np.multiply(slope, -1 / (8 * params.gradient_scale), out=slope)
+        energy = slope if energy is None else np.maximum(energy, slope, out=energy)
+    return np.clip(energy, 0, 1, out=energy)
 
 
 def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocParams = PostprocParams(),

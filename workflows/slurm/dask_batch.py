@@ -4,7 +4,11 @@ Each SLURM job is one Dask worker with one GPU (declared to Dask as the resource
 GPU). The client runs here (on the login or a small head node) and writes the outputs to a shared filesystem.
 
     python workflows/slurm/dask_batch.py /archive results/ --jobs 4 --partition gpu
+    python workflows/slurm/dask_batch.py /archive results/ --jobs 2 --gpus-per-job 0 --cores 2 -- -c my.yaml
     python workflows/slurm/dask_batch.py /archive results/ --dry-run      # print the worker job script only
+
+Arguments after ``--`` go to ``pathoseg batch``. The archive and results folders must be on a filesystem the
+compute nodes share, under the same path.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ def job_options(args: argparse.Namespace) -> dict:
         job_extra_directives=[f"--gres=gpu:{args.gpus_per_job}"] if args.gpus_per_job else [],
         worker_extra_args=["--resources", f"GPU={args.gpus_per_job}"] if args.gpus_per_job else [],
         job_script_prologue=[f"source {args.venv}/bin/activate"] if args.venv else [],
-        log_directory=args.log_dir,
+        log_directory=args.log_dir, interface=args.interface,
     )
 
 
@@ -39,8 +43,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpus-per-job", type=int, default=1, help="0 for CPU-only workers")
     parser.add_argument("--venv", default=None, help="virtual environment with pathoseg, activated in each job")
     parser.add_argument("--log-dir", default="slurm-logs")
+    parser.add_argument("--interface", default=None,
+                        help="network interface the scheduler and workers listen on (e.g. ib0; default: Dask's)")
+    parser.add_argument("--wait-minutes", type=float, default=60.0,
+                        help="how long to wait for the first worker job to start before giving up")
     parser.add_argument("--dry-run", action="store_true", help="print the worker job script and exit")
     args, args.batch_args = parser.parse_known_args(argv)  # the rest goes to pathoseg batch
+    args.batch_args = [arg for arg in args.batch_args if arg != "--"]
     return args
 
 
@@ -52,13 +61,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(SLURMJob(scheduler="tcp://SCHEDULER:8786", name="pathoseg-worker", **job_options(args)).job_script())
         return 0
+    from distributed import Client
+
     cluster = SLURMCluster(**job_options(args))
     cluster.scale(jobs=args.jobs)
     device = ["--device", "cuda"] if args.gpus_per_job else ["--device", "cpu"]
     command = ["pathoseg", "batch", args.archive, "-o", args.out, "--scheduler", cluster.scheduler_address, *device,
                *args.batch_args]
     try:
+        with Client(cluster) as client:  # queued jobs may take a while: pathoseg itself waits only minutes
+            client.wait_for_workers(1, timeout=args.wait_minutes * 60)
         return subprocess.call(command)
+    except TimeoutError:
+        print(f"error: no SLURM worker job started within {args.wait_minutes:g} minutes (squeue shows why)",
+              file=sys.stderr)
+        return 2
     finally:
         cluster.close()
 
