@@ -40,6 +40,7 @@ def tiff_slide(tmp_path_factory) -> Path:
 def archive(tmp_path_factory) -> Path:
     """A small slide archive: two 1500 x 1200 px synthetic slides in a sub-folder."""
     root = tmp_path_factory.mktemp("archive")
+    (root / "cases").mkdir()
     for seed in (1, 2):
         write_synthetic_slide(root / "cases" / f"slide{seed}.svs", 1500, 1200, tile_px=256, min_level_px=256,
                               seed=seed)
