@@ -9,8 +9,9 @@ from PIL import Image
 from skimage.draw import polygon as fill_polygon
 
 from pathoseg.io.geojson import read_features
-from pathoseg.metrics import (centroids, class_panoptic_quality, detection_and_type_f1, instance_metrics,
-                              majority_types)
+from pathoseg.measure.biomarkers import DAB_BIN_NAMES
+from pathoseg.metrics import (centroids, class_panoptic_quality, detection_and_type_f1, f1, instance_metrics,
+                              majority_types, pair_centroids)
 from pathoseg.models.infer import PredictionMaps, Predictor
 from pathoseg.models.postproc import instances_from_maps
 from pathoseg.region import RegionSettings, plausible_nuclei
@@ -23,6 +24,56 @@ def _mean_of_defined(values: list[float]) -> float:
     """Mean of the non-NaN values; NaN when there are none."""
     defined = [value for value in values if not np.isnan(value)]
     return float(np.mean(defined)) if defined else float("nan")
+
+
+def is_positivity_dataset(class_names: dict[int, str] | None) -> bool:
+    """True for IHC truth: two classes, 1 = ...negative, 2 = ...positive (e.g. Ki67-negative / Ki67-positive)."""
+    return (class_names is not None and sorted(class_names) == [1, 2]
+            and class_names[1].lower().endswith("negative") and class_names[2].lower().endswith("positive"))
+
+
+def positivity_scores(true_xy: np.ndarray, true_positive: np.ndarray, pred_xy: np.ndarray,
+                      pred_positive: np.ndarray, radius_px: float) -> dict[str, float]:
+    """Detection F1 (centroids within ``radius_px``), positive/negative agreement on the matched nuclei, and the
+    positivity index (positive / all nuclei, %) of truth and prediction with its error in percentage points.
+
+    true_xy, pred_xy : (N, 2) and (M, 2) centroids; true_positive, pred_positive : (N,) and (M,) bool.
+    """
+    rows, cols = pair_centroids(true_xy, pred_xy, radius_px)
+    true_index = 100 * float(np.mean(true_positive)) if len(true_positive) else float("nan")
+    pred_index = 100 * float(np.mean(pred_positive)) if len(pred_positive) else float("nan")
+    return {"f1_detection": f1(rows.size, len(pred_xy) - rows.size, len(true_xy) - rows.size),
+            "positivity_agreement": float(np.mean(true_positive[rows] == pred_positive[cols])) if rows.size
+            else float("nan"),
+            "true_index_percent": true_index, "pred_index_percent": pred_index,
+            "index_error_points": pred_index - true_index}
+
+
+class PositivityAccumulator:
+    """IHC truth (classes negative / positive): positivity scores per image and pooled over the images."""
+
+    def __init__(self, radius_px: float):
+        self.radius_px = radius_px
+        self.per_image: dict[str, dict] = {}
+        self.pooled: list[list[np.ndarray]] = [[], [], [], []]
+
+    def add(self, sample: Sample, pred: np.ndarray, pred_positive: np.ndarray) -> None:
+        true_xy, true_labels = centroids(sample.instances)
+        true_positive = majority_types(sample.instances, sample.types)[true_labels - 1] == 2
+        pred_xy, pred_labels = centroids(pred)
+        pred_positive = np.asarray(pred_positive, bool)[pred_labels - 1]
+        self.per_image[sample.id] = positivity_scores(true_xy, true_positive, pred_xy, pred_positive, self.radius_px)
+        for pool, values in zip(self.pooled, (true_xy, true_positive, pred_xy, pred_positive)):
+            pool.append(values)
+
+    def result(self) -> dict:
+        pooled = positivity_scores(*(np.concatenate(pool) for pool in self.pooled), self.radius_px)
+        errors = [abs(scores["index_error_points"]) for scores in self.per_image.values()]
+        return {"f1_detection": pooled["f1_detection"], "positivity_agreement": pooled["positivity_agreement"],
+                "index_error_points_mean_abs": _mean_of_defined(errors),
+                "index_error_points_max_abs": max(errors, default=float("nan")),
+                "pooled_true_index_percent": pooled["true_index_percent"],
+                "pooled_pred_index_percent": pooled["pred_index_percent"]}
 
 
 class Accumulator:
@@ -63,26 +114,42 @@ class Accumulator:
         return {"overall": overall, "per_image": self.per_image}
 
 
-def nuclei_of_maps(rgb: np.ndarray, maps: PredictionMaps, settings: RegionSettings) -> tuple[np.ndarray, np.ndarray]:
+def nuclei_of_maps(rgb: np.ndarray, maps: PredictionMaps, settings: RegionSettings
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The nuclei ``pathoseg segment`` outputs for an image at the model's mpp, from its prediction maps:
-    post-processing, then the plausibility filters. Returns the (H, W) instance map (1..N) and the (N,) classes."""
+    post-processing, then the plausibility filters. Returns the (H, W) instance map (1..N) and the nuclei's
+    measurements ((N,) arrays, ``class_id`` among them)."""
     labels = instances_from_maps(maps.np_prob, maps.hv, settings.postproc, maps.interior_prob)
     labels, measurements, _ = plausible_nuclei(labels, rgb, maps, settings)
-    return labels, measurements["class_id"].astype(int)
+    return labels, measurements
 
 
 def evaluate_samples(predictor: Predictor, samples: list[Sample], settings: RegionSettings,
-                     n_classes: int | None = None, radius_px: float = 12.0) -> dict:
+                     n_classes: int | None = None, radius_px: float = 12.0,
+                     positive_dab_od: float | None = None) -> dict:
     """Run the model over samples (already at its mpp): mean per-image metrics, pooled detection/type F1.
 
     ``settings`` are a run's post-processing and filters (``RegionSettings.from_config``), so the figures describe
-    what ``pathoseg segment`` writes.
+    what ``pathoseg segment`` writes. With ``positive_dab_od`` the samples' classes are IHC truth (1 negative,
+    2 positive) and a nucleus is called positive when its DAB OD mean reaches it (as ``segment`` bins in IHC mode):
+    positivity scores are added per image (``ihc``) and overall.
     """
     accumulator = Accumulator(list(range(1, n_classes)) if n_classes else None, radius_px)
+    positivity = PositivityAccumulator(radius_px) if positive_dab_od is not None else None
     for sample in samples:
-        pred, pred_classes = nuclei_of_maps(sample.image, predictor.predict(sample.image), settings)
-        accumulator.add(sample, pred, pred_classes if n_classes else None)
-    return accumulator.result()
+        pred, measurements = nuclei_of_maps(sample.image, predictor.predict(sample.image), settings)
+        accumulator.add(sample, pred, measurements["class_id"].astype(int) if n_classes else None)
+        if positivity is not None:
+            positivity.add(sample, pred, measurements["dab_od_mean"] >= positive_dab_od)
+    return _with_positivity(accumulator.result(), positivity)
+
+
+def _with_positivity(result: dict, positivity: PositivityAccumulator | None) -> dict:
+    if positivity is not None:
+        result["overall"].update({f"ihc_{key}": value for key, value in positivity.result().items()})
+        for sample_id, scores in positivity.per_image.items():
+            result["per_image"][sample_id]["ihc"] = scores
+    return result
 
 
 def rasterise_geojson(path: Path, shape: tuple[int, int], class_ids: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -118,8 +185,11 @@ def evaluate_folder(pred_folder: str | Path, dataset: str | Path, radius_px: flo
     if not pred_folder.is_dir():
         raise FileNotFoundError(f"{pred_folder}: prediction folder not found")
     names = read_class_names(dataset)
-    class_ids = {name: int(i) for i, name in (names or {}).items()}
-    accumulator = Accumulator(sorted(class_ids.values()) or None, radius_px)
+    ihc = is_positivity_dataset(names)
+    # IHC truth: segment's DAB bins (QuPath's names) are negative (1) or positive (2).
+    class_ids = (dict(zip(DAB_BIN_NAMES, (1, 2, 2, 2))) if ihc else {name: int(i) for i, name in (names or {}).items()})
+    accumulator = Accumulator(None if ihc else sorted(class_ids.values()) or None, radius_px)
+    positivity = PositivityAccumulator(radius_px) if ihc else None
     for sample_id, mpp in read_manifest(dataset).items():
         sample = load_dataset(dataset, mpp, [sample_id])[0]  # native resolution
         path = find_prediction(pred_folder, sample_id)
@@ -127,5 +197,7 @@ def evaluate_folder(pred_folder: str | Path, dataset: str | Path, radius_px: flo
             pred, pred_classes = np.asarray(Image.open(path)).astype(np.int64), None
         else:
             pred, pred_classes = rasterise_geojson(path, sample.instances.shape, class_ids)
-        accumulator.add(sample, pred, pred_classes)
-    return accumulator.result()
+        accumulator.add(sample, pred, None if ihc else pred_classes)
+        if positivity is not None and pred_classes is not None:
+            positivity.add(sample, pred, pred_classes == 2)
+    return _with_positivity(accumulator.result(), positivity)

@@ -8,7 +8,7 @@ import click
 
 from pathoseg.cli.common import fail, friendly_errors
 from pathoseg.config import load_config
-from pathoseg.evaluation import evaluate_folder, evaluate_samples
+from pathoseg.evaluation import evaluate_folder, evaluate_samples, is_positivity_dataset
 from pathoseg.models.infer import predictor_for
 from pathoseg.models.weights import load_model
 from pathoseg.outputs import json_safe, write_json
@@ -43,10 +43,12 @@ def evaluate(paths, model, config_path, ids, device, out_path) -> None:
         has_types = (any(s.types is not None for s in samples)
                      and [dataset_classes[i] for i in sorted(dataset_classes)] == loaded.metadata.class_names[1:])
         config = load_config(config_path)
+        # IHC truth (negative / positive nuclei): positive as segment bins it, DAB OD mean >= the first threshold.
+        positive_dab_od = config.stain.dab_thresholds[0] if is_positivity_dataset(dataset_classes) else None
         predictor = predictor_for(loaded.network, config.model, device)
         settings = RegionSettings.from_config(config, loaded.metadata.mpp)
         n_classes = len(loaded.metadata.class_names) if has_types else None
-        result = evaluate_samples(predictor, samples, settings, n_classes=n_classes)
+        result = evaluate_samples(predictor, samples, settings, n_classes=n_classes, positive_dab_od=positive_dab_od)
         result["model"] = {"name": loaded.metadata.name, "sha256": loaded.sha256}
     else:
         if len(paths) != 2:

@@ -95,7 +95,9 @@ def _counts_section(summary: dict, colors: dict[str, list[int]]) -> str:
     html = _table(["class", "nuclei", "per mm² of tissue", "% of nuclei"], rows)
     if "ihc" in summary:
         ihc = summary["ihc"]
-        html = (f'<p class="key">{ihc["positive_percent"]:.1f}% positive &middot; H-score {ihc["h_score"]:.0f} '
+        low, high = ihc["positive_percent_ci95"]
+        html = (f'<p class="key">{ihc["positive_percent"]:.1f}% positive (labelling index, e.g. Ki-67; 95% CI '
+                f'{low:.1f}&ndash;{high:.1f}%, n = {ihc["n_nuclei"]}) &middot; H-score {ihc["h_score"]:.0f} '
                 f'&middot; Allred {ihc["allred_total_score"]} ({ihc["allred_proportion_score"]} + '
                 f'{ihc["allred_intensity_score"]})</p>'
                 + _table(["DAB bin", "nuclei", "% of nuclei"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import binomtest
 
 DAB_BIN_NAMES = ("Negative", "1+", "2+", "3+")
 DAB_BIN_COLORS = ([112, 112, 225], [255, 215, 0], [255, 128, 0], [200, 0, 0])
@@ -20,8 +21,17 @@ def allred_proportion_score(positive_fraction: float) -> int:
     return 1 + int(np.searchsorted([0.01, 0.10, 1 / 3, 2 / 3], positive_fraction, side="right"))
 
 
+def index_confidence_interval(positive: int, total: int, level: float = 0.95) -> list[float]:
+    """Wilson score interval of a positivity index (e.g. Ki-67: positive / all nuclei), in percent."""
+    if total == 0:
+        return [0.0, 100.0]
+    interval = binomtest(positive, total).proportion_ci(level, method="wilson")
+    return [100 * interval.low, 100 * interval.high]
+
+
 def positivity_summary(bins: np.ndarray) -> dict:
-    """Counts per bin, positive %, H-score (0-300) and Allred scores of one slide or region."""
+    """Counts per bin, positive % (the labelling index, e.g. Ki-67) with its 95% Wilson interval, H-score (0-300)
+    and Allred scores of one slide or region."""
     counts = np.bincount(bins, minlength=4)[:4]
     total = int(counts.sum())
     positive = int(counts[1:].sum())
@@ -32,6 +42,7 @@ def positivity_summary(bins: np.ndarray) -> dict:
         "counts": {name: int(c) for name, c in zip(DAB_BIN_NAMES, counts)},
         "n_nuclei": total,
         "positive_percent": 100 * fraction,
+        "positive_percent_ci95": index_confidence_interval(positive, total),
         "h_score": float((counts * np.arange(4)).sum() / total * 100) if total else 0.0,
         "allred_proportion_score": proportion,
         "allred_intensity_score": intensity,

@@ -1,0 +1,113 @@
+"""IHC: the positivity index and its interval, and evaluation against IHC truth (negative / positive nuclei), on
+hand-made cases and on the real DeepLIIF Ki-67 tiles."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from skimage.draw import disk
+
+from pathoseg.cli import main
+from pathoseg.evaluation import is_positivity_dataset, positivity_scores
+from pathoseg.io.geojson import FeatureCollectionWriter, nucleus_feature
+from pathoseg.measure.biomarkers import index_confidence_interval, positivity_summary
+from pathoseg.stitch.polygons import instance_polygons
+
+from conftest import shared
+
+
+def test_wilson_interval_by_hand():
+    # 5 of 100: p = 0.05, z = 1.96: (p + z²/2n ± z sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n) = 2.15% .. 11.18%
+    low, high = index_confidence_interval(5, 100)
+    assert low == pytest.approx(2.15, abs=0.01) and high == pytest.approx(11.18, abs=0.01)
+    assert index_confidence_interval(0, 0) == [0.0, 100.0]
+    summary = positivity_summary(np.array([0] * 95 + [1, 2, 3, 3, 1]))
+    assert summary["positive_percent"] == 5 and summary["positive_percent_ci95"] == [low, high]
+
+
+def test_positivity_scores_by_hand():
+    true_xy = np.array([[10, 10], [50, 10], [90, 10], [130, 10]], float)
+    true_positive = np.array([True, False, False, True])  # index 50%
+    # Three detections near the first three truths (the second called positive: a disagreement), one false positive
+    # far away, the fourth truth missed.
+    pred_xy = np.array([[12, 11], [49, 13], [91, 9], [300, 300]], float)
+    pred_positive = np.array([True, True, False, True])  # index 75%
+    scores = positivity_scores(true_xy, true_positive, pred_xy, pred_positive, radius_px=12)
+    assert scores["f1_detection"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+    assert scores["positivity_agreement"] == pytest.approx(2 / 3)
+    assert scores["true_index_percent"] == 50 and scores["pred_index_percent"] == 75
+    assert scores["index_error_points"] == 25
+
+
+def test_positivity_datasets_are_recognised():
+    assert is_positivity_dataset({1: "Ki67-negative", 2: "Ki67-positive"})
+    assert not is_positivity_dataset({1: "other", 2: "inflammatory", 3: "epithelial", 4: "spindle"})
+    assert not is_positivity_dataset(None)
+
+
+def _ihc_dataset(folder):
+    """Two images, disks as nuclei: image a 2 of 4 positive, image b 1 of 2 positive."""
+    for sub in ("images", "labels", "types"):
+        (folder / sub).mkdir(parents=True)
+    (folder / "classes.json").write_text(json.dumps({"1": "Ki67-negative", "2": "Ki67-positive"}))
+    (folder / "MANIFEST.csv").write_text("id,mpp\na,0.25\nb,0.25\n")
+    layouts = {"a": [((20, 20), 2), ((20, 60), 1), ((60, 20), 1), ((60, 60), 2)], "b": [((20, 20), 1), ((60, 60), 2)]}
+    for sample_id, nuclei in layouts.items():
+        labels = np.zeros((80, 80), np.uint16)
+        types = np.zeros((80, 80), np.uint8)
+        for label, (centre, cls) in enumerate(nuclei, start=1):
+            labels[disk(centre, 8)] = label
+            types[disk(centre, 8)] = cls
+        Image.fromarray(np.full((80, 80, 3), 200, np.uint8)).save(folder / "images" / f"{sample_id}.png")
+        Image.fromarray(labels).save(folder / "labels" / f"{sample_id}.png")
+        Image.fromarray(types).save(folder / "types" / f"{sample_id}.png")
+    return layouts
+
+
+def test_evaluate_reads_segments_dab_bins_against_ihc_truth(tmp_path):
+    layouts = _ihc_dataset(tmp_path / "truth")
+    predictions = tmp_path / "pred"
+    predictions.mkdir()
+    # Image a: every nucleus found, the last negative one called "1+" (positive); image b: the positive one missed.
+    calls = {"a": ["2+", "Negative", "1+", "3+"], "b": ["Negative", None]}
+    for sample_id, nuclei in layouts.items():
+        labels = np.zeros((80, 80), np.int32)
+        for label, (centre, _) in enumerate(nuclei, start=1):
+            labels[disk(centre, 8)] = label
+        with FeatureCollectionWriter(predictions / f"{sample_id}.geojson") as writer:
+            for polygon, name in zip(instance_polygons(labels, 0), calls[sample_id]):
+                if name is not None:
+                    writer.write(nucleus_feature(np.asarray(polygon.exterior.coords)[:-1], name, [0, 0, 0],
+                                                 {"x": 1.0}, f"{sample_id}:{name}:{polygon.centroid.x}"))
+    out = tmp_path / "metrics.json"
+    result = CliRunner().invoke(main, ["evaluate", str(predictions), str(tmp_path / "truth"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())
+    a, b = metrics["per_image"]["a"]["ihc"], metrics["per_image"]["b"]["ihc"]
+    assert a["f1_detection"] == 1 and a["positivity_agreement"] == 0.75
+    assert a["true_index_percent"] == 50 and a["pred_index_percent"] == 75 and a["index_error_points"] == 25
+    assert b["f1_detection"] == pytest.approx(2 / 3) and b["positivity_agreement"] == 1
+    assert b["true_index_percent"] == 50 and b["pred_index_percent"] == 0 and b["index_error_points"] == -50
+    overall = metrics["overall"]
+    assert overall["ihc_index_error_points_mean_abs"] == 37.5 and overall["ihc_index_error_points_max_abs"] == 50
+    assert overall["ihc_f1_detection"] == pytest.approx(2 * 5 / (2 * 5 + 0 + 1))
+    assert overall["ihc_positivity_agreement"] == pytest.approx(4 / 5)
+    assert "ihc_f1_detection" in result.output
+
+
+@pytest.mark.timeout(600)
+def test_model_evaluation_on_real_ki67_tiles(tmp_path):
+    dataset = shared("deepliif-ihc/train")
+    out = tmp_path / "metrics.json"
+    result = CliRunner().invoke(main, ["evaluate", "--model", "pathoseg-light", str(dataset), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())
+    for sample_id in ("lung_1", "bladder_1"):
+        scores = metrics["per_image"][sample_id]["ihc"]
+        assert 0 < scores["true_index_percent"] < 40  # the truth as the data set gives it (18.0% and 8.0%)
+        assert scores["f1_detection"] > 0.5 and scores["positivity_agreement"] > 0.8
+    assert metrics["overall"]["ihc_index_error_points_max_abs"] >= 0
