@@ -25,6 +25,7 @@ class ModelConfig:
     context_px: int = 16
     precision: str = "auto"  # auto | fp32 | bf16 | fp16: auto = bf16 only where the hardware runs it natively
     runtime: str = "auto"  # auto | torch | openvino: auto = OpenVINO on the CPU where installed
+    tta: bool = False  # flip test-time augmentation: 4x the inference
 
 
 @dataclass
@@ -64,6 +65,7 @@ class StainConfig:
     mode: str = "auto"  # auto | he | ihc
     dab_thresholds: list[float] = field(default_factory=lambda: [0.2, 0.4, 0.6])
     stain_matrix: list[list[float]] | None = None
+    estimate_vectors: bool = False  # IHC mode: hematoxylin/DAB vectors from the slide's own pixels (Macenko)
     ihc_max_eosin_od: float = 0.03  # auto mode: IHC when the nuclei carry (almost) no eosin
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from skimage.draw import polygon as fill_polygon
 
 from pathoseg.io.geojson import read_features
 from pathoseg.measure.biomarkers import DAB_BIN_NAMES
+from pathoseg.measure.stain import estimate_hdab_vectors
 from pathoseg.metrics import (centroids, class_panoptic_quality, detection_and_type_f1, f1, instance_metrics,
                               majority_types, pair_centroids)
 from pathoseg.models.infer import PredictionMaps, Predictor
@@ -126,18 +128,23 @@ def nuclei_of_maps(rgb: np.ndarray, maps: PredictionMaps, settings: RegionSettin
 
 def evaluate_samples(predictor: Predictor, samples: list[Sample], settings: RegionSettings,
                      n_classes: int | None = None, radius_px: float = 12.0,
-                     positive_dab_od: float | None = None) -> dict:
+                     positive_dab_od: float | None = None, estimate_stains: bool = False) -> dict:
     """Run the model over samples (already at its mpp): mean per-image metrics, pooled detection/type F1.
 
     ``settings`` are a run's post-processing and filters (``RegionSettings.from_config``), so the figures describe
     what ``pathoseg segment`` writes. With ``positive_dab_od`` the samples' classes are IHC truth (1 negative,
     2 positive) and a nucleus is called positive when its DAB OD mean reaches it (as ``segment`` bins in IHC mode):
-    positivity scores are added per image (``ihc``) and overall.
+    positivity scores are added per image (``ihc``) and overall. ``estimate_stains`` measures each image with its
+    own hematoxylin-DAB vectors (as ``segment --stain ihc`` with ``stain.estimate_vectors``).
     """
     accumulator = Accumulator(list(range(1, n_classes)) if n_classes else None, radius_px)
     positivity = PositivityAccumulator(radius_px) if positive_dab_od is not None else None
     for sample in samples:
-        pred, measurements = nuclei_of_maps(sample.image, predictor.predict(sample.image), settings)
+        sample_settings = settings
+        if estimate_stains:
+            matrix = estimate_hdab_vectors(sample.image).matrix
+            sample_settings = dataclasses.replace(settings, stain_matrix=tuple(map(tuple, matrix)))
+        pred, measurements = nuclei_of_maps(sample.image, predictor.predict(sample.image), sample_settings)
         accumulator.add(sample, pred, measurements["class_id"].astype(int) if n_classes else None)
         if positivity is not None:
             positivity.add(sample, pred, measurements["dab_od_mean"] >= positive_dab_od)
@@ -152,15 +159,17 @@ def _with_positivity(result: dict, positivity: PositivityAccumulator | None) -> 
     return result
 
 
-def rasterise_geojson(path: Path, shape: tuple[int, int], class_ids: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Instance map (H, W) and (N,) class ids from a GeoJSON of polygons in the image's pixel coordinates."""
+def rasterise_geojson(path: Path, shape: tuple[int, int], class_ids: dict[str, int], scale: float = 1.0
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Instance map (H, W) and (N,) class ids from a GeoJSON of polygons in the image's pixel coordinates
+    (multiplied by ``scale`` first: 2 maps a 20x image's outlines onto its 40x truth)."""
     labels = np.zeros(shape, np.int32)
     classes = []
     for feature in read_features(path):
         geometry = feature.get("geometry") or {}
         if geometry.get("type") != "Polygon":
             continue
-        ring = np.asarray(geometry["coordinates"][0], float)
+        ring = np.asarray(geometry["coordinates"][0], float) * scale
         # Pixel i spans [i, i + 1): its centre is inside the polygon when (i + 0.5) is.
         rows, cols = fill_polygon(ring[:, 1] - 0.5, ring[:, 0] - 0.5, shape)
         labels[rows, cols] = len(classes) + 1

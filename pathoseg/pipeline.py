@@ -25,6 +25,7 @@ from pathoseg.io.slide import Slide, SlideError, open_slide
 from pathoseg.io.report import write_report
 from pathoseg.measure.areas import review_squares, tissue_region_stats
 from pathoseg.measure.biomarkers import DAB_BIN_COLORS, DAB_BIN_NAMES, class_summary, dab_bins, positivity_summary
+from pathoseg.measure.stain import StainEstimate, estimate_hdab_vectors
 from pathoseg.models.weights import ModelMetadata, load_model
 from pathoseg.outputs import (draw_crop, write_geojson, write_json, write_nuclei_table, write_overlay,
                               write_review_geojson, write_summary_csv)
@@ -114,6 +115,7 @@ class SlidePlan:
     store_path: Path
     store_identity: dict
     mpp_override: float | None = None
+    stains: StainEstimate | None = None  # IHC with stain.estimate_vectors: the slide's own vectors
 
     def tile_job(self) -> TileJob:
         """Absolute paths: workers may run in another directory (on a cluster, on a shared filesystem)."""
@@ -123,6 +125,29 @@ class SlidePlan:
     @property
     def nuclei_dir(self) -> Path:
         return self.store_path / "nuclei"
+
+
+def sample_tissue_pixels(slide: Slide, tissue: TissueMask, n_tiles: int = 16, tile_px: int = 256,
+                         mpp: float = 0.5) -> np.ndarray:
+    """(N, 3) uint8 pixels of up to ``n_tiles`` tiles spread over the tissue, read near ``mpp``."""
+    rows, cols = np.nonzero(tissue.mask)
+    level = slide.level_for_mpp(mpp)
+    picks = np.linspace(0, len(rows) - 1, min(n_tiles, len(rows))).astype(int)
+    tiles = [slide.read_region(slide.bounds.x + cols[i] * tissue.level0_per_px,
+                               slide.bounds.y + rows[i] * tissue.level0_per_px, level, tile_px, tile_px)
+             for i in picks]
+    return np.concatenate([tile.reshape(-1, 3) for tile in tiles])
+
+
+def slide_stains(slide: Slide, tissue: TissueMask, config: Config) -> StainEstimate | None:
+    """The slide's own hematoxylin-DAB vectors when the run is IHC and asks for them (else None: the configured
+    or default matrix applies)."""
+    if config.stain.mode != "ihc" or not config.stain.estimate_vectors or config.stain.stain_matrix is not None:
+        return None
+    estimate = estimate_hdab_vectors(sample_tissue_pixels(slide, tissue))
+    if estimate.source == "default":
+        log.warning("%s: default stain vectors kept: %s", slide.path, estimate.reason)
+    return estimate
 
 
 def plan_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp: float | None = None) -> SlidePlan:
@@ -147,7 +172,7 @@ def plan_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp:
                 "slide_mpp": slide.mpp, "model_mpp": model.metadata.mpp, "tile_px": tiling.tile_px,
                 "block_px": tiling.region_px}
     return SlidePlan(slide, out_dir, model.metadata, model.sha256, frame, tissue, grid, regions, tiles,
-                     out_dir / "store.zarr", identity, mpp)
+                     out_dir / "store.zarr", identity, mpp, slide_stains(slide, tissue, config))
 
 
 def open_store(plan: SlidePlan) -> None:
@@ -166,6 +191,8 @@ def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: Reg
     """
     open_store(plan)
     settings = RegionSettings.from_config(config, plan.metadata.mpp)
+    if plan.stains is not None:
+        settings = dataclasses.replace(settings, stain_matrix=tuple(map(tuple, plan.stains.matrix)))
     _reset_stale_results(plan.nuclei_dir, {"model_sha256": plan.model_sha256, "settings": repr(settings),
                                            "region_px": plan.grid.region_px, "margin_px": plan.grid.margin_px,
                                            "store": plan.store_identity})
@@ -285,6 +312,8 @@ def write_slide_outputs(plan: SlidePlan, config: Config) -> tuple[dict, dict[str
         "tissue": {"area_mm2": round(tissue.area_mm2, 4), "fraction": round(tissue.fraction, 4),
                    "mask_mpp": round(tissue.mpp, 3)},
         "stain_mode": stain_mode,
+        "stain_vectors": plan.stains.as_dict() if plan.stains else {"source": "configured" if config.stain.stain_matrix
+                                                                     else "default"},
         "nuclei": n_written,
         "counts": class_summary(columns["class_id"], names, tissue.area_mm2),
         "filtered_out": removed,

@@ -15,6 +15,7 @@ from pathoseg.cli import main
 from pathoseg.evaluation import is_positivity_dataset, positivity_scores
 from pathoseg.io.geojson import FeatureCollectionWriter, nucleus_feature
 from pathoseg.measure.biomarkers import index_confidence_interval, positivity_summary
+from pathoseg.measure.stain import REFERENCE_VECTORS, estimate_hdab_vectors
 from pathoseg.stitch.polygons import instance_polygons
 
 from conftest import shared
@@ -111,3 +112,32 @@ def test_model_evaluation_on_real_ki67_tiles(tmp_path):
         assert 0 < scores["true_index_percent"] < 40  # the truth as the data set gives it (18.0% and 8.0%)
         assert scores["f1_detection"] > 0.5 and scores["positivity_agreement"] > 0.8
     assert metrics["overall"]["ihc_index_error_points_max_abs"] >= 0
+
+
+def test_stain_vectors_of_a_real_ihc_image_and_the_fallback():
+    image = np.asarray(Image.open(shared("examples/ihc-dab-roi.png")).convert("RGB"))
+    estimate = estimate_hdab_vectors(image)
+    assert estimate.source == "estimated" and estimate.n_pixels > 5000
+    assert np.allclose(np.linalg.norm(estimate.matrix, axis=1), 1)
+    # Near the defaults (within the 30 degree guard), but the slide's own.
+    for row in (0, 2):
+        cosine = estimate.matrix[row] @ REFERENCE_VECTORS[row]
+        assert 0.87 < cosine < 0.9999
+    blank = estimate_hdab_vectors(np.full((100, 100, 3), 250, np.uint8))
+    assert blank.source == "default" and "too little stain" in blank.reason
+    assert np.array_equal(blank.matrix, REFERENCE_VECTORS)
+
+
+@pytest.mark.timeout(600)
+def test_segment_records_the_slides_stain_vectors(tmp_path):
+    roi = shared("examples/ihc-dab-roi.png")
+    config = tmp_path / "estimate.yaml"
+    config.write_text("stain: {estimate_vectors: true}\n")
+    result = CliRunner().invoke(main, ["segment", str(roi), "--mpp", "0.25", "--stain", "ihc", "-c", str(config),
+                                       "--scheduler", "inprocess", "-o", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    vectors = summary["stain_vectors"]
+    assert vectors["source"] == "estimated" and len(vectors["dab"]) == 3 and vectors["stained_pixels"] > 5000
+    low, high = summary["ihc"]["positive_percent_ci95"]
+    assert low <= summary["ihc"]["positive_percent"] <= high

@@ -223,3 +223,15 @@ def test_training_configs_share_one_validation_split():
     splits = {tuple((spec.path, tuple(spec.validation_ids)) for spec in config.datasets) for config in current}
     assert len(current) >= 2 and len(splits) == 1
     assert len({config.output for config in configs.values()}) == len(configs)
+
+
+def test_weight_average_forgets_the_initial_weights_early():
+    from pathoseg.train.loop import ema_update
+
+    update = ema_update(0.999)
+    averaged, current = torch.zeros(3), torch.ones(3)
+    assert torch.allclose(update(averaged, current, torch.tensor(0)), torch.full((3,), 0.9))  # decay 0.1 at first
+    assert torch.allclose(update(averaged, current, torch.tensor(10**6)), torch.full((3,), 0.001))  # then 0.999
+    for n in range(500):
+        averaged = update(averaged, current, torch.tensor(n))
+    assert averaged.min() > 0.5  # a fixed 0.999 would still be at 1 - 0.999^500 = 0.39

@@ -90,3 +90,18 @@ def test_openvino_gives_pytorchs_maps(np_classes):
             continue
         assert got.shape == expected.shape
         assert np.abs(got.astype(np.float32) - expected.astype(np.float32)).max() < 2e-3, name
+
+
+def test_flip_tta_makes_the_maps_flip_equivariant():
+    torch.manual_seed(0)
+    network = HoVerNet("light", np_classes=3).eval()
+    image = (np.random.default_rng(2).random((96, 96, 3)) * 255).astype(np.uint8)
+    predictor = Predictor(network, torch.device("cpu"), patch_px=96, context_px=8, precision="fp32", runtime="torch",
+                          tta=True)
+    maps, mirrored = predictor.predict(image), predictor.predict(np.ascontiguousarray(image[:, ::-1]))
+    assert np.allclose(mirrored.np_prob[:, ::-1], maps.np_prob, atol=1e-4)
+    assert np.allclose(mirrored.interior_prob[:, ::-1], maps.interior_prob, atol=2e-3)
+    assert np.allclose(-mirrored.hv[0, :, ::-1], maps.hv[0], atol=1e-4)  # the horizontal map changes sign
+    assert np.allclose(mirrored.hv[1, :, ::-1], maps.hv[1], atol=1e-4)
+    plain = Predictor(network, torch.device("cpu"), patch_px=96, context_px=8, precision="fp32", runtime="torch")
+    assert not np.allclose(plain.predict(image).np_prob, maps.np_prob, atol=1e-4)  # TTA did change the maps

@@ -20,13 +20,12 @@ from pathoseg.distributed import open_runner
 @click.option("--pattern", help="Glob on slide file names, e.g. '*.svs' (default: every known slide type).")
 @run_options
 @friendly_errors
-def batch(archive, out_root, pattern, config_path, model, device, scheduler, workers, stain, no_gzip, table,
-          quiet):
+def batch(archive, out_root, pattern, quiet, **options):
     """Segment every slide under ARCHIVE into OUT/<slide>/, with OUT/manifest.csv and OUT/archive_summary.csv.
 
     Rerunning skips finished slides and resumes unfinished ones; a failing slide is recorded and the batch goes on.
     """
-    config = config_from_options(config_path, model, device, scheduler, workers, stain, no_gzip, table)
+    config = config_from_options(**options)
     slides = find_slides(archive, pattern, exclude=out_root)
     bar = tqdm(total=len(slides), desc="slides", unit="slide", file=sys.stderr, disable=quiet)
     progress = StageProgress(enabled=not quiet, prefix="  ")

@@ -48,7 +48,10 @@ def evaluate(paths, model, config_path, ids, device, out_path) -> None:
         predictor = predictor_for(loaded.network, config.model, device)
         settings = RegionSettings.from_config(config, loaded.metadata.mpp)
         n_classes = len(loaded.metadata.class_names) if has_types else None
-        result = evaluate_samples(predictor, samples, settings, n_classes=n_classes, positive_dab_od=positive_dab_od)
+        estimate_stains = (positive_dab_od is not None and config.stain.estimate_vectors
+                           and config.stain.stain_matrix is None)
+        result = evaluate_samples(predictor, samples, settings, n_classes=n_classes, positive_dab_od=positive_dab_od,
+                                  estimate_stains=estimate_stains)
         result["model"] = {"name": loaded.metadata.name, "sha256": loaded.sha256}
     else:
         if len(paths) != 2:

@@ -24,6 +24,7 @@ def run_options(command):
         click.option("--stain", type=click.Choice(["auto", "he", "ihc"]), help="Stain mode (default auto)."),
         click.option("--no-gzip", is_flag=True, help="Write nuclei.geojson instead of nuclei.geojson.gz."),
         click.option("--table", is_flag=True, help="Also write nuclei.csv: one row of measurements per nucleus."),
+        click.option("--tta", is_flag=True, help="Flip test-time augmentation (4x the inference time)."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):
@@ -31,11 +32,12 @@ def run_options(command):
     return command
 
 
-def config_from_options(config_path, model, device, scheduler, workers, stain, no_gzip, table=False):
+def config_from_options(config_path=None, model=None, device=None, scheduler=None, workers=None, stain=None,
+                        no_gzip=False, table=False, tta=False):
     """Configuration: default.yaml, then ``--config``, then the options actually given."""
     given = {("model", "name"): model, ("model", "device"): device, ("cluster", "scheduler"): scheduler,
              ("cluster", "workers"): workers, ("stain", "mode"): stain, ("output", "gzip"): False if no_gzip else None,
-             ("output", "table"): True if table else None}
+             ("output", "table"): True if table else None, ("model", "tta"): True if tta else None}
     overrides: dict = {}
     for (section, key), value in given.items():
         if value is not None:
@@ -59,9 +61,9 @@ def report(summary: dict, out_dir: Path) -> None:
 @click.option("--mpp", type=float, help="Microns per level-0 pixel (overrides the file's).")
 @run_options
 @friendly_errors
-def segment(slide_path, out_dir, mpp, config_path, model, device, scheduler, workers, stain, no_gzip, table, quiet):
+def segment(slide_path, out_dir, mpp, quiet, **options):
     """Segment the nuclei of SLIDE_PATH into OUT: nuclei.geojson.gz, summary.json/.csv, overlay.png, store.zarr."""
-    config = config_from_options(config_path, model, device, scheduler, workers, stain, no_gzip, table)
+    config = config_from_options(**options)
     progress = StageProgress(enabled=not quiet)
     try:
         summary = segment_slide(slide_path, out_dir, config, mpp=mpp, progress=progress)
@@ -75,7 +77,7 @@ def segment(slide_path, out_dir, mpp, config_path, model, device, scheduler, wor
 @click.option("--size", default="6000x4000", show_default=True, help="Synthetic slide size WIDTHxHEIGHT (px).")
 @run_options
 @friendly_errors
-def demo(out_dir, size, config_path, model, device, scheduler, workers, stain, no_gzip, table, quiet):
+def demo(out_dir, size, quiet, **options):
     """Write a synthetic pyramidal H&E slide (OUT/demo.svs) and segment it into OUT."""
     width, height = (int(v) for v in size.lower().split("x"))
     out_dir = prepare_output(out_dir)
@@ -84,7 +86,7 @@ def demo(out_dir, size, config_path, model, device, scheduler, workers, stain, n
         partial = out_dir / ".demo.svs.partial"
         write_synthetic_slide(partial, width, height, kind="svs")
         partial.rename(slide_path)
-    config = config_from_options(config_path, model, device, scheduler, workers, stain, no_gzip, table)
+    config = config_from_options(**options)
     progress = StageProgress(enabled=not quiet)
     try:
         summary = segment_slide(slide_path, out_dir, config, progress=progress)

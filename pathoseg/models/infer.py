@@ -56,10 +56,11 @@ class Predictor:
         and the least memory) and 8 on a GPU.
     precision : auto | fp32 | bf16 | fp16 (see ``models.precision``); the resolved one is ``self.precision``.
     runtime : auto | torch | openvino (see ``models.engines``); the resolved one is ``self.runtime``.
+    tta : average the maps of the patch and its three flips (test-time augmentation; 4x the inference).
     """
 
     def __init__(self, network: torch.nn.Module, device: torch.device, patch_px: int = 512, context_px: int = 16,
-                 batch_size: int = 0, precision: str = "auto", runtime: str = "auto"):
+                 batch_size: int = 0, precision: str = "auto", runtime: str = "auto", tta: bool = False):
         if patch_px % 32 or patch_px <= 2 * context_px:
             raise ValueError(f"patch_px {patch_px} must be a multiple of 32 larger than twice context_px")
         self.device = device
@@ -71,6 +72,24 @@ class Predictor:
         self.np_classes = fused.heads["np"][-1].out_channels
         self.n_classes = fused.heads["nc"][-1].out_channels
         self.engine = build_engine(fused, device, self.precision, self.runtime, self.batch_size, patch_px)
+        self.tta = tta
+        self.first_hv = 2 if self.np_classes == 3 else 1  # channel of the horizontal map in the engine's output
+
+    def _maps_of(self, patches: np.ndarray) -> np.ndarray:
+        """(B, K, H, W) engine maps of (B, H, W, 3) patches; with TTA the mean over the patch and its flips, the
+        flipped HV maps turned back (a horizontal flip negates the horizontal map, a vertical one the vertical)."""
+        maps = self.engine(patches)
+        if not self.tta:
+            return maps
+        for flip_rows, flip_cols in ((False, True), (True, False), (True, True)):
+            axes = [axis for axis, flip in ((1, flip_rows), (2, flip_cols)) if flip]
+            flipped = np.flip(self.engine(np.ascontiguousarray(np.flip(patches, axes))), [a + 1 for a in axes])
+            if flip_cols:
+                flipped[:, self.first_hv] *= -1
+            if flip_rows:
+                flipped[:, self.first_hv + 1] *= -1
+            maps += flipped
+        return maps / 4
 
     @staticmethod
     def is_glass(patch: np.ndarray, od_threshold: float = 0.1, min_fraction: float = 0.005) -> bool:
@@ -108,8 +127,8 @@ class Predictor:
         for start in range(0, len(origins), self.batch_size):
             batch_origins = origins[start:start + self.batch_size]
             patches = np.stack([padded[y:y + self.patch_px, x:x + self.patch_px] for y, x in batch_origins])
-            out = self.engine(patches)  # (B, K, patch, patch): np, [interior,] hv (2), nc (C)
-            first_hv = 2 if interior_prob is not None else 1
+            out = self._maps_of(patches)  # (B, K, patch, patch): np, [interior,] hv (2), nc (C)
+            first_hv = self.first_hv
             for i, (y, x) in enumerate(batch_origins):
                 np_prob[y:y + step, x:x + step] = out[i, 0, crop, crop]
                 if interior_prob is not None:
@@ -124,4 +143,4 @@ class Predictor:
 def predictor_for(network: torch.nn.Module, model: ModelConfig, device: str | None = None) -> Predictor:
     """The predictor a run's model settings describe (``device`` overrides ``model.device``)."""
     return Predictor(network, resolve_device(device or model.device), model.patch_px, model.context_px,
-                     model.batch_size, model.precision, model.runtime)
+                     model.batch_size, model.precision, model.runtime, model.tta)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from pathoseg.config import load_config
 from pathoseg.models.infer import Predictor, resolve_device
@@ -132,6 +132,16 @@ def nc_class_weights(groups: list[tuple[float, list[Sample], bool]], n_classes: 
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def ema_update(decay: float):
+    """Exponential moving average with warm-up: the decay is min(decay, (1 + n) / (10 + n)) after n updates, so the
+    average forgets the random initial weights within the first few hundred steps (a fixed 0.999 still holds 60%
+    of them after 500 steps)."""
+    def update(averaged: torch.Tensor, current: torch.Tensor, n_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(n_averaged)
+        return averaged + (current - averaged) * (1 - min(decay, (1 + n) / (10 + n)))
+    return update
+
+
 def _format(metrics: dict) -> str:
     return " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
 
@@ -161,10 +171,10 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         optimiser.load_state_dict(extra["optimiser"])
         step, best_pq, history = extra["step"], extra["best_pq"], json.loads(extra["history"])
         log.info("resumed from %s at step %d (best PQ %.3f)", last_path, step, best_pq)
-    averaged = AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    averaged = AveragedModel(network, avg_fn=ema_update(config.ema_decay), use_buffers=True)
     if averaged_state is not None:
         averaged.module.load_state_dict(averaged_state)
-        averaged.n_averaged.fill_(1)
+        averaged.n_averaged.fill_(max(step, 1))
 
     groups, validation = [], {}
     for spec in config.datasets:
