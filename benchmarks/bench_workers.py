@@ -20,6 +20,7 @@ from distributed import Client, LocalCluster
 from pathoseg.config import load_config
 from pathoseg.pipeline import plan_slide, run_regions
 from pathoseg.synthetic import write_synthetic_slide
+from pathoseg.system import cpu_capability
 
 
 def noop(x):
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=8000)
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
+    print(f"CPU: {cpu_capability()}")
     with tempfile.TemporaryDirectory() as workdir:
         slide = write_synthetic_slide(Path(workdir) / "bench.svs", args.side, args.side)
         for workers in (1, 2):
@@ -47,7 +49,7 @@ def main() -> None:
             config = load_config(overrides={"cluster": {"workers": workers, "threads_per_worker": threads}})
             plan = plan_slide(slide, Path(workdir) / f"out-{workers}", config)
             started = time.time()
-            computed, _ = run_regions(plan, config, progress=lambda *_: None)
+            computed = run_regions(plan, config, progress=lambda *_: None)["regions_computed"]
             elapsed = time.time() - started
             tissue_mpx = plan.tissue.area_mm2 / plan.metadata.mpp ** 2
             task_s = elapsed * workers / max(1, computed)

@@ -3,6 +3,8 @@ configuration key of older versions."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -105,3 +107,19 @@ def test_flip_tta_makes_the_maps_flip_equivariant():
     assert np.allclose(mirrored.hv[1, :, ::-1], maps.hv[1], atol=1e-4)
     plain = Predictor(network, torch.device("cpu"), patch_px=96, context_px=8, precision="fp32", runtime="torch")
     assert not np.allclose(plain.predict(image).np_prob, maps.np_prob, atol=1e-4)  # TTA did change the maps
+
+
+def test_info_system_reports_the_machine_and_measures_each_precision():
+    from click.testing import CliRunner
+
+    from pathoseg.cli import main
+
+    result = CliRunner().invoke(main, ["info", "--system", "--seconds", "0.1", "--json"])
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.output)
+    assert facts["cpu_auto"]["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert facts["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    speeds = facts["model_mpx_per_second_per_thread"]
+    assert {"torch/fp32", "torch/bf16"} <= set(speeds) and all(value > 0 for value in speeds.values())
+    text = CliRunner().invoke(main, ["info", "--system", "--seconds", "0.1"])
+    assert text.exit_code == 0 and "auto picks: runtime" in text.output and "<- auto" in text.output

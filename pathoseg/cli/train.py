@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 
 import click
 
@@ -24,13 +25,15 @@ from pathoseg.train.loop import TrainConfig, train as train_model
 @click.option("--steps", type=int, help="Override the number of optimiser steps.")
 @click.option("--device", help="auto | cpu | cuda | cuda:N.")
 @click.option("--fresh", is_flag=True, help="Start over instead of resuming from OUTPUT/last.pt.")
+@click.option("--resume-from", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Checkpoint to continue from when OUTPUT has no last.pt yet (e.g. training/light-v2/last.pt).")
 @click.option("--publish", is_flag=True, help="Copy the best checkpoint into the package as the config's name.")
 @click.option("--tune-postproc", is_flag=True,
               help="Skip training: sweep post-processing thresholds of the best checkpoint on the first dataset's "
                    "validation images and print the best.")
 @friendly_errors
-def train(config_path: str, steps: int | None, device: str | None, fresh: bool, publish: bool,
-          tune_postproc: bool) -> None:
+def train(config_path: str, steps: int | None, device: str | None, fresh: bool, resume_from: Path | None,
+          publish: bool, tune_postproc: bool) -> None:
     """Train the HoVer-Net-style model on dataset folders in the layout of shared/data (resumable)."""
     logging.getLogger("pathoseg").setLevel(logging.INFO)
     if not logging.getLogger().handlers:
@@ -43,6 +46,10 @@ def train(config_path: str, steps: int | None, device: str | None, fresh: bool, 
     if tune_postproc:
         tune(config)
         return
+    last = Path(config.output) / "last.pt"
+    if resume_from and not fresh and not last.exists():
+        last.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(resume_from, last)
     best = train_model(config, resume=not fresh)
     click.echo(f"best checkpoint: {best}")
     if publish:

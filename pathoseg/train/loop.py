@@ -168,7 +168,8 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         # A checkpoint's state_dict holds the averaged weights; the raw ones ride in extra (older runs: none).
         network.load_state_dict(extra.get("raw_state_dict", payload["state_dict"]))
         averaged_state = payload["state_dict"] if "raw_state_dict" in extra else None
-        optimiser.load_state_dict(extra["optimiser"])
+        if "optimiser" in extra:  # a checkpoint kept for resuming elsewhere may leave the moments out
+            optimiser.load_state_dict(extra["optimiser"])
         step, best_pq, history = extra["step"], extra["best_pq"], json.loads(extra["history"])
         log.info("resumed from %s at step %d (best PQ %.3f)", last_path, step, best_pq)
     averaged = AveragedModel(network, avg_fn=ema_update(config.ema_decay), use_buffers=True)
