@@ -24,7 +24,8 @@ from pathoseg.io.regions import finished_regions, load_region, save_region
 from pathoseg.io.slide import Slide, SlideError, open_slide
 from pathoseg.io.report import write_report
 from pathoseg.measure.areas import review_squares, tissue_region_stats
-from pathoseg.measure.biomarkers import DAB_BIN_COLORS, DAB_BIN_NAMES, class_summary, dab_bins, positivity_summary
+from pathoseg.measure.biomarkers import (DAB_BIN_COLORS, DAB_BIN_NAMES, class_summary, dab_bins, positivity_certainty,
+                                         positivity_summary)
 from pathoseg.measure.stain import StainEstimate, estimate_hdab_vectors
 from pathoseg.models.weights import ModelMetadata, load_model
 from pathoseg.outputs import (draw_crop, write_geojson, write_json, write_nuclei_table, write_overlay,
@@ -302,8 +303,11 @@ def write_slide_outputs(plan: SlidePlan, config: Config) -> tuple[dict, dict[str
     bins = dab_bins(columns["dab_od_mean"], tuple(thresholds)) if stain_mode == "ihc" else None
     origin = (frame.origin_x, frame.origin_y)
     centroids = columns["centroids_level0"]
-    review = review_squares(centroids, columns["detection_probability"] * columns["class_probability"],
-                            slide.mpp, origin, config.output.review_square_um)
+    # Review first where the model is unsure: of the nucleus and its class, or in IHC of the positive/negative call.
+    certainty = (positivity_certainty(columns["dab_od_mean"], thresholds[0]) if stain_mode == "ihc"
+                 else columns["class_probability"])
+    review = review_squares(centroids, columns["detection_probability"] * certainty, slide.mpp, origin,
+                            config.output.review_square_um)
     write_review_geojson(out_dir / "review.geojson", review["squares"], slide.path.name)
     summary = {
         "slide": _slide_info(slide),
@@ -323,7 +327,8 @@ def write_slide_outputs(plan: SlidePlan, config: Config) -> tuple[dict, dict[str
                     "review": "review.geojson", "store": "store.zarr"},
     }
     if bins is not None:
-        summary["ihc"] = {**positivity_summary(bins), "dab_thresholds": thresholds}
+        borderline = int(np.sum(positivity_certainty(columns["dab_od_mean"], thresholds[0]) < 0.5))
+        summary["ihc"] = {**positivity_summary(bins), "dab_thresholds": thresholds, "borderline_nuclei": borderline}
     return summary, columns
 
 

@@ -14,7 +14,7 @@ from skimage.draw import disk
 from pathoseg.cli import main
 from pathoseg.evaluation import is_positivity_dataset, positivity_scores
 from pathoseg.io.geojson import FeatureCollectionWriter, nucleus_feature
-from pathoseg.measure.biomarkers import index_confidence_interval, positivity_summary
+from pathoseg.measure.biomarkers import index_confidence_interval, positivity_certainty, positivity_summary
 from pathoseg.measure.stain import REFERENCE_VECTORS, estimate_hdab_vectors
 from pathoseg.stitch.polygons import instance_polygons
 
@@ -141,3 +141,10 @@ def test_segment_records_the_slides_stain_vectors(tmp_path):
     assert vectors["source"] == "estimated" and len(vectors["dab"]) == 3 and vectors["stained_pixels"] > 5000
     low, high = summary["ihc"]["positive_percent_ci95"]
     assert low <= summary["ihc"]["positive_percent"] <= high
+    assert 0 <= summary["ihc"]["borderline_nuclei"] < summary["ihc"]["n_nuclei"]
+    assert summary["review"]["squares"]  # ranked by detection x positivity certainty in IHC mode
+
+
+def test_positivity_certainty_by_hand():
+    certainty = positivity_certainty(np.array([0.0, 0.15, 0.2, 0.22, 0.35, 0.9]), threshold=0.2)
+    assert np.allclose(certainty, [1.0, 0.5, 0.0, 0.2, 1.0, 1.0])

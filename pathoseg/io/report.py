@@ -103,7 +103,9 @@ def _counts_section(summary: dict, colors: dict[str, list[int]]) -> str:
                 + _table(["DAB bin", "nuclei", "% of nuclei"],
                          [[_swatch(colors[name]) + escape(name), n, 100 * n / max(1, ihc["n_nuclei"])]
                           for name, n in ihc["counts"].items()])
-                + f"<p>Bins by nucleus DAB OD mean, thresholds {escape(str(ihc['dab_thresholds']))}.</p>"
+                + f"<p>Bins by nucleus DAB OD mean, thresholds {escape(str(ihc['dab_thresholds']))}. "
+                f"{ihc.get('borderline_nuclei', 0)} nuclei are borderline (DAB OD within 0.05 of the positivity "
+                f"threshold); the squares to review below rank them first.</p>"
                 + "<h3>Model classes</h3>" + html)
     removed = summary.get("filtered_out", {})
     if removed:

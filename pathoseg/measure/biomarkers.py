@@ -14,6 +14,12 @@ def dab_bins(dab_od_mean: np.ndarray, thresholds: tuple[float, float, float] = (
     return np.searchsorted(np.asarray(thresholds), dab_od_mean, side="right")
 
 
+def positivity_certainty(dab_od_mean: np.ndarray, threshold: float, margin_od: float = 0.1) -> np.ndarray:
+    """(N,) in [0, 1]: how far each nucleus's DAB OD mean is from the positivity threshold, 1 at ``margin_od`` or
+    more. Borderline nuclei (0 at the threshold) are the calls a pathologist should check first."""
+    return np.clip(np.abs(np.asarray(dab_od_mean, float) - threshold) / margin_od, 0, 1)
+
+
 def allred_proportion_score(positive_fraction: float) -> int:
     """Allred proportion score 0-5 (0: none, 1: <1%, 2: 1-10%, 3: 10-33%, 4: 33-66%, 5: >66%)."""
     if positive_fraction <= 0:
