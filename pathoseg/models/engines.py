@@ -1,7 +1,7 @@
 """Inference engines: what turns a batch of RGB patches into the network's probability maps.
 
 * ``torch``: the network in PyTorch (any device), autocast in the chosen precision.
-* ``openvino``: the same weights compiled by OpenVINO for the CPU (measured 1.9x PyTorch in fp32 and 2.4x in
+* ``openvino``: the same weights compiled by OpenVINO for the CPU (measured 1.3x PyTorch in fp32 and 1.5-2x in
   bf16 on one core; ``benchmarks/bench_speed.py``). Used by ``auto`` on CPUs where the package is installed.
 
 Both run ``InferenceGraph``: uint8 NHWC patches in, one float array of maps out, so that the conversion and the
@@ -10,6 +10,7 @@ softmaxes run inside the engine instead of as separate NumPy passes.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 import numpy as np
@@ -47,11 +48,7 @@ class InferenceGraph(nn.Module):
 
 
 def openvino_available() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("openvino") is not None
 
 
 def choose_runtime(requested: str, device: torch.device) -> str:
