@@ -61,10 +61,11 @@ def main() -> None:
                 run = summary["run"]
                 tasks = run["task_seconds"]
                 shares = ", ".join(f"{k} {100 * v / sum(tasks.values()):.0f}%" for k, v in tasks.items())
+                phases = ", ".join(f"{k} {v:.0f} s" for k, v in run["client_seconds"].items())
                 print(f"[{setting} -> {run['runtime']}/{run['precision']}] slide {side}x{side} px @0.25 µm: tissue "
                       f"{run['tissue_mpx_at_model_mpp']:.1f} Mpx, {summary['nuclei']} nuclei, {run['seconds']:.0f} s, "
                       f"end-to-end {run['mpx_per_second']:.3f} Mpx/s ({run['mpx_per_second'] / baseline:.2f}x "
-                      f"model-only {baseline:.3f} on {workers * threads} threads); region tasks: {shares}; peak RSS "
+                      f"model-only {baseline:.3f} on {workers * threads} threads); phases: {phases}; region tasks: {shares}; peak RSS "
                       f"client {run['peak_rss_mb_client']:.0f} MB, largest of {workers} worker(s) x {threads} "
                       f"thread(s) {run['peak_rss_mb_worker']:.0f} MB", flush=True)
 

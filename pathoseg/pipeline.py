@@ -30,7 +30,7 @@ from pathoseg.measure.stain import StainEstimate, estimate_hdab_vectors
 from pathoseg.models.weights import ModelMetadata, load_model
 from pathoseg.outputs import (draw_crop, write_geojson, write_json, write_nuclei_table, write_overlay,
                               write_review_geojson, write_summary_csv)
-from pathoseg.region import RegionSettings
+from pathoseg.region import RegionSettings, timed
 from pathoseg.tiling.grid import Grid, plan_work, tiles_by_block, tissue_tiles
 from pathoseg.tiling.tiler import TileJob
 from pathoseg.tiling.tissue import TissueMask, detect_tissue
@@ -232,9 +232,13 @@ def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, m
     """
     started = time.time()
     progress = progress or (lambda stage, n, total: None)
-    plan = plan_slide(slide_path, out_dir, config, mpp)
-    run_facts = run_regions(plan, config, progress, runner)
-    summary, columns = write_slide_outputs(plan, config)
+    seconds: dict[str, float] = {}  # the client's wall time per phase (regions: tiling + region tasks, all workers)
+    with timed(seconds, "plan"):
+        plan = plan_slide(slide_path, out_dir, config, mpp)
+    with timed(seconds, "regions"):
+        run_facts = run_regions(plan, config, progress, runner)
+    with timed(seconds, "outputs"):
+        summary, columns = write_slide_outputs(plan, config)
     grid = plan.grid
     summary["grid"] = {"tiles": len(plan.tiles), "regions": len(plan.regions), "tile_px": grid.tile_px,
                        "region_px": grid.region_px, "margin_px": grid.margin_px,
@@ -243,6 +247,7 @@ def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, m
     tissue_mpx = plan.tissue.area_mm2 / plan.metadata.mpp ** 2
     summary["run"] = {"seconds": round(elapsed, 2), "tissue_mpx_at_model_mpp": round(tissue_mpx, 3),
                       "mpx_per_second": round(tissue_mpx / elapsed, 4) if elapsed else None,
+                      "client_seconds": {phase: round(value, 2) for phase, value in seconds.items()},
                       "peak_rss_mb_client": round(peak_rss_bytes() / 2**20, 1), **run_facts,
                       "regions_reused": len(plan.regions) - run_facts["regions_computed"],
                       "scheduler": config.cluster.scheduler, "pathoseg_version": __version__}
