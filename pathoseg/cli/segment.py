@@ -46,13 +46,15 @@ def config_from_options(config_path=None, model=None, device=None, scheduler=Non
 
 
 def report(summary: dict, out_dir: Path) -> None:
-    counts = summary["counts"]
+    counts, run = summary["counts"], summary["run"]
     click.echo(f"{summary['nuclei']} nuclei in {summary['tissue']['area_mm2']:.3f} mm² of tissue "
-               f"({counts['density_per_mm2']:.0f}/mm²), {summary['run']['seconds']:.1f} s, "
-               f"{summary['run']['mpx_per_second']:.3f} Mpx/s -> {out_dir}")
+               f"({counts['density_per_mm2']:.0f}/mm²), {run['seconds']:.1f} s, {run['mpx_per_second']:.3f} Mpx/s "
+               f"({run.get('device')}, {run.get('runtime')}, {run.get('precision')}) -> {out_dir}")
     if "ihc" in summary:
         ihc = summary["ihc"]
-        click.echo(f"IHC: {ihc['positive_percent']:.1f}% positive, H-score {ihc['h_score']:.0f}")
+        low, high = ihc["positive_percent_ci95"]
+        click.echo(f"IHC: {ihc['positive_percent']:.1f}% positive (95% CI {low:.1f}-{high:.1f}%), "
+                   f"H-score {ihc['h_score']:.0f}")
 
 
 @click.command()
