@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -140,10 +139,8 @@ def evaluate_samples(predictor: Predictor, samples: list[Sample], settings: Regi
     accumulator = Accumulator(list(range(1, n_classes)) if n_classes else None, radius_px)
     positivity = PositivityAccumulator(radius_px) if positive_dab_od is not None else None
     for sample in samples:
-        sample_settings = settings
-        if estimate_stains:
-            matrix = estimate_hdab_vectors(sample.image).matrix
-            sample_settings = dataclasses.replace(settings, stain_matrix=tuple(map(tuple, matrix)))
+        sample_settings = (settings.with_stain_matrix(estimate_hdab_vectors(sample.image).matrix) if estimate_stains
+                           else settings)
         pred, measurements = nuclei_of_maps(sample.image, predictor.predict(sample.image), sample_settings)
         accumulator.add(sample, pred, measurements["class_id"].astype(int) if n_classes else None)
         if positivity is not None:

@@ -193,7 +193,7 @@ def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: Reg
     open_store(plan)
     settings = RegionSettings.from_config(config, plan.metadata.mpp)
     if plan.stains is not None:
-        settings = dataclasses.replace(settings, stain_matrix=tuple(map(tuple, plan.stains.matrix)))
+        settings = settings.with_stain_matrix(plan.stains.matrix)
     _reset_stale_results(plan.nuclei_dir, {"model_sha256": plan.model_sha256, "settings": repr(settings),
                                            "region_px": plan.grid.region_px, "margin_px": plan.grid.margin_px,
                                            "store": plan.store_identity})
@@ -212,7 +212,7 @@ def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: Reg
     def on_result(result):
         save_region(plan.nuclei_dir, result)
         for stage, seconds in result.seconds.items():
-            stage_seconds[stage] = round(stage_seconds.get(stage, 0.0) + seconds, 2)
+            stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
         progress("regions", 1, len(plan.regions))
 
     with nullcontext(runner) if runner else open_runner(config.cluster, config.model) as active:
@@ -220,7 +220,8 @@ def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: Reg
         active.run(plan.tile_job(), block_tiles, todo, settings, on_result,
                    on_tiles=lambda n: progress("tiles", n, n_tiles))
         return {"regions_computed": len(todo), "peak_rss_mb_worker": round(active.worker_peak_rss_bytes() / 2**20, 1),
-                "task_seconds": stage_seconds, **active.engine_facts()}
+                "task_seconds": {stage: round(value, 2) for stage, value in stage_seconds.items()},
+                **active.engine_facts()}
 
 
 def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp: float | None = None,

@@ -43,6 +43,10 @@ class RegionSettings:
                    min_solidity=config.filters.min_solidity, simplify_px=config.output.simplify_px,
                    stain_matrix=None if stain_matrix is None else tuple(map(tuple, stain_matrix)))
 
+    def with_stain_matrix(self, matrix) -> "RegionSettings":
+        """These settings measuring with ``matrix`` ((3, 3), rows = stain OD vectors)."""
+        return dataclasses.replace(self, stain_matrix=tuple(map(tuple, np.asarray(matrix).tolist())))
+
 
 @dataclass
 class RegionResult:
