@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
+from skimage.color import rgb2hed
 from skimage.draw import disk
 
 from pathoseg.config import load_config
@@ -19,7 +21,7 @@ from pathoseg.train.data import load_dataset
 from pathoseg.train.loop import TrainConfig
 from pathoseg.train.losses import hovernet_loss
 from pathoseg.models.postproc import PostprocParams, instances_from_maps
-from pathoseg.train.augment import rescan_at_lower_resolution
+from pathoseg.train.augment import dab_recolour, rescan_at_lower_resolution
 from pathoseg.train.targets import hv_targets, np_targets
 
 from conftest import REPO, shared
@@ -235,3 +237,23 @@ def test_weight_average_forgets_the_initial_weights_early():
     for n in range(500):
         averaged = update(averaged, current, torch.tensor(n))
     assert averaged.min() > 0.5  # a fixed 0.999 would still be at 1 - 0.999^500 = 0.39
+
+
+def test_ihc_resynthesis_gives_granular_brown_nuclei_and_brown_halos():
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:96, :96]
+    instances = np.zeros((96, 96), np.int32)
+    for label, (cy, cx) in enumerate([(24, 24), (24, 72), (72, 24), (72, 72)], start=1):
+        instances[(yy - cy) ** 2 + (xx - cx) ** 2 < 100] = label
+    he = np.where(instances[..., None] > 0, [90, 60, 150], [230, 170, 210]).astype(np.uint8)
+    textured, haloed = False, False
+    for _ in range(20):
+        hed = rgb2hed(dab_recolour(rng, he, instances))
+        assert hed[..., 1].mean() < rgb2hed(he)[..., 1].mean()
+        for label in range(1, 5):
+            dab = hed[..., 2][instances == label]
+            if dab.mean() > 0.1:
+                textured |= dab.std() / dab.mean() > 0.1
+                ring = ndimage.binary_dilation(instances == label, iterations=2) & (instances == 0)
+                haloed |= hed[..., 2][ring].mean() > hed[..., 2][instances == 0].mean() + 0.02
+    assert textured and haloed

@@ -80,23 +80,48 @@ def dab_recolour(rng: np.random.Generator, image: np.ndarray, instances: np.ndar
     """Re-synthesise an H&E crop as hematoxylin-DAB IHC.
 
     Eosin is removed, hematoxylin lightened to counterstain tones, a random fraction of the nuclei carries DAB at
-    a random strength (brown nuclei are nuclei too), and sometimes brown non-nuclear material (cytoplasm, stroma)
-    is added as a distractor that must not be taken for nuclei.
+    a random strength (brown nuclei are nuclei too) with the granular texture of Ki-67 staining, and sometimes brown
+    non-nuclear material is added as a distractor that must not be taken for nuclei: patches in the stroma, and
+    halos of cytoplasmic DAB around positive nuclei (which would otherwise be split or grown into the nucleus).
     """
     hed = rgb2hed(image)
     hed[..., 1] *= rng.uniform(0.0, 0.2)
     hed[..., 0] *= rng.uniform(0.5, 1.0)
     labels = np.unique(instances)[1:]
     positive = labels[rng.random(labels.size) < rng.uniform(0.05, 0.7)]
-    mask = np.isin(instances, positive)
-    strength = rng.uniform(0.4, 1.0)
-    hed[..., 2][mask] += strength * hed[..., 0][mask] * rng.uniform(0.8, 2.0)
-    hed[..., 0][mask] *= 1 - strength * rng.uniform(0.5, 1.0)
+    # One pixel beyond the annotated outline too: outlines are drawn tight, and a blue rim would be a false cue.
+    mask = ndimage.binary_dilation(np.isin(instances, positive)) & np.isin(instances, np.append(positive, 0))
+    if mask.any():
+        add_nuclear_dab(rng, hed, mask, halo_outside=instances == 0)
     if rng.random() < 0.5:
         field = ndimage.gaussian_filter(rng.random(instances.shape), sigma=rng.uniform(3, 10))
-        distractor = (field > np.quantile(field, rng.uniform(0.8, 0.97))) & (instances == 0)
-        hed[..., 2][distractor] += rng.uniform(0.05, 0.35)
+        level = np.quantile(field, rng.uniform(0.8, 0.97))
+        soft_edge = np.clip((field - level) / (field.max() - level + 1e-9) * 4, 0, 1) * (instances == 0)
+        hed[..., 2] += rng.uniform(0.05, 0.35) * soft_edge * granular_texture(rng, instances.shape)
     return (np.clip(hed2rgb(hed), 0, 1) * 255).round().astype(np.uint8)
+
+
+def add_nuclear_dab(rng: np.random.Generator, hed: np.ndarray, mask: np.ndarray, halo_outside: np.ndarray) -> None:
+    """Stain the (H, W) ``mask`` nuclei of an (H, W, 3) HED image with granular DAB in place, their hematoxylin
+    lightened as DAB masks it; half the time with a halo of fainter cytoplasmic DAB reaching into ``halo_outside``."""
+    strength = rng.uniform(0.4, 1.0)
+    # Capped at the nuclei's median hematoxylin, so the dense rim of the nuclear membrane does not become a dark
+    # brown outline (a cue real Ki-67 staining does not give).
+    hematoxylin = np.minimum(hed[..., 0], np.median(hed[..., 0][mask]))
+    dab = strength * hematoxylin * rng.uniform(0.8, 2.0) * granular_texture(rng, mask.shape)
+    counterstain_kept = 1 - strength * rng.uniform(0.5, 1.0)
+    hed[..., 2][mask] += dab[mask]
+    hed[..., 0][mask] = hematoxylin[mask] * counterstain_kept
+    if rng.random() < 0.5:
+        halo = ndimage.binary_dilation(mask, iterations=int(rng.integers(2, 7))) & halo_outside & ~mask
+        hed[..., 2][halo] += rng.uniform(0.2, 0.6) * dab[mask].mean() * granular_texture(rng, mask.shape)[halo]
+        hed[..., 0][halo] *= counterstain_kept
+
+
+def granular_texture(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) positive multiplicative field around 1 with speckles 1-3 px across, as DAB chromogen deposits."""
+    grain = ndimage.gaussian_filter(rng.standard_normal(shape), sigma=rng.uniform(0.7, 1.5))
+    return np.clip(1 + rng.uniform(0.2, 0.6) * grain / (grain.std() + 1e-6), 0.2, None)
 
 
 def rescan_at_lower_resolution(rng: np.random.Generator, image: np.ndarray,
