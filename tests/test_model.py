@@ -173,33 +173,44 @@ def test_shipped_model_on_a_held_out_monuseg_image():
     assert result["pq"] > 0.38
 
 
-def _write_disk_dataset(folder, n_images: int = 3, size_px: int = 96) -> None:
-    """A dataset folder in shared/data's layout: purple disks on pink, with instance labels and a manifest."""
+def _write_disk_dataset(folder, n_images: int = 3, size_px: int = 96, ki67: bool = False) -> None:
+    """A dataset folder in shared/data's layout: purple disks on pink, with instance labels and a manifest; with
+    ``ki67`` IHC truth instead: blue and brown disks on white, typed Ki67-negative / Ki67-positive."""
     from PIL import Image
     rng = np.random.default_rng(0)
-    for sub in ("images", "labels"):
+    for sub in ("images", "labels", "types"):
         (folder / sub).mkdir(parents=True)
     rows = ["id,mpp,n_nuclei,source"]
     for index in range(n_images):
         instances = np.zeros((size_px, size_px), np.uint16)
         for label in range(1, 6):
             instances[disk(rng.integers(12, size_px - 12, 2), 8, shape=instances.shape)] = label
-        image = np.full((size_px, size_px, 3), (235, 200, 220), np.uint8)
+        types = np.where(instances > 0, 1 + (instances % 2 == 0), 0).astype(np.uint8)
+        image = np.full((size_px, size_px, 3), (240, 240, 235) if ki67 else (235, 200, 220), np.uint8)
         image[instances > 0] = (80, 40, 130)
+        if ki67:
+            image[types == 2] = (110, 70, 40)
+            Image.fromarray(types).save(folder / "types" / f"img{index}.png")
         Image.fromarray(image).save(folder / "images" / f"img{index}.png")
         Image.fromarray(instances).save(folder / "labels" / f"img{index}.png")
         rows.append(f"img{index},0.25,5,synthetic")
     (folder / "MANIFEST.csv").write_text("\n".join(rows) + "\n")
+    if ki67:
+        (folder / "classes.json").write_text(json.dumps({"1": "Ki67-negative", "2": "Ki67-positive"}))
 
 
 def test_train_resumes_and_keeps_averaged_weights(tmp_path):
     from pathoseg.train.loop import DatasetSpec, train
     _write_disk_dataset(tmp_path / "data")
+    _write_disk_dataset(tmp_path / "ki67" / "train", n_images=1, ki67=True)
     config = TrainConfig(name="tiny", output=str(tmp_path / "run"), input_size_px=64, batch_size=2, steps=3,
                          warmup_steps=1, validate_every=3, loader_workers=0, device="cpu", threads=1,
-                         datasets=[DatasetSpec(str(tmp_path / "data"), validation_ids=["img2"])])
+                         datasets=[DatasetSpec(str(tmp_path / "data"), validation_ids=["img2"]),
+                                   DatasetSpec(str(tmp_path / "ki67" / "train"), weight=0, validation_ids=["img0"])])
     best = train(config)
     assert best.is_file()
+    history = json.loads(read_checkpoint(best)["extra"]["history"])
+    assert "ihc_f1_detection" in history[0]["ki67"] and "ihc_f1_detection" not in history[0][tmp_path.name]
     config.steps = 5
     train(config)
     payload = read_checkpoint(tmp_path / "run" / "last.pt")

@@ -19,10 +19,10 @@ from pathoseg.config import load_config
 from pathoseg.models.infer import Predictor, resolve_device
 from pathoseg.models.precision import autocast, resolve_precision
 from pathoseg.models.weights import ModelMetadata, build_network, read_checkpoint, save_checkpoint
-from pathoseg.evaluation import evaluate_samples
+from pathoseg.evaluation import evaluate_samples, is_positivity_dataset
 from pathoseg.region import RegionSettings
 from pathoseg.train.augment import augment_sample
-from pathoseg.train.data import Sample, load_dataset, read_manifest
+from pathoseg.train.data import Sample, load_dataset, read_class_names, read_manifest
 from pathoseg.train.losses import hovernet_loss
 from pathoseg.train.targets import hv_targets, np_targets
 
@@ -103,13 +103,18 @@ class TrainingStream(torch.utils.data.IterableDataset):
 
 
 def split_dataset(spec: DatasetSpec, mpp: float) -> tuple[list[Sample], list[Sample]]:
+    """Training and validation samples; validation keeps IHC truth (negative / positive classes) to be scored."""
     ids = list(read_manifest(Path(spec.path)))
     unknown = set(spec.validation_ids) - set(ids)
     if unknown:
         raise ValueError(f"{spec.path}: validation ids not in MANIFEST.csv: {sorted(unknown)[:3]}")
     train_ids = [i for i in ids if i not in set(spec.validation_ids)]
     return (load_dataset(spec.path, mpp, train_ids, spec.use_types),
-            load_dataset(spec.path, mpp, spec.validation_ids, spec.use_types))
+            load_dataset(spec.path, mpp, spec.validation_ids, spec.use_types or has_positivity_truth(spec)))
+
+
+def has_positivity_truth(spec: DatasetSpec) -> bool:
+    return is_positivity_dataset(read_class_names(Path(spec.path)))
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -181,7 +186,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
     for spec in config.datasets:
         train_samples, val_samples = split_dataset(spec, config.mpp)
         groups.append((spec.weight, train_samples, spec.use_types))
-        validation[Path(spec.path).parent.name] = (val_samples, spec.use_types)
+        validation[Path(spec.path).parent.name] = (val_samples, spec.use_types, has_positivity_truth(spec))
         log.info("%s: %d training, %d validation images", spec.path, len(train_samples), len(val_samples))
     class_weights = (nc_class_weights(groups, len(metadata.class_names)).to(device) if config.nc_class_weighting
                      else None)
@@ -198,7 +203,8 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
             "raw_state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
             "optimiser": optimiser.state_dict(), "step": step, "best_pq": best_pq, "history": json.dumps(history)})
 
-    settings = RegionSettings.from_config(load_config(), config.mpp)  # validate what `segment` would output
+    run_config = load_config()  # validate what `segment` would output
+    settings, positive_dab_od = RegionSettings.from_config(run_config, config.mpp), run_config.stain.dab_thresholds[0]
     network.train()
     started, last_metrics = time.time(), {}
     for batch in loader:
@@ -225,9 +231,10 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
             averaged.module.eval()
             predictor = Predictor(averaged.module, device, patch_px=320, context_px=32, batch_size=4,
                                   precision=precision)
-            last_metrics = {name: evaluate_samples(predictor, samples, settings, n_classes=len(metadata.class_names)
-                                                   if has_types else None)["overall"]
-                            for name, (samples, has_types) in validation.items() if samples}
+            last_metrics = {name: evaluate_samples(predictor, samples, settings,
+                                                   n_classes=len(metadata.class_names) if has_types else None,
+                                                   positive_dab_od=positive_dab_od if positivity else None)["overall"]
+                            for name, (samples, has_types, positivity) in validation.items() if samples}
             history.append({"step": step, **last_metrics})
             for name, metrics in last_metrics.items():
                 log.info("validation %s step %d: %s", name, step, _format(metrics))
