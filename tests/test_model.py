@@ -268,3 +268,19 @@ def test_ihc_resynthesis_gives_granular_brown_nuclei_and_brown_halos():
                 ring = ndimage.binary_dilation(instances == label, iterations=2) & (instances == 0)
                 haloed |= hed[..., 2][ring].mean() > hed[..., 2][instances == 0].mean() + 0.02
     assert textured and haloed
+
+
+def test_postproc_tuning_prefers_the_threshold_that_finds_the_nuclei():
+    from pathoseg.train.tune import postproc_grid, tune_postproc
+
+    assert "interior_threshold" in postproc_grid(3) and "interior_threshold" not in postproc_grid(2)
+    config = TrainConfig.from_yaml(REPO / "configs" / "train-light.yaml")
+    validation = {"monuseg": load_dataset(shared("monuseg/train"), 0.25, config.datasets[0].validation_ids[1:2]),
+                  "consep": load_dataset(shared("consep/train"), 0.25, ["train_7_005"], use_types=False)}
+    loaded = load_model()
+    settings = RegionSettings.from_config(load_config(), loaded.metadata.mpp)
+    best, tried = tune_postproc(Predictor(loaded.network, resolve_device("cpu")), validation, settings,
+                                {"np_threshold": [0.5, 0.97]})
+    assert best.np_threshold == 0.5 and best.marker_threshold == settings.postproc.marker_threshold
+    assert {"monuseg_pq", "consep_aji", "pq"} <= tried[0].keys()
+    assert tried[0]["pq"] == np.mean([tried[0]["monuseg_pq"], tried[0]["consep_pq"]]) > tried[1]["pq"]

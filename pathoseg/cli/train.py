@@ -15,8 +15,8 @@ from pathoseg.models.infer import Predictor, resolve_device
 from pathoseg.models.weights import load_model, publish_checkpoint
 from pathoseg.region import RegionSettings
 from pathoseg.train.data import load_dataset
-from pathoseg.train.tune import tune_postproc
-from pathoseg.train.loop import TrainConfig, train as train_model
+from pathoseg.train.loop import TrainConfig, has_positivity_truth, train as train_model
+from pathoseg.train.tune import postproc_grid, tune_postproc
 
 
 @click.command()
@@ -29,8 +29,8 @@ from pathoseg.train.loop import TrainConfig, train as train_model
               help="Checkpoint to continue from when OUTPUT has no last.pt yet (e.g. training/light-v2/last.pt).")
 @click.option("--publish", is_flag=True, help="Copy the best checkpoint into the package as the config's name.")
 @click.option("--tune-postproc", is_flag=True,
-              help="Skip training: sweep post-processing thresholds of the best checkpoint on the first dataset's "
-                   "validation images and print the best.")
+              help="Skip training: sweep post-processing thresholds of the best checkpoint on the validation images "
+                   "and print the best.")
 @friendly_errors
 def train(config_path: str, steps: int | None, device: str | None, fresh: bool, resume_from: Path | None,
           publish: bool, tune_postproc: bool) -> None:
@@ -57,11 +57,14 @@ def train(config_path: str, steps: int | None, device: str | None, fresh: bool, 
 
 
 def tune(config: TrainConfig) -> None:
+    """Sweep the best checkpoint's post-processing over the validation sets with outlines (IHC sets' outlines are
+    registered from another image, so they are left out)."""
     loaded = load_model(str(Path(config.output) / "best.pt"))
-    spec = config.datasets[0]
-    samples = load_dataset(spec.path, loaded.metadata.mpp, spec.validation_ids)
+    validation = {Path(spec.path).parent.name: load_dataset(spec.path, loaded.metadata.mpp, spec.validation_ids)
+                  for spec in config.datasets if spec.validation_ids and not has_positivity_truth(spec)}
     predictor = Predictor(loaded.network, resolve_device(config.device))
-    best, tried = tune_postproc(predictor, samples, RegionSettings.from_config(load_config(), loaded.metadata.mpp))
+    settings = RegionSettings.from_config(load_config(), loaded.metadata.mpp)
+    best, tried = tune_postproc(predictor, validation, settings, postproc_grid(loaded.metadata.np_classes))
     for row in sorted(tried, key=lambda r: -r["pq"])[:5]:
         click.echo("  ".join(f"{k}={v:.3f}" for k, v in row.items()))
     click.echo(f"best: {best}")

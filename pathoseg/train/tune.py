@@ -8,9 +8,9 @@ import logging
 
 import numpy as np
 
+from pathoseg.evaluation import nuclei_of_maps
 from pathoseg.metrics import instance_metrics
 from pathoseg.models.infer import Predictor
-from pathoseg.evaluation import nuclei_of_maps
 from pathoseg.models.postproc import PostprocParams
 from pathoseg.region import RegionSettings
 from pathoseg.train.data import Sample
@@ -22,19 +22,32 @@ GRID = {"np_threshold": [0.4, 0.5, 0.6], "marker_threshold": [0.15, 0.25, 0.35],
         "gradient_scale": [0.1, 0.14, 0.2, 0.28]}
 
 
-def tune_postproc(predictor: Predictor, samples: list[Sample], settings: RegionSettings,
+def postproc_grid(np_classes: int) -> dict[str, list]:
+    """The thresholds swept for a model: three-class heads also gate markers on the interior probability."""
+    return {**GRID, "interior_threshold": [0.3, 0.5, 0.7]} if np_classes == 3 else dict(GRID)
+
+
+def tune_postproc(predictor: Predictor, validation: dict[str, list[Sample]], settings: RegionSettings,
                   grid: dict[str, list] = GRID) -> tuple[PostprocParams, list[dict]]:
-    """The post-processing parameters of best mean PQ over ``samples`` (after ``settings``' plausibility filters,
-    as ``pathoseg segment`` applies them), and every tried combination with its PQ and AJI."""
-    maps = [predictor.predict(sample.image) for sample in samples]
+    """The post-processing parameters of best PQ over the validation sets (after ``settings``' plausibility
+    filters, as ``pathoseg segment`` applies them), and every tried combination with each set's mean PQ and AJI.
+
+    Each set counts equally (the mean of its images' PQ), so a set of many small patches does not outweigh one of
+    a few large images.
+    """
+    maps = {name: [predictor.predict(sample.image) for sample in samples] for name, samples in validation.items()}
     tried = []
     for values in itertools.product(*grid.values()):
-        tried_settings = dataclasses.replace(
-            settings, postproc=dataclasses.replace(settings.postproc, **dict(zip(grid, values))))
-        scores = [instance_metrics(s.instances, nuclei_of_maps(s.image, m, tried_settings)[0])
-                  for s, m in zip(samples, maps)]
-        tried.append({**dict(zip(grid, values)), "pq": float(np.mean([s["pq"] for s in scores])),
-                      "aji": float(np.mean([s["aji"] for s in scores]))})
-        log.info("%s", tried[-1])
-    best = max(tried, key=lambda row: row["pq"])
+        params = dict(zip(grid, values))
+        tried_settings = dataclasses.replace(settings, postproc=dataclasses.replace(settings.postproc, **params))
+        row = dict(params)
+        for name, samples in validation.items():
+            scores = [instance_metrics(sample.instances, nuclei_of_maps(sample.image, sample_maps, tried_settings)[0])
+                      for sample, sample_maps in zip(samples, maps[name])]
+            row.update({f"{name}_pq": float(np.mean([s["pq"] for s in scores])),
+                        f"{name}_aji": float(np.mean([s["aji"] for s in scores]))})
+        row["pq"] = float(np.mean([row[f"{name}_pq"] for name in validation]))
+        tried.append(row)
+        log.info("%s", row)
+    best = max(tried, key=lambda r: r["pq"])
     return dataclasses.replace(settings.postproc, **{k: best[k] for k in grid}), tried
