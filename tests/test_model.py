@@ -284,3 +284,23 @@ def test_postproc_tuning_prefers_the_threshold_that_finds_the_nuclei():
     assert best.np_threshold == 0.5 and best.marker_threshold == settings.postproc.marker_threshold
     assert {"monuseg_pq", "consep_aji", "pq"} <= tried[0].keys()
     assert tried[0]["pq"] == np.mean([tried[0]["monuseg_pq"], tried[0]["consep_pq"]]) > tried[1]["pq"]
+
+
+def test_class_dice_does_not_punish_a_rare_class_where_it_is_absent():
+    """A crop without "other" nuclei must not push the "other" probability to zero (it did: the class collapsed)."""
+    from pathoseg.train.losses import soft_dice_loss
+
+    target = torch.zeros(1, 16, 16, dtype=torch.int64)
+    target[0, 2:8, 2:8] = 3
+    logits = torch.zeros(1, 5, 16, 16)
+    logits[0, 3, 2:8, 2:8] = 4
+    logits[0, 0][target[0] == 0] = 4
+    some_other = logits.clone()
+    some_other[0, 1][target[0] == 0] = 2  # "other" probability spread over the background, where it costs nothing
+    assert soft_dice_loss(some_other, target) <= soft_dice_loss(logits, target) + 1e-6
+    rare = target.clone()
+    rare[0, 10:14, 10:14] = 1  # now present: predicting it is rewarded
+    with_other = logits.clone()
+    with_other[0, 1, 10:14, 10:14] = 6
+    assert soft_dice_loss(with_other, rare) < soft_dice_loss(logits, rare) - 0.2
+    assert soft_dice_loss(torch.zeros(1, 5, 4, 4), torch.zeros(1, 4, 4, dtype=torch.int64)) == 0  # empty crop

@@ -7,18 +7,27 @@ import torch.nn.functional as F
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Multi-class soft Dice over classes 1.. (background excluded).
+    """Multi-class soft Dice over classes 1.. (background excluded), each sample averaged over the classes its
+    target holds.
 
-    logits (B, C, H, W); target (B, H, W) int64; weight (B,) 0/1 selects samples.
+    A class absent from a sample is left out rather than scored: scoring it would reward predicting none of it
+    anywhere, and in most crops a rare class (CoNSeP's "other") is absent, so its probability collapsed to zero
+    everywhere and the class was never predicted. Cross-entropy still penalises predicting an absent class.
+
+    logits (B, C, H, W); target (B, H, W) int64; weight (B,) 0/1 selects samples. Samples without any class
+    (empty crops) do not count.
     """
     probabilities = logits.float().softmax(dim=1)
     one_hot = F.one_hot(target, probabilities.shape[1]).permute(0, 3, 1, 2).float()
     intersection = (probabilities * one_hot).sum(dim=(2, 3))[:, 1:]
-    total = (probabilities + one_hot).sum(dim=(2, 3))[:, 1:]
-    per_sample = 1 - ((2 * intersection + 1) / (total + 1)).mean(dim=1)
-    if weight is None:
-        return per_sample.mean()
-    return (per_sample * weight).sum() / weight.sum().clamp(min=1)
+    true_px = one_hot.sum(dim=(2, 3))[:, 1:]
+    total = probabilities.sum(dim=(2, 3))[:, 1:] + true_px
+    present = (true_px > 0).float()
+    dice = (2 * intersection + 1) / (total + 1)
+    n_present = present.sum(dim=1)
+    per_sample = ((1 - dice) * present).sum(dim=1) / n_present.clamp(min=1)
+    counted = (n_present > 0).float() * (1 if weight is None else weight)
+    return (per_sample * counted).sum() / counted.sum().clamp(min=1)
 
 
 def _sobel_kernels(device: torch.device) -> torch.Tensor:
