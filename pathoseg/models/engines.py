@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import warnings
 
 import numpy as np
 import torch
@@ -86,7 +87,9 @@ class OpenVinoEngine:
         import openvino as ov
 
         example = torch.zeros(batch_size, patch_px, patch_px, 3, dtype=torch.uint8)
-        model = ov.convert_model(torch.export.export(graph.eval(), (example,)))
+        with warnings.catch_warnings():  # torch.export's own deprecation notices, printed to users' terminals
+            warnings.simplefilter("ignore", FutureWarning)
+            model = ov.convert_model(torch.export.export(graph.eval(), (example,)))
         model.reshape([batch_size, patch_px, patch_px, 3])  # static: the fastest kernels
         threads = torch.get_num_threads()
         # No pinning: several worker processes share the cores, and pinned threads would pile onto the same ones.
