@@ -36,7 +36,8 @@ def is_positivity_dataset(class_names: dict[int, str] | None) -> bool:
 def positivity_scores(true_xy: np.ndarray, true_positive: np.ndarray, pred_xy: np.ndarray,
                       pred_positive: np.ndarray, radius_px: float) -> dict[str, float]:
     """Detection F1 (centroids within ``radius_px``), positive/negative agreement on the matched nuclei, and the
-    positivity index (positive / all nuclei, %) of truth and prediction with its error in percentage points.
+    positivity index (positive / all nuclei, %) of truth and prediction with its error in percentage points and
+    the counts behind it.
 
     true_xy, pred_xy : (N, 2) and (M, 2) centroids; true_positive, pred_positive : (N,) and (M,) bool.
     """
@@ -47,7 +48,11 @@ def positivity_scores(true_xy: np.ndarray, true_positive: np.ndarray, pred_xy: n
             "positivity_agreement": float(np.mean(true_positive[rows] == pred_positive[cols])) if rows.size
             else float("nan"),
             "true_index_percent": true_index, "pred_index_percent": pred_index,
-            "index_error_points": pred_index - true_index}
+            "index_error_points": pred_index - true_index,
+            # the index's numerators and denominators: an error from extra positives reads differently from one
+            # from missed (pale) negatives
+            "true_nuclei": len(true_xy), "true_positive_nuclei": int(np.sum(true_positive)),
+            "pred_nuclei": len(pred_xy), "pred_positive_nuclei": int(np.sum(pred_positive))}
 
 
 class PositivityAccumulator:

@@ -42,6 +42,8 @@ def test_positivity_scores_by_hand():
     assert scores["positivity_agreement"] == pytest.approx(2 / 3)
     assert scores["true_index_percent"] == 50 and scores["pred_index_percent"] == 75
     assert scores["index_error_points"] == 25
+    assert (scores["true_nuclei"], scores["true_positive_nuclei"], scores["pred_nuclei"],
+            scores["pred_positive_nuclei"]) == (4, 2, 4, 3)
 
 
 def test_positivity_datasets_are_recognised():
@@ -98,6 +100,7 @@ def test_evaluate_reads_segments_dab_bins_against_ihc_truth(tmp_path):
     assert overall["ihc_f1_detection"] == pytest.approx(2 * 5 / (2 * 5 + 0 + 1))
     assert overall["ihc_positivity_agreement"] == pytest.approx(4 / 5)
     assert "ihc_f1_detection" in result.output
+    assert "a: index 75.0% (3/4) vs true 50.0% (2/4), error +25.0 points" in result.output
 
 
 @pytest.mark.timeout(600)

@@ -59,5 +59,16 @@ def evaluate(paths, model, config_path, ids, device, out_path) -> None:
         result = evaluate_folder(paths[0], paths[1])
     for key, value in result["overall"].items():
         click.echo(f"{key:>16}: {value}" if isinstance(value, int) else f"{key:>16}: {value:.4f}")
+    for sample_id, metrics in result["per_image"].items():
+        if "ihc" in metrics:
+            click.echo(ihc_line(sample_id, metrics["ihc"]))
     if out_path:
         write_json(out_path, json_safe(result))
+
+
+def ihc_line(sample_id: str, scores: dict) -> str:
+    """One image's positivity index against the truth, with the counts behind both."""
+    return (f"{sample_id}: index {scores['pred_index_percent']:.1f}% ({scores['pred_positive_nuclei']}/"
+            f"{scores['pred_nuclei']}) vs true {scores['true_index_percent']:.1f}% ({scores['true_positive_nuclei']}/"
+            f"{scores['true_nuclei']}), error {scores['index_error_points']:+.1f} points, "
+            f"detection F1 {scores['f1_detection']:.3f}, agreement {scores['positivity_agreement']:.3f}")
