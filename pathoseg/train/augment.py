@@ -126,10 +126,13 @@ def granular_texture(rng: np.random.Generator, shape: tuple[int, int]) -> np.nda
 
 def rescan_at_lower_resolution(rng: np.random.Generator, image: np.ndarray,
                                factor_range: tuple[float, float] = (1.6, 2.4)) -> np.ndarray:
-    """What a 20x scanner sees, brought back to the model's resolution: anti-aliased downsampling by ~2x,
-    sometimes JPEG, then bilinear upsampling (as the tiler upsamples a 20x slide)."""
+    """What a 20x scanner sees, brought back to the model's resolution: half the time the softer optics of a 20x
+    objective (lower numerical aperture, looser focus), anti-aliased downsampling by ~2x, sometimes JPEG, then
+    bilinear upsampling (as the tiler upsamples a 20x slide)."""
     height, width = image.shape[:2]
     factor = rng.uniform(*factor_range)
+    if rng.random() < 0.5:
+        image = blur(rng, image, max_sigma=1.0)
     small = resize(image, (round(height / factor), round(width / factor)), order=1, anti_aliasing=True,
                    preserve_range=True).round().astype(np.uint8)
     if rng.random() < 0.5:
