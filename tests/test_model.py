@@ -222,6 +222,20 @@ def test_train_resumes_and_keeps_averaged_weights(tmp_path):
     assert load_model(str(best)).metadata.name == "tiny"
 
 
+def test_publish_registers_the_weights_under_the_configs_name_and_version(tmp_path, monkeypatch):
+    from pathoseg.models import weights
+
+    network = HoVerNet("light", np_classes=3)
+    save_checkpoint(tmp_path / "best.pt", network, ModelMetadata(name="run", np_classes=3), extra={"step": 7})
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path / "package")
+    monkeypatch.setattr(weights, "REGISTRY", tmp_path / "package" / "registry.json")
+    (tmp_path / "package").mkdir()
+    weights.publish_checkpoint(tmp_path / "best.pt", "shipped-light", "2")
+    loaded = load_model("shipped-light")
+    assert (loaded.metadata.name, loaded.metadata.version, loaded.metadata.np_classes) == ("shipped-light", "2", 3)
+    assert "extra" not in read_checkpoint(tmp_path / "package" / "shipped-light.pt")  # weights only
+
+
 def test_training_configs_share_one_validation_split():
     """Every training config parses and validates on the same MoNuSeg images (their figures compare); the
     configs of the current recipe share the whole split. train-light.yaml records how the shipped v1 was trained

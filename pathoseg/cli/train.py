@@ -53,7 +53,7 @@ def train(config_path: str, steps: int | None, device: str | None, fresh: bool, 
     best = train_model(config, resume=not fresh)
     click.echo(f"best checkpoint: {best}")
     if publish:
-        click.echo(f"published: {publish_checkpoint(best, config.name)}")
+        click.echo(f"published: {publish_checkpoint(best, config.name, config.version)}")
 
 
 def tune(config: TrainConfig) -> None:

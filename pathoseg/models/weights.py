@@ -129,12 +129,12 @@ def load_model(name_or_path: str = DEFAULT_MODEL) -> LoadedModel:
     return LoadedModel(network, metadata, payload["sha256"])
 
 
-def publish_checkpoint(source: str | Path, name: str | None = None) -> Path:
+def publish_checkpoint(source: str | Path, name: str | None = None, version: str | None = None) -> Path:
     """Copy a training checkpoint into the package (weights only, no optimiser) and register its sha256."""
     payload = read_checkpoint(source)
     metadata = ModelMetadata(**payload["metadata"])
-    if name:
-        metadata.name = name
+    metadata.name = name or metadata.name
+    metadata.version = version or metadata.version
     network = build_network(metadata)
     network.load_state_dict(payload["state_dict"])
     target = WEIGHTS_DIR / f"{metadata.name}.pt"

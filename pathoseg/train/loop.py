@@ -42,6 +42,7 @@ class TrainConfig:
     name: str
     output: str
     datasets: list[DatasetSpec]
+    version: str = "1"  # of the model (the card's); recorded in the checkpoints
     encoder: str = "light"
     mpp: float = 0.25
     input_size_px: int = 256
@@ -160,8 +161,8 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
     log.info("training on %s in %s", device, precision)
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
-    metadata = ModelMetadata(name=config.name, encoder=config.encoder, np_classes=config.np_classes, mpp=config.mpp,
-                             input_size_px=config.input_size_px,
+    metadata = ModelMetadata(name=config.name, version=config.version, encoder=config.encoder,
+                             np_classes=config.np_classes, mpp=config.mpp, input_size_px=config.input_size_px,
                              training_data=[spec.path for spec in config.datasets])
     network = build_network(metadata).to(device).to(memory_format=torch.channels_last)
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
