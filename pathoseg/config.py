@@ -50,7 +50,7 @@ class PostprocConfig:
     min_marker_px: int = 10
     max_hole_px: int = 64
     min_object_px: int = 10
-    interior_threshold: float = 0.5
+    interior_threshold: float = 0.0
 
 
 @dataclass

@@ -68,7 +68,7 @@ def test_interior_probability_splits_touching_nuclei():
     instances[disk((20, 33), 10)] = 2
     np_prob = (instances > 0).astype(np.float32)
     flat_hv = np.zeros((2, 40, 60), np.float32)  # HV maps that see no boundary between the two
-    params = PostprocParams(min_marker_px=4)
+    params = PostprocParams(min_marker_px=4, interior_threshold=0.5)  # off by default: see the model card
     assert instances_from_maps(np_prob, flat_hv, params).max() == 1
     interior = (np_targets(instances, boundary_px=2) == 1).astype(np.float32)
     split = instances_from_maps(np_prob, flat_hv, params, interior)

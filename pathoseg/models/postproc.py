@@ -26,7 +26,7 @@ class PostprocParams:
     min_marker_px: int = 10
     max_hole_px: int = 64
     min_object_px: int = 10
-    interior_threshold: float = 0.5  # three-class heads: markers also need this interior probability
+    interior_threshold: float = 0.0  # three-class heads: markers also need this interior probability (0: off)
 
 
 def boundary_energy(hv: np.ndarray, params: PostprocParams) -> np.ndarray:
@@ -54,8 +54,9 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocPar
     ----------
     np_prob : (H, W) float, probability of nucleus.
     hv : (2, H, W) float, HV maps in [-1, 1].
-    interior_prob : (H, W) float, probability of a nucleus's interior (three-class head), or None. Markers are
-        where the HV energy is low *and* the interior is likely, which splits touching nuclei the HV maps blur.
+    interior_prob : (H, W) float, probability of a nucleus's interior (three-class head), or None. With
+        ``params.interior_threshold`` > 0, markers are where the HV energy is low *and* the interior is likely,
+        which splits touching nuclei the HV maps blur but loses thin nuclei whose interior band is too narrow.
 
     Returns
     -------
@@ -64,7 +65,7 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocPar
     foreground = remove_small_objects(np_prob >= params.np_threshold, max_size=params.min_object_px - 1)
     energy = boundary_energy(hv, params) * foreground
     markers = foreground & (energy < params.marker_threshold)
-    if interior_prob is not None:
+    if interior_prob is not None and params.interior_threshold > 0:
         markers &= interior_prob >= params.interior_threshold
     markers = remove_small_holes(markers, max_size=params.max_hole_px)
     markers = ndimage.binary_opening(markers, structure=disk(2))

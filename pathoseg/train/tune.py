@@ -24,7 +24,7 @@ GRID = {"np_threshold": [0.4, 0.5, 0.6], "marker_threshold": [0.15, 0.25, 0.35],
 
 def postproc_grid(np_classes: int) -> dict[str, list]:
     """The thresholds swept for a model: three-class heads also gate markers on the interior probability."""
-    return {**GRID, "interior_threshold": [0.3, 0.5, 0.7]} if np_classes == 3 else dict(GRID)
+    return {**GRID, "interior_threshold": [0.0, 0.15, 0.3, 0.5]} if np_classes == 3 else dict(GRID)
 
 
 def tune_postproc(predictor: Predictor, validation: dict[str, list[Sample]], settings: RegionSettings,
