@@ -60,7 +60,7 @@ def tune(config: TrainConfig) -> None:
     """Sweep the best checkpoint's post-processing over the validation sets with outlines (IHC sets' outlines are
     registered from another image, so they are left out)."""
     loaded = load_model(str(Path(config.output) / "best.pt"))
-    validation = {Path(spec.path).parent.name: load_dataset(spec.path, loaded.metadata.mpp, spec.validation_ids)
+    validation = {spec.name: load_dataset(spec.path, loaded.metadata.mpp, spec.validation_ids)
                   for spec in config.datasets if spec.validation_ids and not has_positivity_truth(spec)}
     predictor = Predictor(loaded.network, resolve_device(config.device))
     settings = RegionSettings.from_config(load_config(), loaded.metadata.mpp)

@@ -36,6 +36,11 @@ class DatasetSpec:
     use_types: bool = False
     validation_ids: list[str] = field(default_factory=list)
 
+    @property
+    def name(self) -> str:
+        """The dataset's name in validation figures: the folder above its split (``monuseg`` of monuseg/train)."""
+        return Path(self.path).parent.name
+
 
 @dataclass
 class TrainConfig:
@@ -187,7 +192,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
     for spec in config.datasets:
         train_samples, val_samples = split_dataset(spec, config.mpp)
         groups.append((spec.weight, train_samples, spec.use_types))
-        validation[Path(spec.path).parent.name] = (val_samples, spec.use_types, has_positivity_truth(spec))
+        validation[spec.name] = (val_samples, spec.use_types, has_positivity_truth(spec))
         log.info("%s: %d training, %d validation images", spec.path, len(train_samples), len(val_samples))
     class_weights = (nc_class_weights(groups, len(metadata.class_names)).to(device) if config.nc_class_weighting
                      else None)
