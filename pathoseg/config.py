@@ -68,6 +68,11 @@ class StainConfig:
     estimate_vectors: bool = False  # IHC mode: hematoxylin/DAB vectors from the slide's own pixels (Macenko)
     ihc_max_eosin_od: float = 0.03  # auto mode: IHC when the nuclei carry (almost) no eosin
 
+    @property
+    def positive_dab_od(self) -> float:
+        """DAB OD mean from which a nucleus counts positive: the first bin (1+), as QuPath and the index count."""
+        return self.dab_thresholds[0]
+
 
 @dataclass
 class OutputConfig:

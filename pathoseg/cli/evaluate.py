@@ -43,8 +43,7 @@ def evaluate(paths, model, config_path, ids, device, out_path) -> None:
         has_types = (any(s.types is not None for s in samples)
                      and [dataset_classes[i] for i in sorted(dataset_classes)] == loaded.metadata.class_names[1:])
         config = load_config(config_path)
-        # IHC truth (negative / positive nuclei): positive as segment bins it, DAB OD mean >= the first threshold.
-        positive_dab_od = config.stain.dab_thresholds[0] if is_positivity_dataset(dataset_classes) else None
+        positive_dab_od = config.stain.positive_dab_od if is_positivity_dataset(dataset_classes) else None
         predictor = predictor_for(loaded.network, config.model, device)
         settings = RegionSettings.from_config(config, loaded.metadata.mpp)
         n_classes = len(loaded.metadata.class_names) if has_types else None

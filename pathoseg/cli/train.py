@@ -15,7 +15,7 @@ from pathoseg.models.infer import Predictor, resolve_device
 from pathoseg.models.weights import load_model, publish_checkpoint
 from pathoseg.region import RegionSettings
 from pathoseg.train.data import load_dataset
-from pathoseg.train.loop import TrainConfig, has_positivity_truth, train as train_model
+from pathoseg.train.loop import TrainConfig, train as train_model
 from pathoseg.train.tune import postproc_grid, tune_postproc
 
 
@@ -61,7 +61,7 @@ def tune(config: TrainConfig) -> None:
     registered from another image, so they are left out)."""
     loaded = load_model(str(Path(config.output) / "best.pt"))
     validation = {spec.name: load_dataset(spec.path, loaded.metadata.mpp, spec.validation_ids)
-                  for spec in config.datasets if spec.validation_ids and not has_positivity_truth(spec)}
+                  for spec in config.datasets if spec.validation_ids and not spec.positivity_truth}
     predictor = Predictor(loaded.network, resolve_device(config.device))
     settings = RegionSettings.from_config(load_config(), loaded.metadata.mpp)
     best, tried = tune_postproc(predictor, validation, settings, postproc_grid(loaded.metadata.np_classes))

@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,11 @@ class DatasetSpec:
     def name(self) -> str:
         """The dataset's name in validation figures: the folder above its split (``monuseg`` of monuseg/train)."""
         return Path(self.path).parent.name
+
+    @cached_property
+    def positivity_truth(self) -> bool:
+        """Its classes are IHC truth (negative / positive nuclei), scored for positivity rather than type."""
+        return is_positivity_dataset(read_class_names(Path(self.path)))
 
 
 @dataclass
@@ -116,11 +122,7 @@ def split_dataset(spec: DatasetSpec, mpp: float) -> tuple[list[Sample], list[Sam
         raise ValueError(f"{spec.path}: validation ids not in MANIFEST.csv: {sorted(unknown)[:3]}")
     train_ids = [i for i in ids if i not in set(spec.validation_ids)]
     return (load_dataset(spec.path, mpp, train_ids, spec.use_types),
-            load_dataset(spec.path, mpp, spec.validation_ids, spec.use_types or has_positivity_truth(spec)))
-
-
-def has_positivity_truth(spec: DatasetSpec) -> bool:
-    return is_positivity_dataset(read_class_names(Path(spec.path)))
+            load_dataset(spec.path, mpp, spec.validation_ids, spec.use_types or spec.positivity_truth))
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -192,7 +194,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
     for spec in config.datasets:
         train_samples, val_samples = split_dataset(spec, config.mpp)
         groups.append((spec.weight, train_samples, spec.use_types))
-        validation[spec.name] = (val_samples, spec.use_types, has_positivity_truth(spec))
+        validation[spec.name] = (val_samples, spec.use_types, spec.positivity_truth)
         log.info("%s: %d training, %d validation images", spec.path, len(train_samples), len(val_samples))
     class_weights = (nc_class_weights(groups, len(metadata.class_names)).to(device) if config.nc_class_weighting
                      else None)
@@ -210,7 +212,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
             "optimiser": optimiser.state_dict(), "step": step, "best_pq": best_pq, "history": json.dumps(history)})
 
     run_config = load_config()  # validate what `segment` would output
-    settings, positive_dab_od = RegionSettings.from_config(run_config, config.mpp), run_config.stain.dab_thresholds[0]
+    settings, positive_dab_od = RegionSettings.from_config(run_config, config.mpp), run_config.stain.positive_dab_od
     network.train()
     started, last_metrics = time.time(), {}
     for batch in loader:
