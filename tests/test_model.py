@@ -21,7 +21,7 @@ from pathoseg.train.data import load_dataset
 from pathoseg.train.loop import TrainConfig
 from pathoseg.train.losses import hovernet_loss
 from pathoseg.models.postproc import PostprocParams, instances_from_maps
-from pathoseg.train.augment import dab_recolour, rescan_at_lower_resolution
+from pathoseg.train.augment import dab_recolour, defocus_nuclei, rescan_at_lower_resolution
 from pathoseg.train.targets import hv_targets, np_targets
 
 from conftest import REPO, shared
@@ -272,7 +272,7 @@ def test_ihc_resynthesis_gives_granular_brown_nuclei_and_brown_halos():
         instances[(yy - cy) ** 2 + (xx - cx) ** 2 < 100] = label
     he = np.where(instances[..., None] > 0, [90, 60, 150], [230, 170, 210]).astype(np.uint8)
     textured, haloed = False, False
-    for _ in range(20):
+    for _ in range(50):  # halos: half the crops, and only around strong positives
         hed = rgb2hed(dab_recolour(rng, he, instances))
         assert hed[..., 1].mean() < rgb2hed(he)[..., 1].mean()
         for label in range(1, 5):
@@ -282,6 +282,25 @@ def test_ihc_resynthesis_gives_granular_brown_nuclei_and_brown_halos():
                 ring = ndimage.binary_dilation(instances == label, iterations=2) & (instances == 0)
                 haloed |= hed[..., 2][ring].mean() > hed[..., 2][instances == 0].mean() + 0.02
     assert textured and haloed
+
+
+def test_defocused_nuclei_are_paler_and_softer_and_the_others_untouched():
+    yy, xx = np.mgrid[:96, :96]
+    instances = np.zeros((96, 96), np.int32)
+    instances[(yy - 24) ** 2 + (xx - 24) ** 2 < 100] = 1
+    instances[(yy - 72) ** 2 + (xx - 72) ** 2 < 100] = 2
+    hed = np.zeros((96, 96, 3))
+    hed[..., 0] = np.where(instances > 0, 0.3, 0.02)
+    before = hed.copy()
+    defocus_nuclei(np.random.default_rng(0), hed, instances == 1)
+
+    def edge_strength(channel, label):
+        ring = ndimage.binary_dilation(instances == label) ^ ndimage.binary_erosion(instances == label)
+        return ndimage.gaussian_gradient_magnitude(channel, 1.0)[ring].mean()
+
+    assert hed[..., 0][instances == 1].mean() < 0.85 * before[..., 0][instances == 1].mean()
+    assert edge_strength(hed[..., 0], 1) < 0.7 * edge_strength(before[..., 0], 1)
+    assert np.array_equal(hed[..., 0][instances == 2], before[..., 0][instances == 2])
 
 
 def test_postproc_tuning_prefers_the_threshold_that_finds_the_nuclei():

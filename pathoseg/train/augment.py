@@ -83,6 +83,7 @@ def dab_recolour(rng: np.random.Generator, image: np.ndarray, instances: np.ndar
     a random strength (brown nuclei are nuclei too) with the granular texture of Ki-67 staining, and sometimes brown
     non-nuclear material is added as a distractor that must not be taken for nuclei: patches in the stroma, and
     halos of cytoplasmic DAB around positive nuclei (which would otherwise be split or grown into the nucleus).
+    Some negative nuclei lie out of the focal plane, as in thick IHC sections: pale and blurred, still counted.
     """
     hed = rgb2hed(image)
     hed[..., 1] *= rng.uniform(0.0, 0.2)
@@ -91,6 +92,9 @@ def dab_recolour(rng: np.random.Generator, image: np.ndarray, instances: np.ndar
     positive = labels[rng.random(labels.size) < rng.uniform(0.05, 0.7)]
     # One pixel beyond the annotated outline too: outlines are drawn tight, and a blue rim would be a false cue.
     mask = ndimage.binary_dilation(np.isin(instances, positive)) & np.isin(instances, np.append(positive, 0))
+    if rng.random() < 0.5:
+        negatives = np.setdiff1d(labels, positive)
+        defocus_nuclei(rng, hed, np.isin(instances, negatives[rng.random(negatives.size) < rng.uniform(0.1, 0.4)]))
     if mask.any():
         add_nuclear_dab(rng, hed, mask, halo_outside=instances == 0)
     if rng.random() < 0.5:
@@ -116,6 +120,17 @@ def add_nuclear_dab(rng: np.random.Generator, hed: np.ndarray, mask: np.ndarray,
         halo = ndimage.binary_dilation(mask, iterations=int(rng.integers(2, 7))) & halo_outside & ~mask
         hed[..., 2][halo] += rng.uniform(0.2, 0.6) * dab[mask].mean() * granular_texture(rng, mask.shape)[halo]
         hed[..., 0][halo] *= counterstain_kept
+
+
+def defocus_nuclei(rng: np.random.Generator, hed: np.ndarray, mask: np.ndarray) -> None:
+    """Put the (H, W) ``mask`` nuclei of an (H, W, 3) HED image out of focus in place: their hematoxylin blurred
+    (sigma 1.5-3.5 px) and faded, blended in over a soft-edged neighbourhood so no outline of the mask shows."""
+    if not mask.any():
+        return
+    sigma = rng.uniform(1.5, 3.5)
+    faded = ndimage.gaussian_filter(hed[..., 0], sigma) * rng.uniform(0.4, 0.8)
+    weight = ndimage.gaussian_filter(ndimage.binary_dilation(mask, iterations=round(sigma)).astype(float), 1.5)
+    hed[..., 0] = (1 - weight) * hed[..., 0] + weight * faded
 
 
 def granular_texture(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
