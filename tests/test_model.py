@@ -238,8 +238,8 @@ def test_publish_registers_the_weights_under_the_configs_name_and_version(tmp_pa
 
 def test_training_configs_share_one_validation_split():
     """Every training config (ablations too) parses and validates on the same MoNuSeg images (their figures
-    compare); the configs of the current recipe share the whole split. train-light.yaml records how the shipped v1 was trained
-    (CoNSeP validation without epithelial nuclei)."""
+    compare); the configs of the current recipe share the whole split. train-light.yaml records how the shipped v1
+    was trained (CoNSeP validation without epithelial nuclei)."""
     paths = sorted([*(REPO / "configs").glob("train-*.yaml"), *(REPO / "configs").glob("ablation-*.yaml")])
     configs = {path.name: TrainConfig.from_yaml(path) for path in paths}
     assert {config.encoder for config in configs.values()} == {"light", "preact-resnet50"}

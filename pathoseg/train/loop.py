@@ -78,9 +78,18 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
-        raw = yaml.safe_load(Path(path).read_text())
+        """Read a training config; ``base: other.yaml`` (beside it) takes every key not given, so a variant of a
+        recipe states only how it differs."""
+        raw = read_config_keys(Path(path))
         raw["datasets"] = [DatasetSpec(**spec) for spec in raw["datasets"]]
         return cls(**raw)
+
+
+def read_config_keys(path: Path) -> dict:
+    """A YAML config's keys over those of its ``base`` (a path relative to it), recursively."""
+    raw = yaml.safe_load(path.read_text())
+    base = raw.pop("base", None)
+    return {**read_config_keys(path.parent / base), **raw} if base else raw
 
 
 class TrainingStream(torch.utils.data.IterableDataset):
