@@ -12,7 +12,7 @@ from pathoseg.io.geojson import read_features
 from pathoseg.measure.biomarkers import DAB_BIN_NAMES
 from pathoseg.measure.stain import estimate_hdab_vectors
 from pathoseg.metrics import (centroids, class_panoptic_quality, detection_and_type_f1, f1, instance_metrics,
-                              majority_types, pair_centroids)
+                              majority_types, pair_centroids, truth_shift_px)
 from pathoseg.models.infer import PredictionMaps, Predictor
 from pathoseg.models.postproc import instances_from_maps
 from pathoseg.region import RegionSettings, plausible_nuclei
@@ -37,11 +37,14 @@ def positivity_scores(true_xy: np.ndarray, true_positive: np.ndarray, pred_xy: n
                       pred_positive: np.ndarray, radius_px: float) -> dict[str, float]:
     """Detection F1 (centroids within ``radius_px``), positive/negative agreement on the matched nuclei, and the
     positivity index (positive / all nuclei, %) of truth and prediction with its error in percentage points and
-    the counts behind it.
+    the counts behind it. Also the truth's overall offset from the detections (x, y) in pixels and the detection
+    F1 once it is removed (``metrics.truth_shift_px``), which tells misregistered truth from missed nuclei.
 
-    true_xy, pred_xy : (N, 2) and (M, 2) centroids; true_positive, pred_positive : (N,) and (M,) bool.
+    true_xy, pred_xy : (N, 2) and (M, 2) centroids (row, col); true_positive, pred_positive : (N,) and (M,) bool.
     """
     rows, cols = pair_centroids(true_xy, pred_xy, radius_px)
+    shift = truth_shift_px(true_xy, pred_xy, radius_px)
+    shifted_pairs = pair_centroids(true_xy - shift, pred_xy, radius_px)[0].size if np.all(np.isfinite(shift)) else 0
     true_index = 100 * float(np.mean(true_positive)) if len(true_positive) else float("nan")
     pred_index = 100 * float(np.mean(pred_positive)) if len(pred_positive) else float("nan")
     return {"f1_detection": f1(rows.size, len(pred_xy) - rows.size, len(true_xy) - rows.size),
@@ -49,6 +52,10 @@ def positivity_scores(true_xy: np.ndarray, true_positive: np.ndarray, pred_xy: n
             else float("nan"),
             "true_index_percent": true_index, "pred_index_percent": pred_index,
             "index_error_points": pred_index - true_index,
+            # registered truth (drawn on immunofluorescence) can sit a few pixels off the image's nuclei
+            "truth_shift_px": [float(v) for v in shift[::-1]],
+            "f1_detection_shift_removed": (f1(shifted_pairs, len(pred_xy) - shifted_pairs, len(true_xy) - shifted_pairs)
+                                           if np.all(np.isfinite(shift)) else float("nan")),
             # the index's numerators and denominators: an error from extra positives reads differently from one
             # from missed (pale) negatives
             "true_nuclei": len(true_xy), "true_positive_nuclei": int(np.sum(true_positive)),

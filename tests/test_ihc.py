@@ -16,6 +16,7 @@ from pathoseg.evaluation import is_positivity_dataset, positivity_scores
 from pathoseg.io.geojson import FeatureCollectionWriter, nucleus_feature
 from pathoseg.measure.biomarkers import index_confidence_interval, positivity_certainty, positivity_summary
 from pathoseg.measure.stain import REFERENCE_VECTORS, estimate_hdab_vectors
+from pathoseg.metrics import truth_shift_px
 from pathoseg.stitch.polygons import instance_polygons
 
 from conftest import shared
@@ -44,6 +45,20 @@ def test_positivity_scores_by_hand():
     assert scores["index_error_points"] == 25
     assert (scores["true_nuclei"], scores["true_positive_nuclei"], scores["pred_nuclei"],
             scores["pred_positive_nuclei"]) == (4, 2, 4, 3)
+
+
+def test_truth_offset_is_measured_and_removed():
+    # 25 nuclei on a 40 px grid; the truth drawn 8 px below them (row + 8), each detection off its nucleus by up to
+    # 5 px: at 12 px about half pair up, with the truth's offset removed all do.
+    rng = np.random.default_rng(0)
+    nuclei = np.stack(np.meshgrid(np.arange(5) * 40.0, np.arange(5) * 40.0), -1).reshape(-1, 2)
+    true_xy = nuclei + [8, 0]
+    pred_xy = nuclei + rng.uniform(-5, 5, nuclei.shape)
+    scores = positivity_scores(true_xy, np.zeros(25, bool), pred_xy, np.zeros(25, bool), radius_px=12)
+    assert scores["f1_detection"] < 0.9
+    assert scores["f1_detection_shift_removed"] == 1.0
+    assert scores["truth_shift_px"] == pytest.approx([0, 8], abs=1.5)  # (x, y)
+    assert np.isnan(truth_shift_px(true_xy[:5], pred_xy[:5], radius_px=12)).all()  # too few pairs to tell
 
 
 def test_positivity_datasets_are_recognised():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import numpy as np
 
 from pathoseg.cli.common import fail, friendly_errors
 from pathoseg.config import load_config
@@ -66,8 +67,12 @@ def evaluate(paths, model, config_path, ids, device, out_path) -> None:
 
 
 def ihc_line(sample_id: str, scores: dict) -> str:
-    """One image's positivity index against the truth, with the counts behind both."""
+    """One image's positivity index against the truth, with the counts behind both, and its detection F1 (also
+    without the truth's overall offset, where enough nuclei pair up to measure it)."""
+    shift_x, shift_y = scores["truth_shift_px"]
+    unshifted = (f" ({scores['f1_detection_shift_removed']:.3f} without the truth's offset of ({shift_x:+.1f}, "
+                 f"{shift_y:+.1f}) px)" if np.isfinite(shift_x) else "")
     return (f"{sample_id}: index {scores['pred_index_percent']:.1f}% ({scores['pred_positive_nuclei']}/"
             f"{scores['pred_nuclei']}) vs true {scores['true_index_percent']:.1f}% ({scores['true_positive_nuclei']}/"
             f"{scores['true_nuclei']}), error {scores['index_error_points']:+.1f} points, "
-            f"detection F1 {scores['f1_detection']:.3f}, agreement {scores['positivity_agreement']:.3f}")
+            f"detection F1 {scores['f1_detection']:.3f}{unshifted}, agreement {scores['positivity_agreement']:.3f}")
