@@ -5,15 +5,29 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from pathoseg.models.infer import Predictor, resolve_device
 from pathoseg.models.postproc import instances_from_maps
 from pathoseg.models.weights import load_model
-from pathoseg.stitch.merge import keep_labels, owned_labels, pixel_sets
+from pathoseg.stitch.merge import keep_labels, owned_labels
 from pathoseg.tiling.grid import Grid
 from pathoseg.train.targets import hv_targets
 
 from conftest import shared
+
+
+def pixel_sets(labels: np.ndarray, offset_xy: tuple[int, int], full_width: int) -> set[frozenset]:
+    """Each instance as the frozenset of its flat pixel indices in a ``full_width``-wide frame (for comparisons)."""
+    result = set()
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        rows, cols = np.nonzero(labels[box] == label)
+        rows = rows + box[0].start + offset_xy[1]
+        cols = cols + box[1].start + offset_xy[0]
+        result.add(frozenset((rows * full_width + cols).tolist()))
+    return result
 
 
 def tiled_nuclei(np_prob, hv, region_px, margin_px):

@@ -46,16 +46,3 @@ def keep_labels(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     lookup = np.zeros(int(labels.max()) + 1, dtype=np.int32)
     lookup[keep] = np.arange(1, len(keep) + 1, dtype=np.int32)
     return lookup[labels]
-
-
-def pixel_sets(labels: np.ndarray, offset_xy: tuple[int, int], full_width: int) -> set[frozenset]:
-    """Each instance as the frozenset of its flat pixel indices in a ``full_width``-wide frame (for comparisons)."""
-    result = set()
-    for label, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
-        rows, cols = np.nonzero(labels[box] == label)
-        rows = rows + box[0].start + offset_xy[1]
-        cols = cols + box[1].start + offset_xy[0]
-        result.add(frozenset((rows * full_width + cols).tolist()))
-    return result
