@@ -7,7 +7,6 @@ are exactly the nuclei of the whole image: none lost, none cut, none counted twi
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from pathoseg.geometry import Box
 
