@@ -44,7 +44,8 @@ def positivity_scores(true_xy: np.ndarray, true_positive: np.ndarray, pred_xy: n
     """
     rows, cols = pair_centroids(true_xy, pred_xy, radius_px)
     shift = truth_shift_px(true_xy, pred_xy, radius_px)
-    shifted_pairs = pair_centroids(true_xy - shift, pred_xy, radius_px)[0].size if np.all(np.isfinite(shift)) else 0
+    measurable = bool(np.all(np.isfinite(shift)))
+    shifted_pairs = pair_centroids(true_xy - shift, pred_xy, radius_px)[0].size if measurable else 0
     true_index = 100 * float(np.mean(true_positive)) if len(true_positive) else float("nan")
     pred_index = 100 * float(np.mean(pred_positive)) if len(pred_positive) else float("nan")
     return {"f1_detection": f1(rows.size, len(pred_xy) - rows.size, len(true_xy) - rows.size),
@@ -55,7 +56,7 @@ def positivity_scores(true_xy: np.ndarray, true_positive: np.ndarray, pred_xy: n
             # registered truth (drawn on immunofluorescence) can sit a few pixels off the image's nuclei
             "truth_shift_px": [float(v) for v in shift[::-1]],
             "f1_detection_shift_removed": (f1(shifted_pairs, len(pred_xy) - shifted_pairs, len(true_xy) - shifted_pairs)
-                                           if np.all(np.isfinite(shift)) else float("nan")),
+                                           if measurable else float("nan")),
             # the index's numerators and denominators: an error from extra positives reads differently from one
             # from missed (pale) negatives
             "true_nuclei": len(true_xy), "true_positive_nuclei": int(np.sum(true_positive)),
