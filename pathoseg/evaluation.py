@@ -37,15 +37,11 @@ def positivity_scores(true_xy: np.ndarray, true_positive: np.ndarray, pred_xy: n
                       pred_positive: np.ndarray, radius_px: float) -> dict[str, float]:
     """Detection F1 (centroids within ``radius_px``), positive/negative agreement on the matched nuclei, and the
     positivity index (positive / all nuclei, %) of truth and prediction with its error in percentage points and
-    the counts behind it. Also the truth's overall offset from the detections (x, y) in pixels and the detection
-    F1 once it is removed (``metrics.truth_shift_px``), which tells misregistered truth from missed nuclei.
+    the counts behind it.
 
-    true_xy, pred_xy : (N, 2) and (M, 2) centroids (row, col); true_positive, pred_positive : (N,) and (M,) bool.
+    true_xy, pred_xy : (N, 2) and (M, 2) centroids; true_positive, pred_positive : (N,) and (M,) bool.
     """
     rows, cols = pair_centroids(true_xy, pred_xy, radius_px)
-    shift = truth_shift_px(true_xy, pred_xy, radius_px)
-    measurable = bool(np.all(np.isfinite(shift)))
-    shifted_pairs = pair_centroids(true_xy - shift, pred_xy, radius_px)[0].size if measurable else 0
     true_index = 100 * float(np.mean(true_positive)) if len(true_positive) else float("nan")
     pred_index = 100 * float(np.mean(pred_positive)) if len(pred_positive) else float("nan")
     return {"f1_detection": f1(rows.size, len(pred_xy) - rows.size, len(true_xy) - rows.size),
@@ -53,14 +49,25 @@ def positivity_scores(true_xy: np.ndarray, true_positive: np.ndarray, pred_xy: n
             else float("nan"),
             "true_index_percent": true_index, "pred_index_percent": pred_index,
             "index_error_points": pred_index - true_index,
-            # registered truth (drawn on immunofluorescence) can sit a few pixels off the image's nuclei
-            "truth_shift_px": [float(v) for v in shift[::-1]],
-            "f1_detection_shift_removed": (f1(shifted_pairs, len(pred_xy) - shifted_pairs, len(true_xy) - shifted_pairs)
-                                           if measurable else float("nan")),
             # the index's numerators and denominators: an error from extra positives reads differently from one
             # from missed (pale) negatives
             "true_nuclei": len(true_xy), "true_positive_nuclei": int(np.sum(true_positive)),
             "pred_nuclei": len(pred_xy), "pred_positive_nuclei": int(np.sum(pred_positive))}
+
+
+def registration_scores(true_xy: np.ndarray, pred_xy: np.ndarray, radius_px: float) -> dict:
+    """The truth's overall offset from one image's detections, (x, y) in pixels (``metrics.truth_shift_px``), and the
+    detection F1 once it is removed: truth registered from another image (immunofluorescence on IHC) can sit a few
+    pixels off every nucleus, and this tells that from missed nuclei. NaN where too few nuclei pair up.
+
+    true_xy, pred_xy : (N, 2) and (M, 2) centroids (row, col) of one image.
+    """
+    shift = truth_shift_px(true_xy, pred_xy, radius_px)
+    if not np.all(np.isfinite(shift)):
+        return {"truth_shift_px": [float("nan")] * 2, "f1_detection_shift_removed": float("nan")}
+    rows, _ = pair_centroids(true_xy - shift, pred_xy, radius_px)
+    return {"truth_shift_px": [float(v) for v in shift[::-1]],
+            "f1_detection_shift_removed": f1(rows.size, len(pred_xy) - rows.size, len(true_xy) - rows.size)}
 
 
 class PositivityAccumulator:
@@ -76,7 +83,8 @@ class PositivityAccumulator:
         true_positive = majority_types(sample.instances, sample.types)[true_labels - 1] == 2
         pred_xy, pred_labels = centroids(pred)
         pred_positive = np.asarray(pred_positive, bool)[pred_labels - 1]
-        self.per_image[sample.id] = positivity_scores(true_xy, true_positive, pred_xy, pred_positive, self.radius_px)
+        scores = positivity_scores(true_xy, true_positive, pred_xy, pred_positive, self.radius_px)
+        self.per_image[sample.id] = {**scores, **registration_scores(true_xy, pred_xy, self.radius_px)}
         for pool, values in zip(self.pooled, (true_xy, true_positive, pred_xy, pred_positive)):
             pool.append(values)
 

@@ -12,7 +12,7 @@ from PIL import Image
 from skimage.draw import disk
 
 from pathoseg.cli import main
-from pathoseg.evaluation import is_positivity_dataset, positivity_scores
+from pathoseg.evaluation import is_positivity_dataset, positivity_scores, registration_scores
 from pathoseg.io.geojson import FeatureCollectionWriter, nucleus_feature
 from pathoseg.measure.biomarkers import index_confidence_interval, positivity_certainty, positivity_summary
 from pathoseg.measure.stain import REFERENCE_VECTORS, estimate_hdab_vectors
@@ -54,8 +54,9 @@ def test_truth_offset_is_measured_and_removed():
     nuclei = np.stack(np.meshgrid(np.arange(5) * 40.0, np.arange(5) * 40.0), -1).reshape(-1, 2)
     true_xy = nuclei + [8, 0]
     pred_xy = nuclei + rng.uniform(-5, 5, nuclei.shape)
-    scores = positivity_scores(true_xy, np.zeros(25, bool), pred_xy, np.zeros(25, bool), radius_px=12)
-    assert scores["f1_detection"] < 0.9
+    assert positivity_scores(true_xy, np.zeros(25, bool), pred_xy, np.zeros(25, bool), radius_px=12)[
+        "f1_detection"] < 0.9
+    scores = registration_scores(true_xy, pred_xy, radius_px=12)
     assert scores["f1_detection_shift_removed"] == 1.0
     assert scores["truth_shift_px"] == pytest.approx([0, 8], abs=1.5)  # (x, y)
     assert np.isnan(truth_shift_px(true_xy[:5], pred_xy[:5], radius_px=12)).all()  # too few pairs to tell
