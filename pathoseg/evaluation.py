@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from pathoseg.io.geojson import read_features
 from pathoseg.measure.biomarkers import DAB_BIN_NAMES
 from pathoseg.measure.stain import estimate_hdab_vectors
 from pathoseg.metrics import (centroids, class_panoptic_quality, detection_and_type_f1, f1, instance_metrics,
-                              majority_types, pair_centroids, truth_shift_px)
+                              majority_types, pair_centroids, pair_centroids_by_image, truth_shift_px)
 from pathoseg.models.infer import PredictionMaps, Predictor
 from pathoseg.models.postproc import instances_from_maps
 from pathoseg.region import RegionSettings, plausible_nuclei
@@ -33,15 +34,18 @@ def is_positivity_dataset(class_names: dict[int, str] | None) -> bool:
             and class_names[1].lower().endswith("negative") and class_names[2].lower().endswith("positive"))
 
 
-def positivity_scores(true_xy: np.ndarray, true_positive: np.ndarray, pred_xy: np.ndarray,
-                      pred_positive: np.ndarray, radius_px: float) -> dict[str, float]:
-    """Detection F1 (centroids within ``radius_px``), positive/negative agreement on the matched nuclei, and the
-    positivity index (positive / all nuclei, %) of truth and prediction with its error in percentage points and
-    the counts behind it.
+def positivity_scores(true_xy_by_image: Sequence[np.ndarray], true_positive_by_image: Sequence[np.ndarray],
+                      pred_xy_by_image: Sequence[np.ndarray], pred_positive_by_image: Sequence[np.ndarray],
+                      radius_px: float) -> dict[str, float]:
+    """Detection F1 (centroids within ``radius_px``, paired within each image), positive/negative agreement on the
+    matched nuclei, and the positivity index (positive / all nuclei, %) of truth and prediction with its error in
+    percentage points and the counts behind it, over one or more images.
 
-    true_xy, pred_xy : (N, 2) and (M, 2) centroids; true_positive, pred_positive : (N,) and (M,) bool.
+    Per image: (N_i, 2) true and (M_i, 2) predicted centroids, (N_i,) and (M_i,) bool positivity.
     """
-    rows, cols = pair_centroids(true_xy, pred_xy, radius_px)
+    rows, cols = pair_centroids_by_image(true_xy_by_image, pred_xy_by_image, radius_px)
+    true_xy, pred_xy = np.concatenate(true_xy_by_image), np.concatenate(pred_xy_by_image)
+    true_positive, pred_positive = np.concatenate(true_positive_by_image), np.concatenate(pred_positive_by_image)
     true_index = 100 * float(np.mean(true_positive)) if len(true_positive) else float("nan")
     pred_index = 100 * float(np.mean(pred_positive)) if len(pred_positive) else float("nan")
     return {"f1_detection": f1(rows.size, len(pred_xy) - rows.size, len(true_xy) - rows.size),
@@ -83,13 +87,13 @@ class PositivityAccumulator:
         true_positive = majority_types(sample.instances, sample.types)[true_labels - 1] == 2
         pred_xy, pred_labels = centroids(pred)
         pred_positive = np.asarray(pred_positive, bool)[pred_labels - 1]
-        scores = positivity_scores(true_xy, true_positive, pred_xy, pred_positive, self.radius_px)
+        scores = positivity_scores([true_xy], [true_positive], [pred_xy], [pred_positive], self.radius_px)
         self.per_image[sample.id] = {**scores, **registration_scores(true_xy, pred_xy, self.radius_px)}
         for pool, values in zip(self.pooled, (true_xy, true_positive, pred_xy, pred_positive)):
             pool.append(values)
 
     def result(self) -> dict:
-        pooled = positivity_scores(*(np.concatenate(pool) for pool in self.pooled), self.radius_px)
+        pooled = positivity_scores(*self.pooled, self.radius_px)
         errors = [abs(scores["index_error_points"]) for scores in self.per_image.values()]
         return {"f1_detection": pooled["f1_detection"], "positivity_agreement": pooled["positivity_agreement"],
                 "index_error_points_mean_abs": _mean_of_defined(errors),
@@ -130,8 +134,7 @@ class Accumulator:
                                                              for m in self.per_image.values()])
                         for cls in self.classes}
             overall.update(class_pq, mpq=_mean_of_defined(list(class_pq.values())))
-            overall.update(detection_and_type_f1(np.concatenate(self.true_xy), np.concatenate(self.true_cls),
-                                                 np.concatenate(self.pred_xy), np.concatenate(self.pred_cls),
+            overall.update(detection_and_type_f1(self.true_xy, self.true_cls, self.pred_xy, self.pred_cls,
                                                  self.classes, self.radius_px))
         return {"overall": overall, "per_image": self.per_image}
 

@@ -7,10 +7,13 @@
 * Dice: pixel-level foreground Dice.
 * Per-class PQ (PanNuke's mPQ): PQ between the instances of one class in ground truth and prediction, per image
   (undefined where the ground truth has none of that class), averaged over images; mPQ averages the classes.
-* Detection / type F1 (HoVer-Net): centroids paired within a radius (12 px at 40x), one-to-one.
+* Detection / type F1 (HoVer-Net): centroids paired within a radius (12 px at 40x), one-to-one, within each image;
+  over several images the counts are summed (pooled).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -111,6 +114,23 @@ def pair_centroids(true_xy: np.ndarray, pred_xy: np.ndarray, radius_px: float) -
     return rows[close], cols[close]
 
 
+def pair_centroids_by_image(true_xy_by_image: Sequence[np.ndarray], pred_xy_by_image: Sequence[np.ndarray],
+                            radius_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """``pair_centroids`` within each image, so that nuclei of different images never pair; the pairs index the
+    images' centroids concatenated in order.
+
+    true_xy_by_image, pred_xy_by_image : per image, (N_i, 2) and (M_i, 2) centroids.
+    """
+    rows, cols = [np.zeros(0, dtype=int)], [np.zeros(0, dtype=int)]
+    true_start = pred_start = 0
+    for true_xy, pred_xy in zip(true_xy_by_image, pred_xy_by_image, strict=True):
+        image_rows, image_cols = pair_centroids(true_xy, pred_xy, radius_px)
+        rows.append(image_rows + true_start)
+        cols.append(image_cols + pred_start)
+        true_start, pred_start = true_start + len(true_xy), pred_start + len(pred_xy)
+    return np.concatenate(rows), np.concatenate(cols)
+
+
 def truth_shift_px(true_xy: np.ndarray, pred_xy: np.ndarray, radius_px: float, min_pairs: int = 10) -> np.ndarray:
     """How far the truth sits from the predictions as a whole: the median offset (true - predicted) of paired
     centroids, paired first within twice ``radius_px`` and again within ``radius_px`` once that offset is removed.
@@ -133,12 +153,18 @@ def f1(tp: int, fp: int, fn: int) -> float:
     return 2 * tp / denominator if denominator else 1.0
 
 
-def detection_and_type_f1(true_xy: np.ndarray, true_class: np.ndarray, pred_xy: np.ndarray,
-                          pred_class: np.ndarray, classes: list[int], radius_px: float = 12.0) -> dict[str, float]:
-    """HoVer-Net's detection F1 and per-class type F1 (Graham et al. 2019; weights 2, 2, 1, 1 as in its compute_stats)."""
-    rows, cols = pair_centroids(true_xy, pred_xy, radius_px)
+def detection_and_type_f1(true_xy_by_image: Sequence[np.ndarray], true_class_by_image: Sequence[np.ndarray],
+                          pred_xy_by_image: Sequence[np.ndarray], pred_class_by_image: Sequence[np.ndarray],
+                          classes: list[int], radius_px: float = 12.0) -> dict[str, float]:
+    """HoVer-Net's detection F1 and per-class type F1 (Graham et al. 2019; weights 2, 2, 1, 1 as in its compute_stats)
+    over one or more images: nuclei are paired within each image, the counts summed over the images.
+
+    Per image: (N_i, 2) true and (M_i, 2) predicted centroids, (N_i,) and (M_i,) classes.
+    """
+    rows, cols = pair_centroids_by_image(true_xy_by_image, pred_xy_by_image, radius_px)
+    true_class, pred_class = np.concatenate(true_class_by_image), np.concatenate(pred_class_by_image)
     tp_detect = rows.size
-    fp_detect, fn_detect = len(pred_xy) - tp_detect, len(true_xy) - tp_detect
+    fp_detect, fn_detect = len(pred_class) - tp_detect, len(true_class) - tp_detect
     result = {"f1_detection": f1(tp_detect, fp_detect, fn_detect)}
     paired_true, paired_pred = true_class[rows], pred_class[cols]
     unpaired_true = np.delete(true_class, rows)

@@ -38,13 +38,19 @@ def test_positivity_scores_by_hand():
     # far away, the fourth truth missed.
     pred_xy = np.array([[12, 11], [49, 13], [91, 9], [300, 300]], float)
     pred_positive = np.array([True, True, False, True])  # index 75%
-    scores = positivity_scores(true_xy, true_positive, pred_xy, pred_positive, radius_px=12)
+    scores = positivity_scores([true_xy], [true_positive], [pred_xy], [pred_positive], radius_px=12)
     assert scores["f1_detection"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
     assert scores["positivity_agreement"] == pytest.approx(2 / 3)
     assert scores["true_index_percent"] == 50 and scores["pred_index_percent"] == 75
     assert scores["index_error_points"] == 25
     assert (scores["true_nuclei"], scores["true_positive_nuclei"], scores["pred_nuclei"],
             scores["pred_positive_nuclei"]) == (4, 2, 4, 3)
+    # Pooled with a second image whose one detection lies where the first image's missed nucleus is: a false
+    # positive there, not a hit here.
+    pooled = positivity_scores([true_xy, np.zeros((0, 2))], [true_positive, np.zeros(0, bool)],
+                               [pred_xy, true_xy[3:]], [pred_positive, np.array([True])], radius_px=12)
+    assert pooled["f1_detection"] == pytest.approx(2 * 3 / (2 * 3 + 2 + 1))
+    assert pooled["pred_index_percent"] == 80
 
 
 def test_truth_offset_is_measured_and_removed():
@@ -54,7 +60,7 @@ def test_truth_offset_is_measured_and_removed():
     nuclei = np.stack(np.meshgrid(np.arange(5) * 40.0, np.arange(5) * 40.0), -1).reshape(-1, 2)
     true_xy = nuclei + [8, 0]
     pred_xy = nuclei + rng.uniform(-5, 5, nuclei.shape)
-    assert positivity_scores(true_xy, np.zeros(25, bool), pred_xy, np.zeros(25, bool), radius_px=12)[
+    assert positivity_scores([true_xy], [np.zeros(25, bool)], [pred_xy], [np.zeros(25, bool)], radius_px=12)[
         "f1_detection"] < 0.9
     scores = registration_scores(true_xy, pred_xy, radius_px=12)
     assert scores["f1_detection_shift_removed"] == 1.0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pathoseg.metrics import (aggregated_jaccard, class_panoptic_quality, detection_and_type_f1, dice,
-                              instance_metrics, majority_types, panoptic_quality)
+                              instance_metrics, majority_types, pair_centroids_by_image, panoptic_quality)
 
 
 @pytest.fixture
@@ -52,11 +52,24 @@ def test_perfect_and_empty_predictions():
 def test_detection_and_type_f1_by_hand():
     true_xy = np.array([[0, 0], [0, 20], [0, 40]], float)
     pred_xy = np.array([[0, 1], [0, 21], [0, 100]], float)
-    result = detection_and_type_f1(true_xy, np.array([1, 1, 2]), pred_xy, np.array([1, 2, 2]), [1, 2], 12)
+    result = detection_and_type_f1([true_xy], [np.array([1, 1, 2])], [pred_xy], [np.array([1, 2, 2])], [1, 2], 12)
     assert result["f1_detection"] == pytest.approx(4 / 6)
     assert result["f1_type_1"] == pytest.approx(2 / (2 + 2))          # tp 1, fn_paired 1
     assert result["f1_type_2"] == pytest.approx(0.0)                  # fp_paired 1, fp 1, fn 1
     assert (result["n_true_type_1"], result["n_true_type_2"]) == (2, 1)
+
+
+def test_detection_f1_pairs_nuclei_within_each_image_only():
+    # Image 1: its one nucleus found and one missed at (50, 50); image 2: a false positive at (50, 50). Pooled, that
+    # is 1 hit, 1 miss, 1 false positive; pairing the images' centroids together would make the miss a hit.
+    found, missed, empty = np.array([[10.0, 10.0]]), np.array([[50.0, 50.0]]), np.zeros((0, 2))
+    true_xy = [np.concatenate([found, missed]), empty]
+    pred_xy = [found + 1, missed]
+    result = detection_and_type_f1(true_xy, [np.array([1, 1]), np.zeros(0, int)], pred_xy,
+                                   [np.array([1]), np.array([1])], [1], 12)
+    assert result["f1_detection"] == pytest.approx(2 / (2 + 1 + 1))
+    assert result["f1_type_1"] == pytest.approx(2 / (2 + 1 + 1))
+    assert pair_centroids_by_image(true_xy, pred_xy, 12)[0].tolist() == [0]
 
 
 def test_majority_types():
