@@ -17,7 +17,7 @@ import yaml
 from torch.optim.swa_utils import AveragedModel
 
 from pathoseg.config import load_config
-from pathoseg.models.infer import Predictor, resolve_device
+from pathoseg.models.infer import predictor_for, resolve_device
 from pathoseg.models.precision import autocast, resolve_precision
 from pathoseg.models.weights import ModelMetadata, build_network, read_checkpoint, save_checkpoint
 from pathoseg.evaluation import evaluate_samples, is_positivity_dataset
@@ -246,8 +246,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
             started = time.time()
         if step % config.validate_every == 0 or step == config.steps:
             averaged.module.eval()
-            predictor = Predictor(averaged.module, device, patch_px=320, context_px=32, batch_size=4,
-                                  precision=precision)
+            predictor = predictor_for(averaged.module, run_config.model, str(device))
             last_metrics = {name: evaluate_samples(predictor, samples, settings,
                                                    n_classes=len(metadata.class_names) if has_types else None,
                                                    positive_dab_od=positive_dab_od if positivity else None)["overall"]
