@@ -41,16 +41,18 @@ class TilingConfig:
     max_tissue_hole_um2: float = 5000.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class PostprocConfig:
+    """Post-processing settings (pixel values at the model's resolution); frozen, as region tasks carry them."""
+
     np_threshold: float = 0.6
     hv_smooth_sigma_px: float = 1.0
     marker_threshold: float = 0.25
-    gradient_scale: float = 0.14
+    gradient_scale: float = 0.14  # HV slope (per px) that counts as a full boundary; tuned on validation
     min_marker_px: int = 10
     max_hole_px: int = 64
     min_object_px: int = 10
-    interior_threshold: float = 0.0
+    interior_threshold: float = 0.0  # three-class heads: markers also need this interior probability (0: off)
 
 
 @dataclass
@@ -113,8 +115,10 @@ def _legacy(instance, values: dict) -> dict:
     return values
 
 
-def _merge(instance, values: dict, where: str):
-    known = {f.name: f for f in dataclasses.fields(instance)}
+def _merged(instance, values: dict, where: str):
+    """A copy of the (nested) settings ``instance`` with ``values`` over it; frozen sections are copied too."""
+    known = [f.name for f in dataclasses.fields(instance)]
+    changes = {}
     for key, value in _legacy(instance, values).items():
         if key not in known:
             raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join(known)})")
@@ -122,10 +126,9 @@ def _merge(instance, values: dict, where: str):
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: {key} must be a mapping")
-            _merge(current, value, f"{where}.{key}")
-        else:
-            setattr(instance, key, value)
-    return instance
+            value = _merged(current, value, f"{where}.{key}")
+        changes[key] = value
+    return dataclasses.replace(instance, **changes)
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
@@ -141,9 +144,9 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             raise ConfigError(f"{source}: cannot read configuration ({error.__class__.__name__})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: a configuration must be a mapping")
-        _merge(config, values, str(source))
+        config = _merged(config, values, str(source))
     if overrides:
-        _merge(config, overrides, "options")
+        config = _merged(config, overrides, "options")
     if config.model.precision not in PRECISIONS:
         raise ConfigError(f"model.precision: {config.model.precision!r} is not one of {', '.join(PRECISIONS)}")
     tiling = config.tiling

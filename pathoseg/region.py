@@ -13,11 +13,11 @@ from typing import Iterator
 
 import numpy as np
 
-from pathoseg.config import Config
+from pathoseg.config import Config, PostprocConfig
 from pathoseg.geometry import Box
 from pathoseg.measure.nuclei import measure_nuclei, plausible
 from pathoseg.models.infer import PredictionMaps, Predictor
-from pathoseg.models.postproc import PostprocParams, instances_from_maps
+from pathoseg.models.postproc import instances_from_maps
 from pathoseg.stitch.merge import keep_labels, owned_labels
 from pathoseg.stitch.polygons import instance_polygons
 
@@ -27,7 +27,7 @@ class RegionSettings:
     """What a region task needs besides its pixels."""
 
     mpp: float
-    postproc: PostprocParams = PostprocParams()
+    postproc: PostprocConfig = PostprocConfig()
     min_area_um2: float = 6.0
     max_area_um2: float = 500.0
     min_solidity: float = 0.7
@@ -38,7 +38,7 @@ class RegionSettings:
     def from_config(cls, config: Config, mpp: float) -> "RegionSettings":
         """Settings of a run's configuration, for a model working at ``mpp``."""
         stain_matrix = config.stain.stain_matrix
-        return cls(mpp=mpp, postproc=PostprocParams(**dataclasses.asdict(config.postproc)),
+        return cls(mpp=mpp, postproc=config.postproc,
                    min_area_um2=config.filters.min_area_um2, max_area_um2=config.filters.max_area_um2,
                    min_solidity=config.filters.min_solidity, simplify_px=config.output.simplify_px,
                    stain_matrix=None if stain_matrix is None else tuple(map(tuple, stain_matrix)))

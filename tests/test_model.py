@@ -11,7 +11,7 @@ from scipy import ndimage
 from skimage.color import rgb2hed
 from skimage.draw import disk
 
-from pathoseg.config import load_config
+from pathoseg.config import PostprocConfig, load_config
 from pathoseg.evaluation import evaluate_samples
 from pathoseg.models.hovernet import HoVerNet, fused_for_inference
 from pathoseg.models.infer import Predictor, resolve_device
@@ -20,7 +20,7 @@ from pathoseg.region import RegionSettings
 from pathoseg.train.data import load_dataset
 from pathoseg.train.loop import TrainConfig
 from pathoseg.train.losses import hovernet_loss
-from pathoseg.models.postproc import PostprocParams, instances_from_maps
+from pathoseg.models.postproc import instances_from_maps
 from pathoseg.train.augment import dab_recolour, defocus_nuclei, rescan_at_lower_resolution
 from pathoseg.train.targets import hv_targets, np_targets
 
@@ -68,7 +68,7 @@ def test_interior_probability_splits_touching_nuclei():
     instances[disk((20, 33), 10)] = 2
     np_prob = (instances > 0).astype(np.float32)
     flat_hv = np.zeros((2, 40, 60), np.float32)  # HV maps that see no boundary between the two
-    params = PostprocParams(min_marker_px=4, interior_threshold=0.5)  # off by default: see the model card
+    params = PostprocConfig(min_marker_px=4, interior_threshold=0.5)  # off by default: see the model card
     assert instances_from_maps(np_prob, flat_hv, params).max() == 1
     interior = (np_targets(instances, boundary_px=2) == 1).astype(np.float32)
     split = instances_from_maps(np_prob, flat_hv, params, interior)

@@ -7,29 +7,15 @@ image wherever the region's margin is wider than a nucleus's neighbourhood. That
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy import ndimage
 from skimage.morphology import disk, remove_small_holes, remove_small_objects
 from skimage.segmentation import watershed
 
-
-@dataclass(frozen=True)
-class PostprocParams:
-    """Post-processing settings (pixel values at the model's resolution)."""
-
-    np_threshold: float = 0.6
-    hv_smooth_sigma_px: float = 1.0
-    marker_threshold: float = 0.25
-    gradient_scale: float = 0.14  # HV slope (per px) that counts as a full boundary; tuned on validation
-    min_marker_px: int = 10
-    max_hole_px: int = 64
-    min_object_px: int = 10
-    interior_threshold: float = 0.0  # three-class heads: markers also need this interior probability (0: off)
+from pathoseg.config import PostprocConfig
 
 
-def boundary_energy(hv: np.ndarray, params: PostprocParams) -> np.ndarray:
+def boundary_energy(hv: np.ndarray, params: PostprocConfig) -> np.ndarray:
     """(H, W) energy in [0, 1]: high where the HV maps fall steeply (between and around nuclei).
 
     Parameters
@@ -46,7 +32,7 @@ def boundary_energy(hv: np.ndarray, params: PostprocParams) -> np.ndarray:
     return np.clip(energy, 0, 1, out=energy)
 
 
-def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocParams = PostprocParams(),
+def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocConfig = PostprocConfig(),
                         interior_prob: np.ndarray | None = None) -> np.ndarray:
     """Watershed of the HV boundary energy from markers inside the nuclear-pixel mask.
 

@@ -8,10 +8,10 @@ import logging
 
 import numpy as np
 
+from pathoseg.config import PostprocConfig
 from pathoseg.evaluation import nuclei_of_maps
 from pathoseg.metrics import instance_metrics
 from pathoseg.models.infer import Predictor
-from pathoseg.models.postproc import PostprocParams
 from pathoseg.region import RegionSettings
 from pathoseg.train.data import Sample
 
@@ -28,7 +28,7 @@ def postproc_grid(np_classes: int) -> dict[str, list]:
 
 
 def tune_postproc(predictor: Predictor, validation: dict[str, list[Sample]], settings: RegionSettings,
-                  grid: dict[str, list] = GRID) -> tuple[PostprocParams, list[dict]]:
+                  grid: dict[str, list] = GRID) -> tuple[PostprocConfig, list[dict]]:
     """The post-processing parameters of best PQ over the validation sets (after ``settings``' plausibility
     filters, as ``pathoseg segment`` applies them), and every tried combination with each set's mean PQ and AJI.
 
