@@ -6,6 +6,7 @@ throughput of that setting in the same run (the baseline), their ratio, where th
 RSS of the client and of the worker processes. Peak RSS should stay flat as the slide grows.
 
     python benchmarks/bench_segment.py --sizes 20000 --settings auto/auto openvino/fp32 torch/bf16
+    python benchmarks/bench_segment.py --sizes 12000 --workers 2 8 14 --settings auto/auto   # a GPU machine
 """
 
 from __future__ import annotations
@@ -23,51 +24,66 @@ from pathoseg.models.infer import resolve_device
 from pathoseg.models.weights import load_model
 from pathoseg.pipeline import segment_slide
 from pathoseg.synthetic import write_synthetic_slide
-from pathoseg.system import cpu_capability, model_mpx_per_second
+from pathoseg.system import cpu_capability, local_workers, model_mpx_per_second
 
 
-def model_only_mpx_per_s(config, seconds: float = 20.0) -> float:
+def model_only_mpx_per_s(config, seconds: float) -> float:
     """Baseline: the predictor alone, with as many torch threads as the cluster has in all."""
-    torch.set_num_threads(config.cluster.threads_per_worker * config.cluster.workers)
+    torch.set_num_threads(config.cluster.threads_per_worker * local_workers(config.cluster))
     model = config.model
     return model_mpx_per_second(load_model(model.name).network, resolve_device(model.device), model.precision,
                                 model.runtime, seconds)
 
 
+def device_description() -> str:
+    """The CPU's capability, and the GPU a default run would use, if any."""
+    gpu = f"; GPU: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "; no GPU"
+    return f"CPU: {cpu_capability()}{gpu}; torch {torch.__version__}"
+
+
+def run_setting(slides: dict[int, Path], workdir: Path, runtime: str, precision: str, cluster: dict,
+                baseline_seconds: float) -> None:
+    """Segment every slide with one inference setting and cluster shape; print one line per slide."""
+    config = load_config(overrides={"cluster": cluster, "model": {"runtime": runtime, "precision": precision}})
+    workers, threads = local_workers(config.cluster), config.cluster.threads_per_worker
+    # In a child process, so that the client's peak RSS below is the pipeline's alone.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        baseline = pool.submit(model_only_mpx_per_s, config, baseline_seconds).result()
+    for side, slide in slides.items():
+        summary = segment_slide(slide, workdir / f"out-{side}-{runtime}-{precision}-{workers}", config)
+        run = summary["run"]
+        tasks = run["task_seconds"]
+        shares = ", ".join(f"{k} {100 * v / sum(tasks.values()):.0f}%" for k, v in tasks.items())
+        phases = ", ".join(f"{k} {v:.0f} s" for k, v in run["client_seconds"].items())
+        print(f"[{runtime}/{precision} -> {run['device']} {run['runtime']}/{run['precision']}, {workers} worker(s) x "
+              f"{threads} thread(s)] slide {side}x{side} px @0.25 µm: tissue "
+              f"{run['tissue_mpx_at_model_mpp']:.1f} Mpx, {summary['nuclei']} nuclei, {run['seconds']:.0f} s, "
+              f"end-to-end {run['mpx_per_second']:.3f} Mpx/s ({run['mpx_per_second'] / baseline:.2f}x "
+              f"model-only {baseline:.3f}); phases: {phases}; region tasks: {shares}; peak RSS "
+              f"client {run['peak_rss_mb_client']:.0f} MB, largest worker {run['peak_rss_mb_worker']:.0f} MB",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 20000], help="square slide sides (px)")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: the config's)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[None],
+                        help="worker process counts to compare (default: the config's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: the config's)")
     parser.add_argument("--settings", nargs="+", default=["auto/auto", "openvino/fp32", "torch/bf16"],
                         help="runtime/precision pairs (auto/auto: what a default run picks)")
+    parser.add_argument("--baseline-seconds", type=float, default=20.0, help="how long the model-only run lasts")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
-    cluster = {key: value for key, value in (("workers", args.workers), ("threads_per_worker", args.threads))
-               if value is not None}
-    print(f"CPU: {cpu_capability()}; torch {torch.__version__}")
+    print(device_description(), flush=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
         slides = {side: write_synthetic_slide(Path(workdir) / f"bench-{side}.svs", side, side) for side in args.sizes}
         for setting in args.settings:
             runtime, precision = setting.split("/")
-            config = load_config(overrides={"cluster": cluster, "model": {"runtime": runtime,
-                                                                          "precision": precision}})
-            workers, threads = config.cluster.workers, config.cluster.threads_per_worker
-            # In a child process, so that the client's peak RSS below is the pipeline's alone.
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                baseline = pool.submit(model_only_mpx_per_s, config).result()
-            for side, slide in slides.items():
-                summary = segment_slide(slide, Path(workdir) / f"out-{side}-{runtime}-{precision}", config)
-                run = summary["run"]
-                tasks = run["task_seconds"]
-                shares = ", ".join(f"{k} {100 * v / sum(tasks.values()):.0f}%" for k, v in tasks.items())
-                phases = ", ".join(f"{k} {v:.0f} s" for k, v in run["client_seconds"].items())
-                print(f"[{setting} -> {run['runtime']}/{run['precision']}] slide {side}x{side} px @0.25 µm: tissue "
-                      f"{run['tissue_mpx_at_model_mpp']:.1f} Mpx, {summary['nuclei']} nuclei, {run['seconds']:.0f} s, "
-                      f"end-to-end {run['mpx_per_second']:.3f} Mpx/s ({run['mpx_per_second'] / baseline:.2f}x "
-                      f"model-only {baseline:.3f} on {workers * threads} threads); phases: {phases}; region tasks: {shares}; peak RSS "
-                      f"client {run['peak_rss_mb_client']:.0f} MB, largest of {workers} worker(s) x {threads} "
-                      f"thread(s) {run['peak_rss_mb_worker']:.0f} MB", flush=True)
+            for workers in args.workers:
+                cluster = {key: value for key, value in (("workers", workers), ("threads_per_worker", args.threads))
+                           if value is not None}
+                run_setting(slides, Path(workdir), runtime, precision, cluster, args.baseline_seconds)
 
 
 if __name__ == "__main__":

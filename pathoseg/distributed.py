@@ -27,6 +27,7 @@ from pathoseg.io import ngff
 from pathoseg.models.infer import Predictor, predictor_for, resolve_device
 from pathoseg.models.weights import load_model
 from pathoseg.region import RegionResult, RegionSettings, segment_region, timed
+from pathoseg.system import local_workers
 from pathoseg.tiling.grid import Region
 from pathoseg.tiling.tiler import TileJob, tile_block
 
@@ -221,7 +222,7 @@ def open_runner(cluster: ClusterConfig, model: ModelConfig) -> Iterator[RegionRu
     local = None
     if cluster.scheduler == "local":
         resources = region_resources(cluster, model, resolve_device(model.device).type == "cuda")
-        local = LocalCluster(n_workers=cluster.workers, threads_per_worker=1, processes=True,
+        local = LocalCluster(n_workers=local_workers(cluster), threads_per_worker=1, processes=True,
                              dashboard_address=None, resources=resources, silence_logs=logging.ERROR)
         client = Client(local)
     else:

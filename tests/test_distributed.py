@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 
 import pytest
 
-from pathoseg.config import load_config
+from pathoseg.config import ConfigError, load_config
 from pathoseg.pipeline import segment_slide
+from pathoseg.system import local_workers, usable_cores
 
 
 def config_for(scheduler: str, workers: int = 1):
@@ -26,3 +29,20 @@ def test_local_cluster_of_two_processes_matches_in_process(svs_slide, tmp_path):
     b = gzip.decompress((tmp_path / "b" / "nuclei.geojson.gz").read_bytes())
     assert a == b
     assert cluster["run"]["peak_rss_mb_worker"] > 0
+
+
+def test_auto_workers_use_the_cores_this_process_is_given():
+    """A SLURM job or `taskset` gives the process fewer cores than the machine has: ``auto`` counts those."""
+    probe = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+             "from pathoseg.config import load_config; from pathoseg.system import local_workers; "
+             "print(local_workers(load_config().cluster))")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "1\n"
+
+
+def test_worker_counts():
+    cores = usable_cores()
+    assert 1 <= local_workers(load_config().cluster) <= cores
+    assert local_workers(load_config(overrides={"cluster": {"workers": cores + 3}}).cluster) == cores + 3
+    assert local_workers(load_config(overrides={"cluster": {"threads_per_worker": cores}}).cluster) == 1
+    with pytest.raises(ConfigError, match="cluster.workers: 0 is not"):
+        load_config(overrides={"cluster": {"workers": 0}})

@@ -13,7 +13,7 @@ from pathoseg.config import load_config
 from pathoseg.io.slide import open_slide
 from pathoseg.models.weights import load_model
 from pathoseg.pipeline import find_tissue
-from pathoseg.system import model_mpx_per_second, runtimes_here, system_facts
+from pathoseg.system import local_workers, model_mpx_per_second, runtimes_here, system_facts
 
 
 @click.command()
@@ -83,7 +83,7 @@ def show_system(seconds: float, as_json: bool) -> None:
         click.echo(f"cuda: {gpu['name']} (compute capability {gpu['capability']}), auto precision "
                    f"{gpu['auto_precision']}")
     click.echo(f"model {config.model.name}, one thread, model only (Mpx/s; a default run has "
-               f"{config.cluster.workers} worker processes):")
+               f"{local_workers(config.cluster)} worker processes here):")
     best = max(facts["model_mpx_per_second_per_thread"].values())
     for key, value in facts["model_mpx_per_second_per_thread"].items():
         marker = "  <- auto" if key == f"{auto['runtime']}/{auto['precision']}" else ""
