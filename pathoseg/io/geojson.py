@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import geojson
 import numpy as np
 
 # Stable namespace so that identical nuclei get identical ids across runs and schedulers.
@@ -23,10 +22,10 @@ NUCLEUS_NAMESPACE = uuid.UUID("3f0c1c8e-7a4e-4f7e-9d55-6f1d2b0c9a11")
 
 
 def nucleus_feature(ring_xy: np.ndarray, class_name: str, class_color: list[int], measurements: dict[str, float],
-                    id_seed: str, object_type: str = "detection", name: str | None = None) -> geojson.Feature:
-    """One QuPath object (a detection unless ``object_type`` says otherwise). ``ring_xy`` (K, 2) level-0 (x, y),
-    not closed (closed here)."""
-    ring = [[round(float(x), 2), round(float(y), 2)] for x, y in ring_xy]
+                    id_seed: str, object_type: str = "detection", name: str | None = None) -> dict:
+    """One QuPath object (a detection unless ``object_type`` says otherwise) as a GeoJSON Feature. ``ring_xy``
+    (K, 2) level-0 (x, y), not closed (closed here)."""
+    ring = np.round(np.asarray(ring_xy, dtype=float), 2).tolist()
     ring.append(ring[0])
     clean = {name: float(value) for name, value in measurements.items() if value is not None and
              math.isfinite(float(value))}
@@ -35,8 +34,8 @@ def nucleus_feature(ring_xy: np.ndarray, class_name: str, class_color: list[int]
                   "measurements": clean}
     if name is not None:
         properties["name"] = name
-    return geojson.Feature(id=str(uuid.uuid5(NUCLEUS_NAMESPACE, id_seed)), geometry=geojson.Polygon([ring]),
-                           properties=properties)
+    return {"type": "Feature", "id": str(uuid.uuid5(NUCLEUS_NAMESPACE, id_seed)),
+            "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": properties}
 
 
 @contextmanager
@@ -62,15 +61,16 @@ class FeatureCollectionWriter:
     def __enter__(self) -> "FeatureCollectionWriter":
         self._atomic = atomic_path(self.path)
         temporary = self._atomic.__enter__()
-        opener = gzip.open if self.path.suffix == ".gz" else open
-        self._handle = opener(temporary, "wt", encoding="utf-8")
+        # gzip level 6: a third of level 9's time for 2% more bytes (level 9 took a fifth of the outputs' time)
+        self._handle = (gzip.open(temporary, "wt", encoding="utf-8", compresslevel=6) if self.path.suffix == ".gz"
+                        else open(temporary, "w", encoding="utf-8"))
         self._handle.write('{"type": "FeatureCollection", "features": [\n')
         return self
 
-    def write(self, feature: geojson.Feature) -> None:
+    def write(self, feature: dict) -> None:
         if self.count:
             self._handle.write(",\n")
-        self._handle.write(geojson.dumps(feature, ensure_ascii=False))
+        self._handle.write(json.dumps(feature, ensure_ascii=False))
         self.count += 1
 
     def __exit__(self, kind, value, traceback) -> None:
