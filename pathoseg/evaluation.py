@@ -17,6 +17,8 @@ from pathoseg.metrics import (centroids, class_panoptic_quality, detection_and_t
 from pathoseg.models.infer import PredictionMaps, Predictor
 from pathoseg.models.postproc import instances_from_maps
 from pathoseg.region import RegionSettings, plausible_nuclei
+from pathoseg.stitch.merge import keep_labels
+from pathoseg.stitch.polygons import instance_polygons
 from pathoseg.train.data import Sample, load_dataset, read_class_names, read_manifest
 
 METRIC_KEYS = ("dice", "aji", "aji_plus", "dq", "sq", "pq")
@@ -145,8 +147,10 @@ def nuclei_of_maps(rgb: np.ndarray, maps: PredictionMaps, settings: RegionSettin
     post-processing, then the plausibility filters. Returns the (H, W) instance map (1..N) and the nuclei's
     measurements ((N,) arrays, ``class_id`` among them)."""
     labels = instances_from_maps(maps.np_prob, maps.hv, settings.postproc, maps.interior_prob)
-    labels, measurements, _ = plausible_nuclei(labels, rgb, maps, settings)
-    return labels, measurements
+    measurements, filters = plausible_nuclei(labels, instance_polygons(labels, settings.simplify_px), rgb, maps,
+                                             settings)
+    keep = filters["keep"]
+    return keep_labels(labels, np.nonzero(keep)[0] + 1), {key: values[keep] for key, values in measurements.items()}
 
 
 def evaluate_samples(predictor: Predictor, samples: list[Sample], settings: RegionSettings,

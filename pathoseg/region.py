@@ -80,46 +80,42 @@ def timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
 
 def nuclei_from_maps(index: int, rgb: np.ndarray, maps: PredictionMaps, window: Box, core: Box,
                      settings: RegionSettings, seconds: dict[str, float] | None = None) -> RegionResult:
-    """Post-process a window's maps, keep the nuclei the core owns, measure and outline them."""
+    """Post-process a window's maps, keep the nuclei the core owns, outline and measure them, drop the implausible."""
     seconds = {} if seconds is None else seconds
     with timed(seconds, "postproc"):
         labels = instances_from_maps(maps.np_prob, maps.hv, settings.postproc, maps.interior_prob)
         owned = keep_labels(labels, owned_labels(labels, window, core))
-    with timed(seconds, "measure"):
-        kept_labels, measurements, filters = plausible_nuclei(owned, rgb, maps, settings)
     with timed(seconds, "outlines"):
-        polygons = instance_polygons(kept_labels, settings.simplify_px)
-    valid = np.array([p is not None for p in polygons], bool)
+        outlines = instance_polygons(owned, settings.simplify_px)
+    with timed(seconds, "measure"):
+        measurements, filters = plausible_nuclei(owned, outlines, rgb, maps, settings)
+    keep = np.nonzero(filters["keep"])[0]
     offset = np.array([window.x, window.y], float)
-    kept_polygons = [np.asarray(p.exterior.coords)[:-1] + offset for p in polygons if p is not None]
-    kept = {key: values[valid] for key, values in measurements.items()}
-    centroids = np.array([p.centroid.coords[0] for p in polygons if p is not None]).reshape(-1, 2) + offset
-    removed = {name: int(filters[name].sum()) for name in ("too_small", "too_large", "irregular")}
-    removed["degenerate"] = int((~valid).sum())
-    return RegionResult(index, kept_polygons, centroids, kept, removed, seconds)
+    polygons = [np.asarray(outlines[i].exterior.coords)[:-1] + offset for i in keep]
+    centroids = np.array([outlines[i].centroid.coords[0] for i in keep]).reshape(-1, 2) + offset
+    removed = {name: int(filters[name].sum()) for name in ("too_small", "too_large", "irregular", "degenerate")}
+    return RegionResult(index, polygons, centroids, {key: values[keep] for key, values in measurements.items()},
+                        removed, seconds)
 
 
-def plausible_nuclei(labels: np.ndarray, rgb: np.ndarray, maps: PredictionMaps, settings: RegionSettings
-                     ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Measure instances and drop the implausible ones (too small, too large, irregular).
+def plausible_nuclei(labels: np.ndarray, outlines: list, rgb: np.ndarray, maps: PredictionMaps,
+                     settings: RegionSettings) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Measure instances 1..N and flag the implausible ones (too small, too large, irregular, no outline).
 
     Parameters
     ----------
     labels : (H, W) int, instances 1..N, all present.
+    outlines : their N outlines (``instance_polygons``).
     rgb : (H, W, 3) uint8; maps : the prediction maps of the same pixels.
 
     Returns
     -------
-    kept_labels : (H, W) int32, the kept instances renumbered 1..K in their original order.
-    measurements : dict of (K,) arrays of the kept instances (see ``measure_nuclei``).
-    filters : dict of (N,) bool masks (see ``plausible``).
+    measurements : dict of (N,) arrays (see ``measure_nuclei``).
+    filters : dict of (N,) bool masks (see ``plausible``), ``keep`` among them.
     """
     stain_matrix = None if settings.stain_matrix is None else np.asarray(settings.stain_matrix)
-    measurements = measure_nuclei(labels, rgb, maps.np_prob, maps.nc_prob, settings.mpp, stain_matrix)
-    filters = plausible(measurements, settings.min_area_um2, settings.max_area_um2, settings.min_solidity)
-    keep = filters["keep"]
-    kept_labels = keep_labels(labels, np.nonzero(keep)[0] + 1)
-    return kept_labels, {key: values[keep] for key, values in measurements.items()}, filters
+    measurements = measure_nuclei(labels, outlines, rgb, maps.np_prob, maps.nc_prob, settings.mpp, stain_matrix)
+    return measurements, plausible(measurements, settings.min_area_um2, settings.max_area_um2, settings.min_solidity)
 
 
 def segment_region(index: int, rgb: np.ndarray, window: Box, core: Box, predictor: Predictor,

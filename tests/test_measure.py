@@ -5,11 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from shapely.geometry import Polygon
 from skimage.draw import ellipse
+from skimage.measure import regionprops_table
 
 from pathoseg.measure.biomarkers import class_summary, dab_bins, positivity_summary
-from pathoseg.measure.nuclei import measure_nuclei
+from pathoseg.measure.nuclei import (ellipse_axes, measure_nuclei, outline_solidity, pixel_perimeters,
+                                     plausible)
 from pathoseg.measure.stain import stain_od
+from pathoseg.stitch.merge import keep_labels
 from pathoseg.stitch.polygons import instance_polygons
 
 
@@ -32,8 +36,8 @@ def two_ellipses():
 def test_shape_measurements_match_geometry(two_ellipses):
     labels, rgb, np_prob, nc_prob = two_ellipses
     mpp = 0.5
-    m = measure_nuclei(labels, rgb, np_prob, nc_prob, mpp)
     polygons = instance_polygons(labels, simplify_px=0)
+    m = measure_nuclei(labels, polygons, rgb, np_prob, nc_prob, mpp)
     for i, polygon in enumerate(polygons):
         assert m["area_um2"][i] == pytest.approx(polygon.area * mpp**2, rel=0.05)
         assert m["perimeter_um"][i] == pytest.approx(polygon.length * mpp, rel=0.08)
@@ -47,7 +51,7 @@ def test_shape_measurements_match_geometry(two_ellipses):
 
 def test_stain_class_and_confidence(two_ellipses):
     labels, rgb, np_prob, nc_prob = two_ellipses
-    m = measure_nuclei(labels, rgb, np_prob, nc_prob, 0.5)
+    m = measure_nuclei(labels, instance_polygons(labels), rgb, np_prob, nc_prob, 0.5)
     assert m["hematoxylin_od_mean"][0] > m["hematoxylin_od_mean"][1]
     assert m["dab_od_mean"][1] > 0.2 > m["dab_od_mean"][0]
     assert m["class_id"].tolist() == [3, 2]
@@ -77,3 +81,35 @@ def test_class_summary_densities():
     summary = class_summary(np.array([1, 1, 2, 3]), ["background", "a", "b", "c"], tissue_area_mm2=2.0)
     assert summary["n_nuclei"] == 4 and summary["density_per_mm2"] == 2.0
     assert summary["classes"]["a"] == {"count": 2, "density_per_mm2": 1.0, "fraction": 0.5}
+
+
+def test_pixel_shape_measures_are_regionprops():
+    """Perimeter, axes and eccentricity, computed for every instance at once, equal scikit-image's per-region
+    values on touching, irregular instances."""
+    rng = np.random.default_rng(0)
+    labels = np.zeros((200, 200), np.int32)
+    for label in range(1, 40):
+        row, col = rng.integers(10, 190, 2)
+        labels[ellipse(row, col, rng.integers(3, 12), rng.integers(3, 12), shape=labels.shape,
+                       rotation=rng.uniform(0, np.pi))] = label
+    labels[rng.random(labels.shape) < 0.05] = 0  # ragged edges and holes
+    labels = keep_labels(labels, np.unique(labels)[1:])
+    n = int(labels.max())
+    table = regionprops_table(labels, properties=("perimeter", "eccentricity", "axis_major_length",
+                                                  "axis_minor_length"))
+    major, minor, eccentricity = ellipse_axes(labels, n)
+    np.testing.assert_allclose(pixel_perimeters(labels, n), table["perimeter"], rtol=1e-12)
+    np.testing.assert_allclose(major, table["axis_major_length"], rtol=1e-12)
+    np.testing.assert_allclose(minor, table["axis_minor_length"], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(eccentricity, table["eccentricity"], rtol=1e-12, atol=1e-12)
+
+
+def test_solidity_is_the_outlines_and_missing_outlines_are_dropped():
+    square = Polygon([(0, 0), (4, 0), (4, 4), (0, 4)])
+    notched = Polygon([(0, 0), (4, 0), (4, 4), (2, 1), (0, 4)])
+    solidity = outline_solidity([square, notched, None])
+    assert solidity[0] == pytest.approx(1) and solidity[1] == pytest.approx(10 / 16) and np.isnan(solidity[2])
+    filters = plausible({"area_um2": np.full(3, 20.0), "solidity": solidity}, 6, 500, 0.7)
+    assert filters["keep"].tolist() == [True, False, False]
+    assert filters["irregular"].tolist() == [False, True, False]
+    assert filters["degenerate"].tolist() == [False, False, True]

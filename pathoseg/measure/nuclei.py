@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import shapely
 from scipy import ndimage
-from skimage.measure import regionprops_table
+from shapely.geometry import Polygon
 
 from pathoseg.measure.stain import stain_od
 from pathoseg.models.postproc import class_distributions, majority_classes
@@ -28,13 +29,14 @@ MEASUREMENT_NAMES = {
 }
 
 
-def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, np_prob: np.ndarray, nc_prob: np.ndarray, mpp: float,
-                   stain_matrix: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Measurements of instances 1..N (every label present).
+def measure_nuclei(labels: np.ndarray, outlines: list[Polygon | None], rgb: np.ndarray, np_prob: np.ndarray,
+                   nc_prob: np.ndarray, mpp: float, stain_matrix: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Measurements of instances 1..N (every label present), computed for all of them at once.
 
     Parameters
     ----------
     labels : (H, W) int, instances 1..N, all present.
+    outlines : N outlines of instances 1..N (None where an instance has no valid outline).
     rgb : (H, W, 3) uint8.
     np_prob : (H, W) nucleus probability.
     nc_prob : (C, H, W) class probabilities (class 0 background).
@@ -42,53 +44,109 @@ def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, np_prob: np.ndarray, nc_
 
     Returns
     -------
-    dict of (N,) arrays: the keys of MEASUREMENT_NAMES plus ``class_id`` (int, 1..C-1).
+    dict of (N,) arrays: the keys of MEASUREMENT_NAMES plus ``class_id`` (int, 1..C-1). Area, perimeter, axes and
+    eccentricity are those of the pixels (as scikit-image's regionprops gives them); solidity is the outline's, as
+    QuPath measures it on a detection's polygon (NaN without an outline).
     """
     n = int(labels.max())
     if n == 0:
         return {key: np.zeros(0) for key in [*MEASUREMENT_NAMES, "class_id"]}
-    table = regionprops_table(labels, properties=("label", "area", "perimeter", "solidity", "eccentricity",
-                                                  "axis_major_length", "axis_minor_length"))
-    area_px, perimeter_px = table["area"].astype(float), table["perimeter"]
-    order = table["label"] - 1
-    # Stain and probability statistics over the labelled pixels only (a fraction of the window).
     inside = labels > 0
     pixel_labels = labels[inside]
+    area_px = np.bincount(pixel_labels, minlength=n + 1)[1:].astype(float)
+    perimeter_px = pixel_perimeters(labels, n)
+    major_px, minor_px, eccentricity = ellipse_axes(labels, n)
     index = np.arange(1, n + 1)
     od = stain_od(rgb[inside], stain_matrix)  # (K, 3)
     od_mean = np.stack([ndimage.mean(od[:, c], pixel_labels, index) for c in range(3)], axis=1)
-    dab_max = ndimage.maximum(od[:, 2], pixel_labels, index)
-    detection_probability = ndimage.mean(np_prob[inside], pixel_labels, index)
     classes = majority_classes(labels, nc_prob)  # HoVer-Net's vote
     distributions = class_distributions(labels, nc_prob)
-    class_probability = distributions[np.arange(n), classes].astype(np.float32)
-    foreground = distributions[order][:, 1:]
+    foreground = distributions[:, 1:]
     normalised = foreground / np.maximum(foreground.sum(axis=1, keepdims=True), 1e-9)
     entropy = -(normalised * np.log(np.clip(normalised, 1e-9, 1))).sum(axis=1) / np.log(max(2, foreground.shape[1]))
     return {
         "area_um2": area_px * mpp * mpp,
         "perimeter_um": perimeter_px * mpp,
         "circularity": np.clip(4 * np.pi * area_px / np.maximum(perimeter_px, 1e-9) ** 2, 0, 1),
-        "solidity": table["solidity"],
-        "eccentricity": table["eccentricity"],
-        "major_axis_um": table["axis_major_length"] * mpp,
-        "minor_axis_um": table["axis_minor_length"] * mpp,
-        "hematoxylin_od_mean": od_mean[order, 0],
-        "eosin_od_mean": od_mean[order, 1],
-        "dab_od_mean": od_mean[order, 2],
-        "dab_od_max": np.asarray(dab_max)[order],
-        "detection_probability": np.asarray(detection_probability)[order],
-        "class_probability": class_probability[order],
+        "solidity": outline_solidity(outlines),
+        "eccentricity": eccentricity,
+        "major_axis_um": major_px * mpp,
+        "minor_axis_um": minor_px * mpp,
+        "hematoxylin_od_mean": od_mean[:, 0],
+        "eosin_od_mean": od_mean[:, 1],
+        "dab_od_mean": od_mean[:, 2],
+        "dab_od_max": np.asarray(ndimage.maximum(od[:, 2], pixel_labels, index)),
+        "detection_probability": np.asarray(ndimage.mean(np_prob[inside], pixel_labels, index)),
+        "class_probability": distributions[np.arange(n), classes].astype(np.float32),
         "class_entropy": entropy,
-        "class_id": classes[order],
+        "class_id": classes,
     }
+
+
+def ellipse_axes(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N,) major and minor axis lengths (px) and eccentricity of the ellipse with the same second moments as
+    each instance 1..N's pixels (regionprops' definitions)."""
+    inside = labels > 0
+    rows, cols = np.nonzero(inside)
+    pixel_labels = labels[inside]
+    count = np.bincount(pixel_labels, minlength=n + 1)[1:]
+    mean_row = np.bincount(pixel_labels, rows, n + 1)[1:] / count
+    mean_col = np.bincount(pixel_labels, cols, n + 1)[1:] / count
+    d_row, d_col = rows - mean_row[pixel_labels - 1], cols - mean_col[pixel_labels - 1]
+    var_row, covariance, var_col = (np.bincount(pixel_labels, product, n + 1)[1:] / count
+                                    for product in (d_row * d_row, d_row * d_col, d_col * d_col))
+    half_trace = (var_row + var_col) / 2
+    spread = np.sqrt(((var_row - var_col) / 2) ** 2 + covariance ** 2)
+    largest, smallest = half_trace + spread, np.maximum(half_trace - spread, 0)
+    ratio = np.divide(smallest, largest, out=np.ones_like(largest), where=largest > 0)
+    return 4 * np.sqrt(largest), 4 * np.sqrt(smallest), np.sqrt(1 - ratio)
+
+
+# Neighbour offsets (row, col) and their code weights in regionprops' perimeter estimate (4-connected boundary).
+_NEIGHBOURS = [(-1, 0, 2), (1, 0, 2), (0, -1, 2), (0, 1, 2), (-1, -1, 10), (-1, 1, 10), (1, -1, 10), (1, 1, 10)]
+_PERIMETER_WEIGHTS = np.zeros(50)
+_PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1
+_PERIMETER_WEIGHTS[[21, 33]] = np.sqrt(2)
+_PERIMETER_WEIGHTS[[13, 23]] = (1 + np.sqrt(2)) / 2
+
+
+def pixel_perimeters(labels: np.ndarray, n: int) -> np.ndarray:
+    """(N,) perimeter (px) of each instance 1..N as scikit-image's ``perimeter`` (4-connectivity) estimates it: its
+    boundary pixels weighted by how their neighbours on the same boundary lie."""
+    height, width = labels.shape
+    padded = np.pad(labels, 1)
+
+    def neighbour(array: np.ndarray, row: int, col: int) -> np.ndarray:
+        return array[1 + row:1 + row + height, 1 + col:1 + col + width]
+
+    boundary = np.zeros(labels.shape, bool)
+    for row, col, _ in _NEIGHBOURS[:4]:
+        boundary |= neighbour(padded, row, col) != labels
+    boundary &= labels > 0
+    padded_boundary = np.pad(boundary, 1)
+    code = np.ones(labels.shape, np.uint8)
+    for row, col, weight in _NEIGHBOURS:
+        same = neighbour(padded_boundary, row, col) & (neighbour(padded, row, col) == labels)
+        code += np.uint8(weight) * same
+    return np.bincount(labels[boundary], _PERIMETER_WEIGHTS[code[boundary]], n + 1)[1:]
+
+
+def outline_solidity(outlines: list[Polygon | None]) -> np.ndarray:
+    """(N,) area of each outline over that of its convex hull; NaN for a missing outline."""
+    shapes = np.empty(len(outlines), dtype=object)
+    shapes[:] = [Polygon() if outline is None else outline for outline in outlines]
+    hull_area = shapely.area(shapely.convex_hull(shapes))
+    return np.divide(shapely.area(shapes), hull_area, out=np.full(len(shapes), np.nan), where=hull_area > 0)
 
 
 def plausible(measurements: dict[str, np.ndarray], min_area_um2: float, max_area_um2: float,
               min_solidity: float) -> dict[str, np.ndarray]:
-    """Boolean masks of the plausibility filters: ``too_small``, ``too_large``, ``irregular``, and ``keep``."""
+    """Boolean masks of the plausibility filters: ``too_small``, ``too_large``, ``irregular``, ``degenerate`` (no
+    valid outline: NaN solidity), and ``keep``."""
     too_small = measurements["area_um2"] < min_area_um2
     too_large = measurements["area_um2"] > max_area_um2
+    sized = ~too_small & ~too_large
     irregular = measurements["solidity"] < min_solidity
-    return {"too_small": too_small, "too_large": too_large, "irregular": irregular & ~too_small & ~too_large,
-            "keep": ~(too_small | too_large | irregular)}
+    degenerate = np.isnan(measurements["solidity"])
+    return {"too_small": too_small, "too_large": too_large, "irregular": irregular & sized,
+            "degenerate": degenerate & sized, "keep": sized & ~irregular & ~degenerate}
