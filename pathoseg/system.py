@@ -43,12 +43,42 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def cgroup_memory_headroom_bytes(proc_cgroup: Path = Path("/proc/self/cgroup"),
+                                 cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """What this process's control groups still allow it (limit minus usage, the tightest over the group and its
+    ancestors; cgroup v1 and v2): SLURM jobs and containers are capped this way, below what the machine has free.
+    None where no limit is set or readable."""
+    headrooms = []
+    for line in proc_cgroup.read_text().splitlines() if proc_cgroup.is_file() else []:
+        _, controllers, group = line.split(":", 2)
+        if controllers == "":
+            base, limit_name, usage_name = cgroup_root, "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):
+            base, limit_name, usage_name = cgroup_root / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        folder = base / group.lstrip("/")
+        for level in [folder, *folder.parents]:
+            try:
+                limit = (level / limit_name).read_text().strip()
+                if limit != "max" and int(limit) < 2**60:  # v1 writes "no limit" as a huge number
+                    headrooms.append(int(limit) - int((level / usage_name).read_text()))
+            except (OSError, ValueError):
+                pass
+            if level == base:
+                break
+    return min(headrooms) if headrooms else None
+
+
 def local_workers(cluster: ClusterConfig) -> int:
     """Worker processes of the embedded cluster: the configured number, or for ``auto`` one per usable core (per
-    ``threads_per_worker`` cores), at most one per 2 GiB of available memory, at least one."""
+    ``threads_per_worker`` cores), at most one per 2 GiB of the memory available to this process (the machine's,
+    or its cgroup's where that is less), at least one."""
     if cluster.workers != "auto":
         return cluster.workers
-    by_memory = psutil.virtual_memory().available // WORKER_MEMORY_BYTES
+    available = psutil.virtual_memory().available
+    headroom = cgroup_memory_headroom_bytes()
+    by_memory = min(available, available if headroom is None else headroom) // WORKER_MEMORY_BYTES
     return int(max(1, min(usable_cores() // cluster.threads_per_worker, by_memory)))
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +48,43 @@ def test_worker_counts():
     assert local_workers(load_config(overrides={"cluster": {"threads_per_worker": cores}}).cluster) == 1
     with pytest.raises(ConfigError, match="cluster.workers: 0 is not"):
         load_config(overrides={"cluster": {"workers": 0}})
+
+
+def memory_cgroup_of_this_process() -> tuple[Path, str] | None:
+    """This process's cgroup folder with a memory limit (v1 memory controller, else v2) and its limit file's name."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines() if Path("/proc/self/cgroup").is_file() else []:
+        _, controllers, group = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            return Path("/sys/fs/cgroup/memory") / group.lstrip("/"), "memory.limit_in_bytes"
+        if controllers == "" and Path("/sys/fs/cgroup/cgroup.controllers").is_file():
+            return Path("/sys/fs/cgroup") / group.lstrip("/"), "memory.max"
+    return None
+
+
+def test_auto_workers_respect_a_cgroup_memory_limit():
+    """A SLURM job or container capped at 3 GiB gets one worker, whatever the machine has free (a real cgroup)."""
+    found = memory_cgroup_of_this_process()
+    if found is None:
+        pytest.skip("no memory cgroup")
+    group, limit_name = found
+    child = group / f"pathoseg-test-{os.getpid()}"
+    try:
+        child.mkdir()
+        (child / limit_name).write_text(str(3 * 2**30))
+    except OSError as error:
+        if child.is_dir():
+            child.rmdir()
+        pytest.skip(f"cannot make a cgroup here: {error}")
+    probe = ("import os, sys; open(sys.argv[1], 'w').write(str(os.getpid())); "
+             "from pathoseg.config import load_config; from pathoseg.system import cgroup_memory_headroom_bytes, "
+             "local_workers; print(cgroup_memory_headroom_bytes(), local_workers(load_config().cluster))")
+    try:
+        run = subprocess.run([sys.executable, "-c", probe, str(child / "cgroup.procs")], capture_output=True,
+                             text=True)
+    finally:
+        child.rmdir()
+    if "PermissionError" in run.stderr or "OSError" in run.stderr:
+        pytest.skip("cannot move a process into the cgroup here")
+    headroom, workers = run.stdout.split()
+    assert 2 * 2**30 < int(headroom) <= 3 * 2**30
+    assert workers == "1"

@@ -32,7 +32,7 @@ def test_array_script_runs_the_tasks_slide(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ("segment /archive/case 2/b.ndpi -o /results/archive__case_2__b.ndpi "
-                                     "--scheduler inprocess --device auto --quiet --stain ihc")
+                                     "--scheduler local --device auto --quiet --stain ihc")
     env["SLURM_ARRAY_TASK_ID"] = "5"
     missing = subprocess.run(["bash", str(script), str(slides), "/results"], env=env, capture_output=True,
                              text=True, timeout=60)
