@@ -55,8 +55,10 @@ class PostprocConfig:
     interior_threshold: float = 0.0  # three-class heads: markers also need this interior probability (0: off)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FilterConfig:
+    """Plausibility filters: nuclei outside these are dropped (and counted in the summary)."""
+
     min_area_um2: float = 6.0
     max_area_um2: float = 500.0
     min_solidity: float = 0.7

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from pathoseg.config import Config, PostprocConfig
+from pathoseg.config import Config, FilterConfig, PostprocConfig
 from pathoseg.geometry import Box
 from pathoseg.measure.nuclei import measure_nuclei, plausible
 from pathoseg.models.infer import PredictionMaps, Predictor
@@ -28,9 +28,7 @@ class RegionSettings:
 
     mpp: float
     postproc: PostprocConfig = PostprocConfig()
-    min_area_um2: float = 6.0
-    max_area_um2: float = 500.0
-    min_solidity: float = 0.7
+    filters: FilterConfig = FilterConfig()
     simplify_px: float = 0.3
     stain_matrix: tuple | None = None
 
@@ -38,9 +36,7 @@ class RegionSettings:
     def from_config(cls, config: Config, mpp: float) -> "RegionSettings":
         """Settings of a run's configuration, for a model working at ``mpp``."""
         stain_matrix = config.stain.stain_matrix
-        return cls(mpp=mpp, postproc=config.postproc,
-                   min_area_um2=config.filters.min_area_um2, max_area_um2=config.filters.max_area_um2,
-                   min_solidity=config.filters.min_solidity, simplify_px=config.output.simplify_px,
+        return cls(mpp=mpp, postproc=config.postproc, filters=config.filters, simplify_px=config.output.simplify_px,
                    stain_matrix=None if stain_matrix is None else tuple(map(tuple, stain_matrix)))
 
     def with_stain_matrix(self, matrix) -> "RegionSettings":
@@ -115,7 +111,7 @@ def plausible_nuclei(labels: np.ndarray, outlines: list, rgb: np.ndarray, maps: 
     """
     stain_matrix = None if settings.stain_matrix is None else np.asarray(settings.stain_matrix)
     measurements = measure_nuclei(labels, outlines, rgb, maps.np_prob, maps.nc_prob, settings.mpp, stain_matrix)
-    return measurements, plausible(measurements, settings.min_area_um2, settings.max_area_um2, settings.min_solidity)
+    return measurements, plausible(measurements, settings.filters)
 
 
 def segment_region(index: int, rgb: np.ndarray, window: Box, core: Box, predictor: Predictor,

@@ -9,6 +9,7 @@ from shapely.geometry import Polygon
 from skimage.draw import ellipse
 from skimage.measure import regionprops_table
 
+from pathoseg.config import FilterConfig
 from pathoseg.measure.biomarkers import class_summary, dab_bins, positivity_summary
 from pathoseg.measure.nuclei import (ellipse_axes, measure_nuclei, outline_solidity, pixel_perimeters,
                                      plausible)
@@ -109,7 +110,7 @@ def test_solidity_is_the_outlines_and_missing_outlines_are_dropped():
     notched = Polygon([(0, 0), (4, 0), (4, 4), (2, 1), (0, 4)])
     solidity = outline_solidity([square, notched, None])
     assert solidity[0] == pytest.approx(1) and solidity[1] == pytest.approx(10 / 16) and np.isnan(solidity[2])
-    filters = plausible({"area_um2": np.full(3, 20.0), "solidity": solidity}, 6, 500, 0.7)
+    filters = plausible({"area_um2": np.full(3, 20.0), "solidity": solidity}, FilterConfig(6, 500, 0.7))
     assert filters["keep"].tolist() == [True, False, False]
     assert filters["irregular"].tolist() == [False, True, False]
     assert filters["degenerate"].tolist() == [False, False, True]

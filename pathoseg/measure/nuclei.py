@@ -7,6 +7,7 @@ import shapely
 from scipy import ndimage
 from shapely.geometry import Polygon
 
+from pathoseg.config import FilterConfig
 from pathoseg.measure.stain import stain_od
 from pathoseg.models.postproc import class_distributions, majority_classes
 
@@ -139,14 +140,13 @@ def outline_solidity(outlines: list[Polygon | None]) -> np.ndarray:
     return np.divide(shapely.area(shapes), hull_area, out=np.full(len(shapes), np.nan), where=hull_area > 0)
 
 
-def plausible(measurements: dict[str, np.ndarray], min_area_um2: float, max_area_um2: float,
-              min_solidity: float) -> dict[str, np.ndarray]:
+def plausible(measurements: dict[str, np.ndarray], filters: FilterConfig) -> dict[str, np.ndarray]:
     """Boolean masks of the plausibility filters: ``too_small``, ``too_large``, ``irregular``, ``degenerate`` (no
     valid outline: NaN solidity), and ``keep``."""
-    too_small = measurements["area_um2"] < min_area_um2
-    too_large = measurements["area_um2"] > max_area_um2
+    too_small = measurements["area_um2"] < filters.min_area_um2
+    too_large = measurements["area_um2"] > filters.max_area_um2
     sized = ~too_small & ~too_large
-    irregular = measurements["solidity"] < min_solidity
+    irregular = measurements["solidity"] < filters.min_solidity
     degenerate = np.isnan(measurements["solidity"])
     return {"too_small": too_small, "too_large": too_large, "irregular": irregular & sized,
             "degenerate": degenerate & sized, "keep": sized & ~irregular & ~degenerate}
