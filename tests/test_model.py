@@ -199,6 +199,17 @@ def _write_disk_dataset(folder, n_images: int = 3, size_px: int = 96, ki67: bool
         (folder / "classes.json").write_text(json.dumps({"1": "Ki67-negative", "2": "Ki67-positive"}))
 
 
+def test_augmentation_processes_follow_the_device():
+    """Beside a GPU the augmentation is the bottleneck, so ``auto`` gives it every core but one; beside CPU
+    training one process, since the model needs the cores; a number is kept."""
+    from pathoseg.system import usable_cores
+    from pathoseg.train.loop import loader_worker_count
+    assert loader_worker_count("auto", torch.device("cpu")) == 1
+    assert loader_worker_count("auto", torch.device("cuda", 0)) == max(1, usable_cores() - 1)
+    assert loader_worker_count(3, torch.device("cuda", 0)) == 3
+    assert TrainConfig.from_yaml(REPO / "configs/train-light-v2.yaml").loader_workers == "auto"
+
+
 def test_train_resumes_and_keeps_averaged_weights(tmp_path):
     from pathoseg.train.loop import DatasetSpec, train
     _write_disk_dataset(tmp_path / "data")
