@@ -123,3 +123,16 @@ def test_info_system_reports_the_machine_and_measures_each_precision():
     assert {"torch/fp32", "torch/bf16"} <= set(speeds) and all(value > 0 for value in speeds.values())
     text = CliRunner().invoke(main, ["info", "--system", "--seconds", "0.1"])
     assert text.exit_code == 0 and "auto picks: runtime" in text.output and "<- auto" in text.output
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_info_system_measures_each_gpu():
+    from click.testing import CliRunner
+
+    from pathoseg.cli import main
+
+    result = CliRunner().invoke(main, ["info", "--system", "--seconds", "0.5", "--json"])
+    assert result.exit_code == 0, result.output
+    gpus = json.loads(result.output)["cuda"]
+    assert len(gpus) == torch.cuda.device_count() and all(gpu["model_mpx_per_second"] > 0 for gpu in gpus)

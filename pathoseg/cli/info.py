@@ -62,7 +62,7 @@ def info(slide_path: str | None, mpp: float | None, system: bool, seconds: float
 
 def show_system(seconds: float, as_json: bool) -> None:
     """Print the machine's facts and the model-only throughput per runtime and precision, on one thread per
-    core as a default run uses them (worker processes x 1 thread)."""
+    core as a default run uses them (worker processes x 1 thread), and on each GPU in its auto precision."""
     facts = system_facts()
     config = load_config()
     network = load_model(config.model.name).network
@@ -71,6 +71,9 @@ def show_system(seconds: float, as_json: bool) -> None:
     facts["model_mpx_per_second_per_thread"] = {
         f"{runtime}/{precision}": round(model_mpx_per_second(network, device, precision, runtime, seconds), 3)
         for runtime in runtimes_here(device) for precision in ("fp32", "bf16")}
+    for index, gpu in enumerate(facts["cuda"]):
+        gpu["model_mpx_per_second"] = round(model_mpx_per_second(network, torch.device("cuda", index), "auto",
+                                                                 "torch", seconds), 3)
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return
@@ -81,7 +84,8 @@ def show_system(seconds: float, as_json: bool) -> None:
                f"precision {auto['precision']}")
     for gpu in facts["cuda"]:
         click.echo(f"cuda: {gpu['name']} (compute capability {gpu['capability']}), auto precision "
-                   f"{gpu['auto_precision']}")
+                   f"{gpu['auto_precision']}, model only {gpu['model_mpx_per_second']:.3f} Mpx/s (8 patches per "
+                   f"pass; a run reaches a fraction of it, set by the worker processes' post-processing)")
     click.echo(f"model {config.model.name}, one thread, model only (Mpx/s; a default run has "
                f"{local_workers(config.cluster)} worker processes here):")
     best = max(facts["model_mpx_per_second_per_thread"].values())
