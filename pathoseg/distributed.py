@@ -210,8 +210,9 @@ def pathoseg_version() -> str:
 
 
 @contextmanager
-def open_runner(cluster: ClusterConfig, model: ModelConfig) -> Iterator[RegionRunner]:
-    """A RegionRunner for ``cluster.scheduler``: ``inprocess``, ``local`` (embedded LocalCluster) or an address.
+def open_runner(cluster: ClusterConfig, model: ModelConfig, tasks: int | None = None) -> Iterator[RegionRunner]:
+    """A RegionRunner for ``cluster.scheduler``: ``inprocess``, ``local`` (embedded LocalCluster, sized by
+    ``local_workers`` for ``tasks`` region tasks) or an address.
 
     Raises ClusterError for a scheduler that does not answer, has no worker, or has a worker without pathoseg.
     """
@@ -222,7 +223,7 @@ def open_runner(cluster: ClusterConfig, model: ModelConfig) -> Iterator[RegionRu
     local = None
     if cluster.scheduler == "local":
         resources = region_resources(cluster, model, resolve_device(model.device).type == "cuda")
-        local = LocalCluster(n_workers=local_workers(cluster), threads_per_worker=1, processes=True,
+        local = LocalCluster(n_workers=local_workers(cluster, tasks), threads_per_worker=1, processes=True,
                              dashboard_address=None, resources=resources, silence_logs=logging.ERROR)
         client = Client(local)
     else:

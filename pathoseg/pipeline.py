@@ -215,7 +215,7 @@ def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: Reg
             stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
         progress("regions", 1, len(plan.regions))
 
-    with nullcontext(runner) if runner else open_runner(config.cluster, config.model) as active:
+    with nullcontext(runner) if runner else open_runner(config.cluster, config.model, len(todo)) as active:
         active.check_workers(readable=[plan.slide.path.resolve()], writable=[plan.store_path.resolve()])
         active.run(plan.tile_job(), block_tiles, todo, settings, on_result,
                    on_tiles=lambda n: progress("tiles", n, n_tiles))

@@ -70,16 +70,17 @@ def cgroup_memory_headroom_bytes(proc_cgroup: Path = Path("/proc/self/cgroup"),
     return min(headrooms) if headrooms else None
 
 
-def local_workers(cluster: ClusterConfig) -> int:
+def local_workers(cluster: ClusterConfig, tasks: int | None = None) -> int:
     """Worker processes of the embedded cluster: the configured number, or for ``auto`` one per usable core (per
     ``threads_per_worker`` cores), at most one per 2 GiB of the memory available to this process (the machine's,
-    or its cgroup's where that is less), at least one."""
+    or its cgroup's where that is less) and, where given, one per region task (a small image needs no more),
+    at least one."""
     if cluster.workers != "auto":
         return cluster.workers
     available = psutil.virtual_memory().available
     headroom = cgroup_memory_headroom_bytes()
     by_memory = min(available, available if headroom is None else headroom) // WORKER_MEMORY_BYTES
-    return int(max(1, min(usable_cores() // cluster.threads_per_worker, by_memory)))
+    return int(max(1, min(usable_cores() // cluster.threads_per_worker, by_memory, tasks or by_memory)))
 
 
 def system_facts() -> dict:
