@@ -222,9 +222,11 @@ def open_runner(cluster: ClusterConfig, model: ModelConfig, tasks: int | None = 
         return
     local = None
     if cluster.scheduler == "local":
-        resources = region_resources(cluster, model, resolve_device(model.device).type == "cuda")
-        local = LocalCluster(n_workers=local_workers(cluster, tasks), threads_per_worker=1, processes=True,
-                             dashboard_address=None, resources=resources, silence_logs=logging.ERROR)
+        device = resolve_device(model.device)
+        gpu_memory = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+        resources = region_resources(cluster, model, device.type == "cuda")
+        local = LocalCluster(n_workers=local_workers(cluster, tasks, gpu_memory), threads_per_worker=1,
+                             processes=True, dashboard_address=None, resources=resources, silence_logs=logging.ERROR)
         client = Client(local)
     else:
         resources = region_resources(cluster, model)

@@ -36,6 +36,9 @@ def cpu_capability() -> str:
 # What one embedded-cluster worker may need: its region's maps and labels (3072 px regions) plus the model; peaks of
 # 1.2 GB (CPU) and 1.9 GB (with CUDA) were measured.
 WORKER_MEMORY_BYTES = 2 * 2**30
+# What one worker holds on a shared GPU: its CUDA context (~0.5 GB) and a batch of 8 patches' activations. An
+# estimate, not yet measured: it keeps 16 GB cards to 5 workers.
+GPU_WORKER_MEMORY_BYTES = 3 * 2**30
 
 
 def usable_cores() -> int:
@@ -70,17 +73,22 @@ def cgroup_memory_headroom_bytes(proc_cgroup: Path = Path("/proc/self/cgroup"),
     return min(headrooms) if headrooms else None
 
 
-def local_workers(cluster: ClusterConfig, tasks: int | None = None) -> int:
+def local_workers(cluster: ClusterConfig, tasks: int | None = None, gpu_memory_bytes: int | None = None) -> int:
     """Worker processes of the embedded cluster: the configured number, or for ``auto`` one per usable core (per
     ``threads_per_worker`` cores), at most one per 2 GiB of the memory available to this process (the machine's,
-    or its cgroup's where that is less) and, where given, one per region task (a small image needs no more),
-    at least one."""
+    or its cgroup's where that is less), one per 3 GiB of the GPU they share (``gpu_memory_bytes``, where they
+    run on one) and one per region task (``tasks``, where given: a small image needs no more); at least one."""
     if cluster.workers != "auto":
         return cluster.workers
     available = psutil.virtual_memory().available
     headroom = cgroup_memory_headroom_bytes()
-    by_memory = min(available, available if headroom is None else headroom) // WORKER_MEMORY_BYTES
-    return int(max(1, min(usable_cores() // cluster.threads_per_worker, by_memory, tasks or by_memory)))
+    limits = [usable_cores() // cluster.threads_per_worker,
+              min(available, available if headroom is None else headroom) // WORKER_MEMORY_BYTES]
+    if gpu_memory_bytes:
+        limits.append(gpu_memory_bytes // GPU_WORKER_MEMORY_BYTES)
+    if tasks:
+        limits.append(tasks)
+    return int(max(1, min(limits)))
 
 
 def system_facts() -> dict:

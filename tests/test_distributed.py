@@ -47,6 +47,7 @@ def test_worker_counts():
     assert local_workers(load_config(overrides={"cluster": {"workers": cores + 3}}).cluster) == cores + 3
     assert local_workers(load_config(overrides={"cluster": {"threads_per_worker": cores}}).cluster) == 1
     assert local_workers(load_config().cluster, tasks=1) == 1  # one region: no idle workers to start
+    assert local_workers(load_config().cluster, gpu_memory_bytes=4 * 2**30) == 1  # a small shared GPU
     assert local_workers(load_config(overrides={"cluster": {"workers": 3}}).cluster, tasks=1) == 3
     with pytest.raises(ConfigError, match="cluster.workers: 0 is not"):
         load_config(overrides={"cluster": {"workers": 0}})
