@@ -62,6 +62,19 @@ def test_nuclear_pixel_targets_mark_a_boundary_band():
     assert three[20, touching] == 2 and three[20, touching + 1] == 2  # both sides of the contact are boundary
 
 
+def test_boundary_energy_is_gaussian_then_sobel():
+    """The one-pass-per-axis energy equals smoothing with scipy's Gaussian and then differentiating with Sobel."""
+    from pathoseg.models.postproc import boundary_energy
+    rng = np.random.default_rng(0)
+    hv = np.clip(ndimage.gaussian_filter(rng.normal(size=(2, 120, 90)), (0, 3, 3)) * 8, -1, 1).astype(np.float32)
+    params = PostprocConfig(hv_smooth_sigma_px=1.3)
+    slopes = [-ndimage.sobel(ndimage.gaussian_filter(hv[0], 1.3), axis=1),
+              -ndimage.sobel(ndimage.gaussian_filter(hv[1], 1.3), axis=0)]
+    expected = np.clip(np.maximum(*slopes) / (8 * params.gradient_scale), 0, 1)
+    assert expected.max() > 0.5
+    np.testing.assert_allclose(boundary_energy(hv, params), expected, atol=1e-5)
+
+
 def test_interior_probability_splits_touching_nuclei():
     instances = np.zeros((40, 60), np.int32)
     instances[disk((20, 15), 10)] = 1

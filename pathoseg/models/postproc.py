@@ -18,18 +18,32 @@ from pathoseg.config import PostprocConfig
 def boundary_energy(hv: np.ndarray, params: PostprocConfig) -> np.ndarray:
     """(H, W) energy in [0, 1]: high where the HV maps fall steeply (between and around nuclei).
 
+    Each map is Gaussian-smoothed, then Sobel-differentiated along its own axis; the two steps are applied as one
+    kernel per axis (the Gaussian convolved with Sobel's derivative, and with its smoothing), which gives the
+    same values in half the passes over the image.
+
     Parameters
     ----------
     hv : (2, H, W) float, channel 0 horizontal, channel 1 vertical, in [-1, 1].
     """
+    derivative, smoothing = smoothed_sobel_kernels(params.hv_smooth_sigma_px)
     energy = None
     for axis, channel in ((1, hv[0]), (0, hv[1])):  # horizontal map: slope along x; vertical: along y
-        smooth = ndimage.gaussian_filter(channel.astype(np.float32, copy=False), params.hv_smooth_sigma_px)
-        slope = ndimage.sobel(smooth, axis=axis)  # 8x the per-pixel slope
-        del smooth
+        slope = ndimage.correlate1d(channel.astype(np.float32, copy=False), derivative, axis=axis)
+        slope = ndimage.correlate1d(slope, smoothing, axis=1 - axis)  # 8x the per-pixel slope
         np.multiply(slope, -1 / (8 * params.gradient_scale), out=slope)
         energy = slope if energy is None else np.maximum(energy, slope, out=energy)
     return np.clip(energy, 0, 1, out=energy)
+
+
+def smoothed_sobel_kernels(sigma_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """1-D kernels of Sobel's derivative and smoothing, each convolved with the Gaussian of ``sigma_px`` that
+    ``scipy.ndimage.gaussian_filter`` uses (truncated at 4 sigma)."""
+    radius = int(4 * sigma_px + 0.5)
+    offsets = np.arange(-radius, radius + 1)
+    gaussian = np.exp(-0.5 * (offsets / sigma_px) ** 2)
+    gaussian /= gaussian.sum()
+    return np.convolve(gaussian, [-1, 0, 1]), np.convolve(gaussian, [1, 2, 1])
 
 
 def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocConfig = PostprocConfig(),
