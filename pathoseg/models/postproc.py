@@ -69,21 +69,29 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocCon
         markers &= interior_prob >= params.interior_threshold
     markers = remove_small_holes(markers, max_size=params.max_hole_px)
     markers = ndimage.binary_opening(markers, structure=disk(2))
-    markers = remove_small_objects(markers, max_size=params.min_marker_px - 1)
-    marker_labels, _ = ndimage.label(markers)
+    marker_labels = without_small_labels(ndimage.label(markers)[0], params.min_marker_px)
     landscape = -ndimage.gaussian_filter((1 - energy) * foreground, 1.0)
     instances = watershed(landscape, marker_labels, mask=foreground)
     return relabel_in_raster_order(instances)
 
 
+def without_small_labels(labels: np.ndarray, min_px: int) -> np.ndarray:
+    """``labels`` (1..N) without those of fewer than ``min_px`` pixels, the rest renumbered 1..K in order (what
+    labelling the mask again after ``remove_small_objects`` gives, with one labelling instead of two)."""
+    keep = np.bincount(labels.ravel()) >= min_px
+    keep[0] = False
+    lookup = np.zeros(keep.size, dtype=np.int32)
+    lookup[keep] = np.arange(1, keep.sum() + 1, dtype=np.int32)
+    return lookup[labels]
+
+
 def relabel_in_raster_order(labels: np.ndarray) -> np.ndarray:
     """Renumber labels 1..N by the raster position of their first pixel (deterministic ids)."""
     flat = labels.ravel()
-    present, first_index = np.unique(flat, return_index=True)
-    keep = present != 0
-    order = np.argsort(first_index[keep])
+    inside = np.flatnonzero(flat)
+    present, first = np.unique(flat[inside], return_index=True)
     lookup = np.zeros(int(present.max()) + 1 if present.size else 1, dtype=np.int32)
-    lookup[present[keep][order]] = np.arange(1, keep.sum() + 1, dtype=np.int32)
+    lookup[present[np.argsort(inside[first])]] = np.arange(1, present.size + 1, dtype=np.int32)
     return lookup[labels]
 
 
