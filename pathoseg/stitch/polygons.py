@@ -20,13 +20,22 @@ def instance_polygons(labels: np.ndarray, simplify_px: float = 0.3) -> list[Poly
         if box is None:
             polygons.append(None)
             continue
-        mask = np.pad(labels[box] == label, 1)
-        contours = find_contours(mask.astype(np.float32), 0.5)
-        contour = max(contours, key=len)
-        # contour is (row, col) in padded-bbox indices; the pixel centre of index i is at i + 0.5.
+        contour = max(find_contours(ringed_mask(labels, box, label), 0.5), key=len)
+        # contour is (row, col) in the ringed box; its index 0 is the pixel before the box, whose centre is at +0.5.
         xy = np.stack([contour[:, 1] + box[1].start - 1 + 0.5, contour[:, 0] + box[0].start - 1 + 0.5], axis=1)
         polygons.append(clean_polygon(Polygon(xy), simplify_px))
     return polygons
+
+
+def ringed_mask(labels: np.ndarray, box: tuple[slice, slice], label: int) -> np.ndarray:
+    """(h + 2, w + 2) bool mask of ``label`` in its bounding ``box`` and a one-pixel ring around it (outside the
+    box no pixel has the label): read from ``labels`` where the ring lies inside, padded only at the image's edge."""
+    (rows, cols), (height, width) = box, labels.shape
+    top, left = max(rows.start - 1, 0), max(cols.start - 1, 0)
+    bottom, right = min(rows.stop + 1, height), min(cols.stop + 1, width)
+    mask = labels[top:bottom, left:right] == label
+    pads = ((1 - (rows.start - top), 1 - (bottom - rows.stop)), (1 - (cols.start - left), 1 - (right - cols.stop)))
+    return np.pad(mask, pads) if any(any(side) for side in pads) else mask
 
 
 def clean_polygon(polygon: Polygon, simplify_px: float = 0.0) -> Polygon | None:
