@@ -60,8 +60,9 @@ def measure_nuclei(labels: np.ndarray, outlines: list[Polygon | None], rgb: np.n
     index = np.arange(1, n + 1)
     od = stain_od(rgb[inside], stain_matrix)  # (K, 3)
     od_mean = np.stack([ndimage.mean(od[:, c], pixel_labels, index) for c in range(3)], axis=1)
-    classes = majority_classes(labels, nc_prob)  # HoVer-Net's vote
-    distributions = class_distributions(labels, nc_prob)
+    pixel_probs = nc_prob.reshape(nc_prob.shape[0], -1)[:, np.flatnonzero(inside)]  # (C, K), one gather
+    classes = majority_classes(pixel_labels, pixel_probs, n)  # HoVer-Net's vote
+    distributions = class_distributions(pixel_labels, pixel_probs, n)
     foreground = distributions[:, 1:]
     normalised = foreground / np.maximum(foreground.sum(axis=1, keepdims=True), 1e-9)
     entropy = -(normalised * np.log(np.clip(normalised, 1e-9, 1))).sum(axis=1) / np.log(max(2, foreground.shape[1]))

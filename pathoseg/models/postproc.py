@@ -95,27 +95,24 @@ def relabel_in_raster_order(labels: np.ndarray) -> np.ndarray:
     return lookup[labels]
 
 
-def majority_classes(instances: np.ndarray, nc_prob: np.ndarray) -> np.ndarray:
+def majority_classes(pixel_labels: np.ndarray, pixel_probs: np.ndarray, n: int) -> np.ndarray:
     """(N,) class in 1..C-1 of each instance 1..N: the most frequent per-pixel argmax (background excluded).
 
     Parameters
     ----------
-    instances : (H, W) int, labels 1..N.
-    nc_prob : (C, H, W) float, class probabilities, class 0 = background.
+    pixel_labels : (K,) int, the instance (1..N) of each nucleus pixel.
+    pixel_probs : (C, K) float, those pixels' class probabilities, class 0 = background.
+    n : number of instances.
     """
-    n_instances, n_classes = int(instances.max()), nc_prob.shape[0]
-    inside = instances > 0
-    votes_per_pixel = nc_prob[1:, inside].argmax(axis=0)
-    votes = np.bincount((instances[inside] - 1) * (n_classes - 1) + votes_per_pixel,
-                        minlength=n_instances * (n_classes - 1)).reshape(n_instances, n_classes - 1)
+    n_classes = pixel_probs.shape[0]
+    votes_per_pixel = pixel_probs[1:].argmax(axis=0)
+    votes = np.bincount((pixel_labels - 1) * (n_classes - 1) + votes_per_pixel,
+                        minlength=n * (n_classes - 1)).reshape(n, n_classes - 1)
     return votes.argmax(axis=1) + 1
 
 
-def class_distributions(instances: np.ndarray, nc_prob: np.ndarray) -> np.ndarray:
-    """(N, C) mean class probabilities over each instance 1..N."""
-    n_instances = int(instances.max())
-    inside = instances > 0
-    index = instances[inside] - 1
-    sums = np.stack([np.bincount(index, weights=nc_prob[c, inside], minlength=n_instances)
-                     for c in range(nc_prob.shape[0])], axis=1)
-    return sums / np.maximum(np.bincount(index, minlength=n_instances), 1)[:, None]
+def class_distributions(pixel_labels: np.ndarray, pixel_probs: np.ndarray, n: int) -> np.ndarray:
+    """(N, C) mean class probabilities over each instance 1..N (arguments as ``majority_classes``)."""
+    index = pixel_labels - 1
+    sums = np.stack([np.bincount(index, weights=probs, minlength=n) for probs in pixel_probs], axis=1)
+    return sums / np.maximum(np.bincount(index, minlength=n), 1)[:, None]
