@@ -91,3 +91,18 @@ def test_auto_workers_respect_a_cgroup_memory_limit():
     headroom, workers = run.stdout.split()
     assert 2 * 2**30 < int(headroom) <= 3 * 2**30
     assert workers == "1"
+
+
+def test_workers_option_takes_a_number_or_auto():
+    import click
+    from click.testing import CliRunner
+
+    from pathoseg.cli import main
+    from pathoseg.cli.segment import WORKERS, config_from_options
+
+    assert WORKERS.convert("auto", None, None) == "auto" and WORKERS.convert("3", None, None) == 3
+    with pytest.raises(click.BadParameter, match="'0' is not a positive whole number or auto"):
+        WORKERS.convert("0", None, None)
+    assert config_from_options(workers="auto").cluster.workers == "auto"
+    result = CliRunner().invoke(main, ["segment", "slide.svs", "--workers", "many"])
+    assert result.exit_code == 2 and "'many' is not a positive whole number or auto" in result.output

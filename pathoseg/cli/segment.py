@@ -12,6 +12,22 @@ from pathoseg.pipeline import prepare_output, segment_slide
 from pathoseg.synthetic import write_synthetic_slide
 
 
+class WorkerCount(click.ParamType):
+    """A positive whole number or ``auto``."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or isinstance(value, int):
+            return value
+        if str(value).isdigit() and int(value) > 0:
+            return int(value)
+        self.fail(f"{value!r} is not a positive whole number or auto", param, ctx)
+
+
+WORKERS = WorkerCount()
+
+
 def run_options(command):
     """Options shared by segment, demo and batch."""
     options = [
@@ -20,7 +36,8 @@ def run_options(command):
         click.option("--model", help="Shipped model name or checkpoint path."),
         click.option("--device", help="auto | cpu | cuda | cuda:N."),
         click.option("--scheduler", help="local (embedded cluster, default) | inprocess | tcp://host:port."),
-        click.option("--workers", type=int, help="Worker processes of the embedded cluster."),
+        click.option("--workers", type=WORKERS, help="Worker processes of the embedded cluster: a number, or auto "
+                     "(one per usable core, capped by memory and by the regions to compute; the default)."),
         click.option("--stain", type=click.Choice(["auto", "he", "ihc"]), help="Stain mode (default auto)."),
         click.option("--no-gzip", is_flag=True, help="Write nuclei.geojson instead of nuclei.geojson.gz."),
         click.option("--table", is_flag=True, help="Also write nuclei.csv: one row of measurements per nucleus."),
