@@ -90,7 +90,7 @@ class OutputConfig:
 @dataclass
 class ClusterConfig:
     scheduler: str = "local"  # local | inprocess | tcp://host:port
-    # auto: one per usable core, at most one per 2 GiB of available memory (embedded cluster). Post-processing is
+    # auto: system.local_workers sizes the embedded cluster (cores, memory, GPU, regions). Post-processing is
     # single-threaded: 2 x 1 beat 1 x 2 by 36% on 2 cores.
     workers: int | str = "auto"
     threads_per_worker: int = 1
@@ -135,6 +135,11 @@ def _merged(instance, values: dict, where: str):
     return dataclasses.replace(instance, **changes)
 
 
+def is_worker_count(value) -> bool:
+    """A valid ``cluster.workers``: ``auto`` or a positive whole number."""
+    return value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
     """Defaults from the packaged default.yaml, then ``path`` (a YAML file), then ``overrides`` (nested dict)."""
     config = Config()
@@ -153,9 +158,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         config = _merged(config, overrides, "options")
     if config.model.precision not in PRECISIONS:
         raise ConfigError(f"model.precision: {config.model.precision!r} is not one of {', '.join(PRECISIONS)}")
-    workers = config.cluster.workers
-    if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ConfigError(f"cluster.workers: {workers!r} is not a positive whole number or auto")
+    if not is_worker_count(config.cluster.workers):
+        raise ConfigError(f"cluster.workers: {config.cluster.workers!r} is not a positive whole number or auto")
     tiling = config.tiling
     if tiling.tile_px % 16 or tiling.region_px % tiling.tile_px:
         raise ConfigError(f"tiling: tile_px ({tiling.tile_px}) must be a multiple of 16 and region_px "

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from pathoseg.cli.common import StageProgress, friendly_errors
-from pathoseg.config import load_config
+from pathoseg.config import is_worker_count, load_config
 from pathoseg.pipeline import prepare_output, segment_slide
 from pathoseg.synthetic import write_synthetic_slide
 
@@ -18,10 +18,9 @@ class WorkerCount(click.ParamType):
     name = "N|auto"
 
     def convert(self, value, param, ctx):
-        if value == "auto" or isinstance(value, int):
-            return value
-        if str(value).isdigit() and int(value) > 0:
-            return int(value)
+        workers = int(value) if str(value).isdigit() else value
+        if is_worker_count(workers):
+            return workers
         self.fail(f"{value!r} is not a positive whole number or auto", param, ctx)
 
 
