@@ -98,7 +98,8 @@ def test_pixel_shape_measures_are_regionprops():
     n = int(labels.max())
     table = regionprops_table(labels, properties=("perimeter", "eccentricity", "axis_major_length",
                                                   "axis_minor_length"))
-    major, minor, eccentricity = ellipse_axes(labels, n)
+    rows, cols = np.nonzero(labels)
+    major, minor, eccentricity = ellipse_axes(rows, cols, labels[rows, cols], n)
     np.testing.assert_allclose(pixel_perimeters(labels, n), table["perimeter"], rtol=1e-12)
     np.testing.assert_allclose(major, table["axis_major_length"], rtol=1e-12)
     np.testing.assert_allclose(minor, table["axis_minor_length"], rtol=1e-12, atol=1e-12)

@@ -53,14 +53,15 @@ def measure_nuclei(labels: np.ndarray, outlines: list[Polygon | None], rgb: np.n
     if n == 0:
         return {key: np.zeros(0) for key in [*MEASUREMENT_NAMES, "class_id"]}
     inside = labels > 0
-    pixel_labels = labels[inside]
+    pixel_index = np.flatnonzero(inside)  # (K,) flat positions of the nucleus pixels, in raster order
+    pixel_labels = labels.ravel()[pixel_index]
     area_px = np.bincount(pixel_labels, minlength=n + 1)[1:].astype(float)
     perimeter_px = pixel_perimeters(labels, n)
-    major_px, minor_px, eccentricity = ellipse_axes(labels, n)
+    major_px, minor_px, eccentricity = ellipse_axes(*np.divmod(pixel_index, labels.shape[1]), pixel_labels, n)
     index = np.arange(1, n + 1)
     od = stain_od(rgb[inside], stain_matrix)  # (K, 3)
     od_mean = np.stack([ndimage.mean(od[:, c], pixel_labels, index) for c in range(3)], axis=1)
-    pixel_probs = nc_prob.reshape(nc_prob.shape[0], -1)[:, np.flatnonzero(inside)]  # (C, K), one gather
+    pixel_probs = nc_prob.reshape(nc_prob.shape[0], -1)[:, pixel_index]  # (C, K), one gather
     classes = majority_classes(pixel_labels, pixel_probs, n)  # HoVer-Net's vote
     distributions = class_distributions(pixel_labels, pixel_probs, n)
     foreground = distributions[:, 1:]
@@ -85,12 +86,11 @@ def measure_nuclei(labels: np.ndarray, outlines: list[Polygon | None], rgb: np.n
     }
 
 
-def ellipse_axes(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def ellipse_axes(rows: np.ndarray, cols: np.ndarray, pixel_labels: np.ndarray, n: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(N,) major and minor axis lengths (px) and eccentricity of the ellipse with the same second moments as
-    each instance 1..N's pixels (regionprops' definitions)."""
-    inside = labels > 0
-    rows, cols = np.nonzero(inside)
-    pixel_labels = labels[inside]
+    each instance 1..N's pixels (regionprops' definitions), from the (K,) row, column and instance of every
+    nucleus pixel."""
     count = np.bincount(pixel_labels, minlength=n + 1)[1:]
     mean_row = np.bincount(pixel_labels, rows, n + 1)[1:] / count
     mean_col = np.bincount(pixel_labels, cols, n + 1)[1:] / count
