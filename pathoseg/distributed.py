@@ -147,12 +147,14 @@ class RegionRunner:
             for future in futures:
                 future.cancel()
 
-    def engine_facts(self) -> dict[str, str]:
-        """``predictor_facts`` of the workers; a value that differs between workers lists each, comma-separated."""
+    def engine_facts(self) -> dict[str, str | int]:
+        """``predictor_facts`` of the workers (a value that differs between workers lists each, comma-separated)
+        and how many workers ran the regions (``workers``; 1 in-process)."""
         if self.client is None:
-            return predictor_facts(self.model)
+            return {**predictor_facts(self.model), "workers": 1}
         per_worker = list(self.client.run(predictor_facts, self.model).values())
-        return {key: ",".join(sorted({facts[key] for facts in per_worker})) for key in per_worker[0]}
+        return {**{key: ",".join(sorted({facts[key] for facts in per_worker})) for key in per_worker[0]},
+                "workers": len(per_worker)}
 
     def worker_peak_rss_bytes(self) -> int:
         """Largest peak RSS of any worker process (this process when in-process)."""

@@ -31,6 +31,7 @@ def test_local_cluster_of_two_processes_matches_in_process(svs_slide, tmp_path):
     b = gzip.decompress((tmp_path / "b" / "nuclei.geojson.gz").read_bytes())
     assert a == b
     assert cluster["run"]["peak_rss_mb_worker"] > 0
+    assert (in_process["run"]["workers"], cluster["run"]["workers"]) == (1, 2)
 
 
 def test_auto_workers_use_the_cores_this_process_is_given():

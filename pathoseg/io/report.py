@@ -181,7 +181,7 @@ def write_report(path: Path, summary: dict, columns: dict[str, np.ndarray], over
                        f"{escape(model['sha256'][:12])}…"],
              ["run", f"{run.get('seconds', 0):.1f} s, {run.get('mpx_per_second') or 0:.3f} Mpx/s on "
                      f"{escape(str(run.get('device', '?')))} ({escape(str(run.get('runtime', '?')))}, "
-                     f"{escape(str(run.get('precision', '?')))})"]]
+                     f"{escape(str(run.get('precision', '?')))}, {run.get('workers', '?')} worker(s))"]]
     page = f"""<!DOCTYPE html>
 <html lang="en">
 <head><meta charset="utf-8"><title>pathoseg report: {escape(Path(slide["path"]).name)}</title>
