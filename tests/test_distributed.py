@@ -94,6 +94,25 @@ def test_auto_workers_respect_a_cgroup_memory_limit():
     assert workers == "1"
 
 
+def test_cgroup_v1_memory_limit_of_a_slurm_job(tmp_path):
+    """Older SLURM nodes cap a job's memory with cgroup v1 (memory.limit_in_bytes / memory.usage_in_bytes), whose
+    "no limit" is a huge number; the tightest level counts. Laid out as such a node's /proc and /sys show it."""
+    from pathoseg.system import cgroup_memory_headroom_bytes
+
+    proc_cgroup = tmp_path / "cgroup"
+    proc_cgroup.write_text("12:cpu,cpuacct:/slurm/uid_0/job_5\n7:memory:/slurm/uid_0/job_5/step_0\n0::/\n")
+    memory = tmp_path / "sys" / "memory"
+    for level, limit, usage in (("", 2**63 - 4096, 50 * 2**30), ("slurm", 2**63 - 4096, 20 * 2**30),
+                                ("slurm/uid_0/job_5", 6 * 2**30, 2**30),
+                                ("slurm/uid_0/job_5/step_0", 2**63 - 4096, 2**30)):
+        (memory / level).mkdir(parents=True, exist_ok=True)
+        (memory / level / "memory.limit_in_bytes").write_text(f"{limit}\n")
+        (memory / level / "memory.usage_in_bytes").write_text(f"{usage}\n")
+    assert cgroup_memory_headroom_bytes(proc_cgroup, tmp_path / "sys") == 5 * 2**30
+    (memory / "slurm/uid_0/job_5" / "memory.limit_in_bytes").write_text(f"{2**63 - 4096}\n")
+    assert cgroup_memory_headroom_bytes(proc_cgroup, tmp_path / "sys") is None
+
+
 def test_workers_option_takes_a_number_or_auto():
     import click
     from click.testing import CliRunner
