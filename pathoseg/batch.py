@@ -14,7 +14,7 @@ from typing import Callable
 from pathoseg.config import Config
 from pathoseg.distributed import RegionRunner
 from pathoseg.io.geojson import atomic_path
-from pathoseg.io.slide import SlideError
+from pathoseg.io.slide import SlideError, dicom_series
 from pathoseg.models.weights import CheckpointError
 from pathoseg.outputs import flatten
 from pathoseg.pipeline import OutputError, segment_slide
@@ -28,7 +28,8 @@ SLIDE_ERRORS = (SlideError, OutputError, CheckpointError, OSError, ValueError)
 
 
 def find_slides(archive: Path, pattern: str | None = None, exclude: Path | None = None) -> list[Path]:
-    """Slides under ``archive`` (recursive), sorted; ``pattern`` is a glob on the file name."""
+    """Slides under ``archive`` (recursive), sorted; ``pattern`` is a glob on the file name. A DICOM slide, a
+    series of files, counts once (``one_per_dicom_series``)."""
     archive = Path(archive)
     if not archive.is_dir():
         raise FileNotFoundError(f"{archive}: archive folder not found")
@@ -38,7 +39,25 @@ def find_slides(archive: Path, pattern: str | None = None, exclude: Path | None 
             continue
         if path.is_file() and not path.name.startswith(".") and (pattern or path.suffix.lower() in SLIDE_SUFFIXES):
             found.append(path)
-    return found
+    return one_per_dicom_series(found, archive)
+
+
+def one_per_dicom_series(paths: list[Path], archive: Path) -> list[Path]:
+    """``paths`` with each folder's .dcm files replaced by one entry per DICOM slide: the folder where it holds one
+    slide (below the archive), else one file of each. Where none of a folder's .dcm files opens as a slide, they
+    stay, so that each is reported as unreadable."""
+    dicom_by_folder: dict[Path, list[Path]] = {}
+    for path in paths:
+        if path.suffix.lower() == ".dcm":
+            dicom_by_folder.setdefault(path.parent, []).append(path)
+    kept = [path for path in paths if path.suffix.lower() != ".dcm"]
+    for folder, files in dicom_by_folder.items():
+        series = list(dicom_series(files).values())
+        if len(series) == 1 and folder != archive:
+            kept.append(folder)
+        else:
+            kept.extend(series or files)
+    return sorted(kept)
 
 
 def safe_name(slide: Path, archive: Path) -> str:

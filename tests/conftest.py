@@ -58,3 +58,20 @@ def reference(archive, tmp_path_factory) -> Path:
     rows = run_batch(archive, folder / "results", config)
     assert [row["status"] for row in rows] == ["ok", "ok"]
     return folder / "results"
+
+
+DICOM_SERIES_UID = b"1.2.276.0.7230010.3.1.3.2425734838.4124713.1626788322.499658"
+
+
+def copy_dicom_slide(folder, into, new_series_uid: bytes | None = None):
+    """The DICOM slide's files copied into ``into``, each renamed, optionally as another series (the UID replaced
+    by one of the same length, so the files stay valid)."""
+    into.mkdir(parents=True, exist_ok=True)
+    tag = (new_series_uid or b"")[-4:].decode()
+    for path in sorted(folder.glob("*.dcm")):
+        data = path.read_bytes()
+        if new_series_uid:
+            data = data.replace(DICOM_SERIES_UID, new_series_uid)
+        (into / f"{tag}{path.name}").write_bytes(data)
+    return into
+

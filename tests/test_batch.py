@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 
 from click.testing import CliRunner
 
-from pathoseg.batch import safe_name
+from pathoseg.batch import find_slides, safe_name
 from pathoseg.cli import main
 from pathoseg.synthetic import write_synthetic_slide
+
+from conftest import DICOM_SERIES_UID, copy_dicom_slide, shared
 
 
 def read_rows(path):
@@ -51,3 +54,25 @@ def test_safe_names_stay_inside(tmp_path):
         name = safe_name(archive / relative, archive)
         assert "/" not in name and name not in ("", ".", "..") and not name.startswith(".")
         assert (tmp_path / "out" / name).resolve().parent == (tmp_path / "out").resolve()
+
+
+def test_a_dicom_slide_counts_once(tmp_path):
+    """An archive's DICOM slide is a folder of files (one or more per level): one slide, named by its folder; a
+    folder holding two is two slides; a .dcm file that is no slide is still listed, to be reported."""
+    source = shared("slides/CMU-1-Small-Region-dicom")
+    archive = tmp_path / "archive"
+    copy_dicom_slide(source, archive / "case_a")
+    copy_dicom_slide(source, archive / "case_b")
+    copy_dicom_slide(source, archive / "case_b", DICOM_SERIES_UID[:-3] + b"777")
+    (archive / "notes.dcm").write_bytes(b"DICM" + os.urandom(300))
+    found = [path.relative_to(archive).as_posix() for path in find_slides(archive)]
+    assert found == ["case_a", "case_b/9777level-0-frames-0-30.dcm", "case_b/level-0-frames-0-30.dcm", "notes.dcm"]
+
+    (archive / "notes.dcm").unlink()
+    shutil.rmtree(archive / "case_b")
+    out = tmp_path / "results"
+    result = CliRunner().invoke(main, ["batch", str(archive), "-o", str(out), "--scheduler", "inprocess", "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = read_rows(out / "manifest.csv")
+    assert list(rows) == ["case_a"] and rows["case_a"]["status"] == "ok" and int(rows["case_a"]["nuclei"]) > 2000
+    assert (out / "case_a" / "nuclei.geojson.gz").is_file()

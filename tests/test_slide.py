@@ -5,7 +5,7 @@ import pytest
 
 from pathoseg.io.slide import SlideError, open_slide
 
-from conftest import shared
+from conftest import DICOM_SERIES_UID, copy_dicom_slide, shared
 
 
 def test_aperio_svs(svs_slide):
@@ -65,3 +65,24 @@ def test_truncated_tiff_is_refused(svs_slide, tmp_path):
         slide = open_slide(truncated)
         width, height = slide.dimensions
         slide.read_region(0, 0, 0, width, height)
+
+
+def test_dicom_slide_opens_from_its_folder():
+    """A DICOM slide is a series of files (here one per level); the folder opens as that one slide."""
+    slide = open_slide(shared("slides/CMU-1-Small-Region-dicom"))
+    assert slide.vendor == "dicom" and slide.path.suffix == ".dcm"
+    assert slide.mpp == pytest.approx(0.499, abs=1e-3)
+    assert slide.dimensions == (2220, 2967) and len(slide.level_dimensions) == 12
+    svs = open_slide(shared("slides/CMU-1-Small-Region.svs"))
+    difference = slide.read_region(600, 900, 0, 512, 512).astype(int) - svs.read_region(600, 900, 0, 512, 512)
+    assert np.abs(difference).mean() < 5  # the same pixels, JPEG-encoded again
+
+
+def test_folder_of_two_dicom_slides_names_the_problem(tmp_path):
+    source = shared("slides/CMU-1-Small-Region-dicom")
+    folder = copy_dicom_slide(source, tmp_path / "two")
+    copy_dicom_slide(source, folder, DICOM_SERIES_UID[:-3] + b"777")
+    with pytest.raises(SlideError, match="holds 2 DICOM slides; give one file of the slide") as error:
+        open_slide(folder)
+    assert str(folder) in str(error.value)
+    assert open_slide(folder / "level-0-frames-0-30.dcm").dimensions == (2220, 2967)

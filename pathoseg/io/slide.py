@@ -139,12 +139,37 @@ def _plausible(mpp: float | None) -> float | None:
     return mpp if mpp is not None and PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1] else None
 
 
+def dicom_series(files: list[Path]) -> dict[str, Path]:
+    """The whole-slide DICOM series among ``files``: SeriesInstanceUID -> its first file (in the given order) that
+    OpenSlide opens. A DICOM slide is a series of files, one or more per level; OpenSlide reads all of it from any
+    one of them (it finds the rest in the same folder). Files it cannot open are left out."""
+    series: dict[str, Path] = {}
+    for path in files:
+        try:
+            with openslide.OpenSlide(str(path)) as handle:
+                uid = handle.properties.get("dicom.SeriesInstanceUID", str(path))
+        except (openslide.OpenSlideError, OSError):
+            continue
+        series.setdefault(uid, path)
+    return series
+
+
+def _dicom_slide_file(folder: Path) -> Path:
+    """The file to open for the one DICOM slide in ``folder``; SlideError where it holds none or several."""
+    series = dicom_series(sorted(p for p in folder.iterdir() if p.suffix.lower() == ".dcm"))
+    if not series:
+        raise SlideError(f"{folder}: is a folder, not a slide (no whole-slide DICOM series in it)")
+    if len(series) > 1:
+        raise SlideError(f"{folder}: holds {len(series)} DICOM slides; give one file of the slide to segment")
+    return next(iter(series.values()))
+
+
 def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
     """Open a whole-slide image or a plain image.
 
     Parameters
     ----------
-    path : slide or image file.
+    path : slide or image file, or a folder holding one DICOM slide (its series of files).
     mpp : microns per level-0 pixel; overrides the file's own (required when the file has none).
 
     Raises
@@ -155,7 +180,7 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
     if not path.exists():
         raise SlideError(f"{path}: no such file")
     if path.is_dir():
-        raise SlideError(f"{path}: is a folder, not a slide")
+        path = _dicom_slide_file(path)
     try:
         handle = openslide.open_slide(str(path))
         handle.read_region((0, 0), handle.level_count - 1, (1, 1))  # fail now on unreadable pixel data
