@@ -33,7 +33,7 @@ from pathoseg.outputs import (draw_crop, write_geojson, write_json, write_nuclei
 from pathoseg.region import RegionSettings, timed
 from pathoseg.tiling.grid import Grid, plan_work, tiles_by_block, tissue_tiles
 from pathoseg.tiling.tiler import TileJob
-from pathoseg.tiling.tissue import TissueMask, detect_tissue
+from pathoseg.tiling.tissue import TissueMask, detect_tissue, is_darkfield
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def find_tissue(slide: Slide, config: Config) -> tuple[TissueMask, np.ndarray]:
     thumb_mpp = slide.mpp * level0_per_px
     mask = detect_tissue(thumbnail, thumb_mpp, tuple(tiling.tissue_od_range), tiling.tissue_closing_um,
                          tiling.min_tissue_um2, tiling.max_tissue_hole_um2)
-    return TissueMask(mask, level0_per_px, thumb_mpp), thumbnail
+    return TissueMask(mask, level0_per_px, thumb_mpp, is_darkfield(thumbnail)), thumbnail
 
 
 def choose_stain_mode(config: Config, eosin_od_means: np.ndarray) -> str:
@@ -163,6 +163,10 @@ def plan_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp:
     tissue, _ = find_tissue(slide, config)
     if not tissue.mask.any():
         raise SlideError(f"{slide.path}: no tissue found")
+    if tissue.darkfield:
+        log.warning("%s: a dark background, as in fluorescence: the model was trained on brightfield H&E and IHC, "
+                    "so its nuclei here are unvalidated and its classes and stain measurements do not apply",
+                    slide.path)
     width_px, height_px = frame.model_size_px(bounds.width, bounds.height)
     tiling = config.tiling
     grid = Grid(width_px, height_px, tiling.tile_px, tiling.region_px, tiling.margin_px)
@@ -320,7 +324,7 @@ def write_slide_outputs(plan: SlidePlan, config: Config) -> tuple[dict, dict[str
         "model": {"name": metadata.name, "sha256": plan.model_sha256, "encoder": metadata.encoder,
                   "mpp": metadata.mpp, "classes": names[1:]},
         "tissue": {"area_mm2": round(tissue.area_mm2, 4), "fraction": round(tissue.fraction, 4),
-                   "mask_mpp": round(tissue.mpp, 3)},
+                   "mask_mpp": round(tissue.mpp, 3), "darkfield": tissue.darkfield},
         "stain_mode": stain_mode,
         "stain_vectors": plan.stains.as_dict() if plan.stains else {"source": "configured" if config.stain.stain_matrix
                                                                      else "default"},

@@ -151,6 +151,20 @@ def test_he_report_shows_counts_per_class_and_regions(tmp_path, svs_slide):
     for name, counts in summary["counts"]["classes"].items():
         assert name in text
     assert f"{summary['nuclei']:,} nuclei" in text
+    assert not summary["tissue"]["darkfield"] and "fluorescence" not in text
     regions = summary["tissue_regions"]
     assert regions and sum(r["area_mm2"] for r in regions) == pytest.approx(summary["tissue"]["area_mm2"], rel=0.01)
     assert sum(r["n_nuclei"] for r in regions) >= 0.95 * summary["nuclei"]
+
+
+def test_fluorescence_slide_is_flagged(tmp_path, caplog):
+    """A DAPI slide runs, but the user is told, on the terminal and in the report, that it is outside what the model
+    was trained on; densities are per mm² of glowing tissue, not of the whole black slide."""
+    slide = shared("slides/Hamamatsu-test3-DAPI-2-387.ndpi")
+    result = CliRunner().invoke(main, ["segment", str(slide), "-o", str(tmp_path), "--scheduler", "inprocess",
+                                       "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "a dark background, as in fluorescence" in caplog.text  # a warning, shown without -v
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["tissue"]["darkfield"] and summary["tissue"]["fraction"] < 0.85 and summary["nuclei"] > 1000
+    assert "dark background, as in fluorescence" in " ".join(parse_report(tmp_path / "report.html").text)

@@ -14,6 +14,8 @@ from pathoseg.synthetic import SyntheticSlide
 from pathoseg.tiling.grid import Grid, plan_work, tiles_by_block, tissue_tiles
 from pathoseg.tiling.tiler import TileJob, read_model_box, tile_block
 
+from conftest import shared
+
 
 def test_tissue_mask_matches_the_drawn_tissue(svs_slide):
     slide = open_slide(svs_slide)
@@ -24,6 +26,24 @@ def test_tissue_mask_matches_the_drawn_tissue(svs_slide):
     agreement = (tissue.mask == truth).mean()
     assert agreement > 0.93
     assert tissue.area_mm2 == pytest.approx(truth.sum() * tissue.mpp**2 * 1e-6, rel=0.1)
+
+
+def test_fluorescence_tissue_is_what_glows():
+    """A DAPI slide (nuclei glow on black) is recognised as darkfield; its tissue is the glowing part, not the whole
+    black slide (it was all 'tissue' before)."""
+    slide = open_slide(shared("slides/Hamamatsu-test3-DAPI-2-387.ndpi"))
+    tissue, thumbnail = find_tissue(slide, load_config())
+    assert tissue.darkfield
+    assert 0.5 < tissue.fraction < 0.85  # the section covers about three quarters of the slide
+    glowing, black = thumbnail.max(axis=2) > 60, thumbnail.max(axis=2) < 5
+    assert tissue.mask[glowing].mean() > 0.97 and tissue.mask[black].mean() < 0.05
+
+
+@pytest.mark.parametrize("relative", ["slides/CMU-1-Small-Region.svs", "examples/he-0.5mpp.ome.tif",
+                                      "examples/ihc-dab-roi.png", "examples/he-small.jpg"])
+def test_brightfield_is_not_darkfield(relative):
+    tissue, _ = find_tissue(open_slide(shared(relative), mpp=0.5), load_config())
+    assert not tissue.darkfield
 
 
 def test_same_resolution_read_is_exact(svs_slide):

@@ -145,6 +145,10 @@ def _review_section(review: dict) -> str:
             + _table(["#", "bbox (level-0 x, y, w, h)", "nuclei", "mean confidence", "% low-confidence"], rows))
 
 
+DARKFIELD_NOTE = ("; <strong>dark background, as in fluorescence</strong>: the model was trained on brightfield H&amp;E "
+                  "and IHC, so these nuclei are unvalidated and the classes and stain measurements do not apply")
+
+
 def write_report(path: Path, summary: dict, columns: dict[str, np.ndarray], overlay: Image.Image,
                  crop: Image.Image | None, colors: dict[str, list[int]]) -> None:
     """Write report.html (atomic).
@@ -176,7 +180,8 @@ def write_report(path: Path, summary: dict, columns: dict[str, np.ndarray], over
     facts = [["slide", escape(Path(slide["path"]).name)], ["vendor", escape(str(slide["vendor"]))],
              ["pixel size", f"{slide['mpp']:.4f} µm/px ({escape(str(slide['mpp_source']))})"],
              ["stain mode", escape(summary["stain_mode"].upper())],
-             ["tissue", f"{tissue['area_mm2']:.3f} mm² ({100 * tissue['fraction']:.1f}% of the slide)"],
+             ["tissue", f"{tissue['area_mm2']:.3f} mm² ({100 * tissue['fraction']:.1f}% of the slide)"
+                        + (DARKFIELD_NOTE if tissue.get("darkfield") else "")],
              ["model", f"{escape(model['name'])} ({escape(model['encoder'])}, {model['mpp']} µm/px), sha256 "
                        f"{escape(model['sha256'][:12])}…"],
              ["run", f"{run.get('seconds', 0):.1f} s, {run.get('mpx_per_second') or 0:.3f} Mpx/s on "

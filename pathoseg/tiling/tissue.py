@@ -19,11 +19,13 @@ class TissueMask:
     mask : (h, w) bool, thumbnail pixels.
     level0_per_px : level-0 pixels per mask pixel.
     mpp : microns per mask pixel.
+    darkfield : the slide has a dark background (fluorescence), ``is_darkfield``.
     """
 
     mask: np.ndarray
     level0_per_px: float
     mpp: float
+    darkfield: bool = False  # a dark background (fluorescence), not brightfield glass
 
     @property
     def area_mm2(self) -> float:
@@ -39,10 +41,20 @@ def optical_density(rgb: np.ndarray) -> np.ndarray:
     return -np.log10((rgb.astype(np.float32) + 1) / 256)
 
 
+def is_darkfield(rgb: np.ndarray, max_bright_luminance: float = 80.0) -> bool:
+    """True for a dark-background thumbnail (fluorescence): nine tenths of it darker than ``max_bright_luminance``
+    of 255. Brightfield thumbnails show bright glass or pale tissue (in the data here their median is above 160;
+    the darkest all-tissue H&E tile's is 82), a DAPI slide's median is 5.
+
+    rgb : (h, w, 3) uint8 thumbnail.
+    """
+    return bool(np.percentile(rgb.mean(axis=2), 90) < max_bright_luminance)
+
+
 def detect_tissue(rgb: np.ndarray, mpp: float, od_threshold_range: tuple[float, float] = (0.025, 0.06),
                   closing_um: float = 20.0, min_tissue_um2: float = 2000.0, max_hole_um2: float = 5000.0
                   ) -> np.ndarray:
-    """Tissue mask of a thumbnail.
+    """Tissue mask of a thumbnail: stained tissue on glass, or on a dark background (``is_darkfield``) what glows.
 
     The threshold is Otsu's on the mean optical density, held inside ``od_threshold_range`` so that a
     thumbnail that is all tissue (or all glass) is not split into two halves. Pen marks and dust are not special:
@@ -57,6 +69,10 @@ def detect_tissue(rgb: np.ndarray, mpp: float, od_threshold_range: tuple[float, 
     -------
     (h, w) bool mask.
     """
+    if is_darkfield(rgb):
+        # Glowing nuclei become dark on white, as stained ones on glass. Only nuclei glow, so the gaps of sparse
+        # stroma are closed over twice the distance (on a DAPI slide: 91% -> 99% of the glowing pixels kept).
+        rgb, closing_um = 255 - rgb, 2 * closing_um
     od = optical_density(rgb).mean(axis=2)
     saturation = rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2)
     try:
