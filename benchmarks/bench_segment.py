@@ -50,13 +50,14 @@ def run_setting(slides: dict[int, Path], workdir: Path, runtime: str, precision:
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         baseline = pool.submit(model_only_mpx_per_s, config, baseline_seconds).result()
     for side, slide in slides.items():
-        summary = segment_slide(slide, workdir / f"out-{side}-{runtime}-{precision}-{config.cluster.workers}", config)
+        out_dir = workdir / f"out-{side}-{runtime}-{precision}-{config.cluster.workers}"
+        summary = segment_slide(slide, out_dir, config)
         run = summary["run"]
         tasks = run["task_seconds"]
         shares = ", ".join(f"{k} {100 * v / sum(tasks.values()):.0f}%" for k, v in tasks.items())
         phases = ", ".join(f"{k} {v:.0f} s" for k, v in run["client_seconds"].items())
-        print(f"[{runtime}/{precision} -> {run['device']} {run['runtime']}/{run['precision']}, {run['workers']} worker(s) x "
-              f"{threads} thread(s)] slide {side}x{side} px @0.25 µm: tissue "
+        print(f"[{runtime}/{precision} -> {run['device']} {run['runtime']}/{run['precision']}, "
+              f"{run['workers']} worker(s) x {threads} thread(s)] slide {side}x{side} px @0.25 µm: tissue "
               f"{run['tissue_mpx_at_model_mpp']:.1f} Mpx, {summary['nuclei']} nuclei, {run['seconds']:.0f} s, "
               f"end-to-end {run['mpx_per_second']:.3f} Mpx/s ({run['mpx_per_second'] / baseline:.2f}x "
               f"model-only {baseline:.3f}); phases: {phases}; region tasks: {shares}; peak RSS "

@@ -18,6 +18,7 @@ from pathlib import Path
 from distributed import Client, LocalCluster
 
 from pathoseg.config import load_config
+from pathoseg.distributed import open_runner
 from pathoseg.pipeline import plan_slide, run_regions
 from pathoseg.synthetic import write_synthetic_slide
 from pathoseg.system import cpu_capability
@@ -49,7 +50,8 @@ def main() -> None:
             config = load_config(overrides={"cluster": {"workers": workers, "threads_per_worker": threads}})
             plan = plan_slide(slide, Path(workdir) / f"out-{workers}", config)
             started = time.time()
-            computed = run_regions(plan, config, progress=lambda *_: None)["regions_computed"]
+            with open_runner(config.cluster, config.model, len(plan.regions)) as runner:
+                computed = run_regions(plan, config, lambda *_: None, runner)["regions_computed"]
             elapsed = time.time() - started
             tissue_mpx = plan.tissue.area_mm2 / plan.metadata.mpp ** 2
             task_s = elapsed * workers / max(1, computed)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 import resource
 from contextlib import contextmanager
 from dataclasses import astuple
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 import zarr
@@ -145,6 +146,25 @@ class RegionRunner:
                 future.release()
         finally:
             for future in futures:
+                future.cancel()
+
+    def map_in_order(self, function: Callable, items: Iterable, in_flight_per_worker: int = 2) -> Iterator:
+        """``function(item)`` for each item, yielded in order: on the workers, at most ``in_flight_per_worker`` tasks
+        per worker ahead of the consumer (so finished results do not pile up), or here without a cluster."""
+        if self.client is None:
+            yield from map(function, items)
+            return
+        limit = in_flight_per_worker * max(1, len(self.client.scheduler_info()["workers"]))
+        pending: deque[Future] = deque()
+        try:
+            for item in items:
+                pending.append(self.client.submit(function, item, pure=False))
+                if len(pending) >= limit:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
                 future.cancel()
 
     def engine_facts(self) -> dict[str, str | int]:

@@ -11,8 +11,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from pathoseg.geometry import Box, SlideFrame
-from pathoseg.io.geojson import FeatureCollectionWriter, atomic_path, nucleus_feature
+from pathoseg.io.geojson import FeatureCollectionWriter, atomic_path, encode_fragment, features_text, nucleus_feature
 from pathoseg.io.overlay import draw_overlay, save_png
+from pathoseg.io.regions import load_region
 from pathoseg.measure.biomarkers import DAB_BIN_COLORS, DAB_BIN_NAMES, dab_bins
 from pathoseg.measure.nuclei import MEASUREMENT_NAMES
 from pathoseg.region import RegionResult
@@ -28,20 +29,29 @@ def nucleus_labels(result: RegionResult, class_names: list[str], class_colors: l
     return [class_names[i] for i in ids], [class_colors[i] for i in ids], None
 
 
-def write_geojson(path: Path, results: Iterable[RegionResult], frame: SlideFrame, slide_key: str,
-                  class_names: list[str], class_colors: list[list[int]], stain_mode: str,
-                  dab_thresholds: list[float]) -> int:
-    """Stream every nucleus as a QuPath detection in level-0 pixels; returns the number written."""
+def region_geojson_fragment(nuclei_dir: str, index: int, frame: SlideFrame, slide_key: str, class_names: list[str],
+                            class_colors: list[list[int]], stain_mode: str, dab_thresholds: list[float],
+                            compress: bool) -> tuple[int, bytes]:
+    """A saved region's nuclei as QuPath detections in level-0 pixels, for ``FeatureCollectionWriter.write_fragment``:
+    (number of nuclei, ``encode_fragment`` of their Feature texts). Runs on a worker, or here without a cluster."""
+    result = load_region(Path(nuclei_dir), index)
+    names, colors, _ = nucleus_labels(result, class_names, class_colors, stain_mode, dab_thresholds)
+    centroids = frame.model_to_level0(result.centroids.reshape(-1, 2))
+    measurements = {name: result.measurements[key] for key, name in MEASUREMENT_NAMES.items()}
+    if stain_mode == "ihc":
+        measurements["Model class"] = result.measurements["class_id"].astype(float)
+    features = (nucleus_feature(frame.model_to_level0(ring), names[i], colors[i],
+                                {name: values[i] for name, values in measurements.items()},
+                                f"{slide_key}:{centroids[i, 0]:.2f}:{centroids[i, 1]:.2f}")
+                for i, ring in enumerate(result.polygons))
+    return len(result.polygons), encode_fragment(features_text(features), compress)
+
+
+def write_geojson(path: Path, fragments: Iterable[tuple[int, bytes]]) -> int:
+    """The nuclei GeoJSON from every region's ``region_geojson_fragment``, in order; returns the number written."""
     with FeatureCollectionWriter(path) as writer:
-        for result in results:
-            names, colors, _ = nucleus_labels(result, class_names, class_colors, stain_mode, dab_thresholds)
-            for i, ring in enumerate(result.polygons):
-                measurements = {MEASUREMENT_NAMES[key]: result.measurements[key][i] for key in MEASUREMENT_NAMES}
-                if stain_mode == "ihc":
-                    measurements["Model class"] = float(result.measurements["class_id"][i])
-                cx, cy = frame.model_to_level0(result.centroids[i])
-                writer.write(nucleus_feature(frame.model_to_level0(ring), names[i], colors[i], measurements,
-                                             f"{slide_key}:{cx:.2f}:{cy:.2f}"))
+        for count, fragment in fragments:
+            writer.write_fragment(fragment, count)
         return writer.count
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
@@ -28,8 +29,8 @@ from pathoseg.measure.biomarkers import (DAB_BIN_COLORS, DAB_BIN_NAMES, class_su
                                          positivity_summary)
 from pathoseg.measure.stain import StainEstimate, estimate_hdab_vectors
 from pathoseg.models.weights import ModelMetadata, load_model
-from pathoseg.outputs import (draw_crop, write_geojson, write_json, write_nuclei_table, write_overlay,
-                              write_review_geojson, write_summary_csv)
+from pathoseg.outputs import (draw_crop, region_geojson_fragment, write_geojson, write_json, write_nuclei_table,
+                              write_overlay, write_review_geojson, write_summary_csv)
 from pathoseg.region import RegionSettings, timed
 from pathoseg.tiling.grid import Grid, plan_work, tiles_by_block, tissue_tiles
 from pathoseg.tiling.tiler import TileJob
@@ -188,8 +189,8 @@ def open_store(plan: SlidePlan) -> None:
                                 grid.region_px, plan.metadata.mpp, plan.store_identity)
 
 
-def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: RegionRunner | None = None) -> dict:
-    """Tile what the unfinished regions need and run them, saving each result as it arrives.
+def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: RegionRunner) -> dict:
+    """Tile what the unfinished regions need and run them on ``runner``, saving each result as it arrives.
 
     Returns facts for the summary's ``run``: regions computed now, the largest worker's peak RSS, where the
     region tasks' time went (seconds summed over tasks), and the device, runtime and precision of the workers.
@@ -219,13 +220,12 @@ def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: Reg
             stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
         progress("regions", 1, len(plan.regions))
 
-    with nullcontext(runner) if runner else open_runner(config.cluster, config.model, len(todo)) as active:
-        active.check_workers(readable=[plan.slide.path.resolve()], writable=[plan.store_path.resolve()])
-        active.run(plan.tile_job(), block_tiles, todo, settings, on_result,
-                   on_tiles=lambda n: progress("tiles", n, n_tiles))
-        return {"regions_computed": len(todo), "peak_rss_mb_worker": round(active.worker_peak_rss_bytes() / 2**20, 1),
-                "task_seconds": {stage: round(value, 2) for stage, value in stage_seconds.items()},
-                **active.engine_facts()}
+    runner.check_workers(readable=[plan.slide.path.resolve()], writable=[plan.store_path.resolve()])
+    runner.run(plan.tile_job(), block_tiles, todo, settings, on_result,
+               on_tiles=lambda n: progress("tiles", n, n_tiles))
+    return {"regions_computed": len(todo), "peak_rss_mb_worker": round(runner.worker_peak_rss_bytes() / 2**20, 1),
+            "task_seconds": {stage: round(value, 2) for stage, value in stage_seconds.items()},
+            **runner.engine_facts()}
 
 
 def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp: float | None = None,
@@ -237,13 +237,17 @@ def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, m
     """
     started = time.time()
     progress = progress or (lambda stage, n, total: None)
-    seconds: dict[str, float] = {}  # the client's wall time per phase (regions: tiling + region tasks, all workers)
+    # the client's wall time per phase (cluster: starting the embedded one; regions: tiling + region tasks)
+    seconds: dict[str, float] = {}
     with timed(seconds, "plan"):
         plan = plan_slide(slide_path, out_dir, config, mpp)
-    with timed(seconds, "regions"):
-        run_facts = run_regions(plan, config, progress, runner)
-    with timed(seconds, "outputs"):
-        summary, columns = write_slide_outputs(plan, config)
+    with ExitStack() as stack:
+        with timed(seconds, "cluster"):
+            active = runner or stack.enter_context(open_runner(config.cluster, config.model, len(plan.regions)))
+        with timed(seconds, "regions"):
+            run_facts = run_regions(plan, config, progress, active)
+        with timed(seconds, "outputs"):
+            summary, columns = write_slide_outputs(plan, config, active)
     grid = plan.grid
     summary["grid"] = {"tiles": len(plan.tiles), "regions": len(plan.regions), "tile_px": grid.tile_px,
                        "region_px": grid.region_px, "margin_px": grid.margin_px,
@@ -286,8 +290,9 @@ def collect_columns(plan: SlidePlan) -> tuple[dict[str, np.ndarray], dict[str, i
     return columns, removed
 
 
-def write_slide_outputs(plan: SlidePlan, config: Config) -> tuple[dict, dict[str, np.ndarray]]:
-    """GeoJSON, overlay, review squares and the summary's counts, from the saved per-region results.
+def write_slide_outputs(plan: SlidePlan, config: Config, runner: RegionRunner) -> tuple[dict, dict[str, np.ndarray]]:
+    """GeoJSON (its regions rendered on ``runner``'s workers), overlay, review squares and the summary's counts, from
+    the saved per-region results.
 
     Returns the summary (without run figures) and the per-nucleus columns of ``collect_columns``.
     """
@@ -301,8 +306,11 @@ def write_slide_outputs(plan: SlidePlan, config: Config) -> tuple[dict, dict[str
     names, colors = metadata.class_names, metadata.class_colors
     thresholds = config.stain.dab_thresholds
     suffix = ".geojson.gz" if config.output.gzip else ".geojson"
-    n_written = write_geojson(out_dir / f"nuclei{suffix}", results(), frame, slide.path.name, names, colors,
-                              stain_mode, thresholds)
+    render = functools.partial(region_geojson_fragment, str(plan.nuclei_dir.resolve()), frame=frame,
+                               slide_key=slide.path.name, class_names=names, class_colors=colors,
+                               stain_mode=stain_mode, dab_thresholds=thresholds, compress=config.output.gzip)
+    n_written = write_geojson(out_dir / f"nuclei{suffix}",
+                              runner.map_in_order(render, [region.index for region in plan.regions]))
     if config.output.table:
         write_nuclei_table(out_dir / "nuclei.csv", results(), frame, names, colors, stain_mode, thresholds)
     bounds = slide.bounds

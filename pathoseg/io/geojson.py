@@ -13,7 +13,7 @@ import os
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -51,30 +51,61 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             temporary.unlink()
 
 
+def encode_fragment(text: str, compress: bool) -> bytes:
+    """``text`` as a FeatureCollectionWriter stores it: UTF-8, or one gzip member (level 6: a third of level 9's time
+    for 2% more bytes; no timestamp, so equal text gives equal bytes) when ``compress``."""
+    data = text.encode("utf-8")
+    return gzip.compress(data, compresslevel=6, mtime=0) if compress else data
+
+
+def features_text(features: Iterable[dict]) -> str:
+    """Features as the text of a FeatureCollection's array: JSON objects joined by ``,\\n``."""
+    return ",\n".join(json.dumps(feature, ensure_ascii=False) for feature in features)
+
+
 class FeatureCollectionWriter:
-    """Streams features into ``path`` (gzip when it ends in .gz); the file appears only when complete."""
+    """Streams features into ``path`` (gzip when it ends in .gz); the file appears only when complete.
+
+    Features come one at a time (``write``) or as fragments rendered elsewhere, e.g. on Dask workers
+    (``write_fragment``: ``encode_fragment(features_text(...))``). A .gz file is a series of gzip members, which
+    gzip readers (Python's gzip, zcat, Java's GZIPInputStream in QuPath) read as one stream.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.compress = self.path.suffix == ".gz"
         self.count = 0
+        self._pending: list[str] = []
 
     def __enter__(self) -> "FeatureCollectionWriter":
         self._atomic = atomic_path(self.path)
-        temporary = self._atomic.__enter__()
-        # gzip level 6: a third of level 9's time for 2% more bytes (level 9 took a fifth of the outputs' time)
-        self._handle = (gzip.open(temporary, "wt", encoding="utf-8", compresslevel=6) if self.path.suffix == ".gz"
-                        else open(temporary, "w", encoding="utf-8"))
-        self._handle.write('{"type": "FeatureCollection", "features": [\n')
+        self._handle = open(self._atomic.__enter__(), "wb")
+        self._pending.append('{"type": "FeatureCollection", "features": [\n')
         return self
 
     def write(self, feature: dict) -> None:
-        if self.count:
-            self._handle.write(",\n")
-        self._handle.write(json.dumps(feature, ensure_ascii=False))
+        self._pending.append((",\n" if self.count else "") + features_text([feature]))
         self.count += 1
+        if len(self._pending) >= 1000:
+            self._flush()
+
+    def write_fragment(self, fragment: bytes, count: int) -> None:
+        """``count`` features (none: nothing is written) as ``encode_fragment`` gave them."""
+        if count:
+            if self.count:
+                self._pending.append(",\n")
+            self._flush()
+            self._handle.write(fragment)
+            self.count += count
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._handle.write(encode_fragment("".join(self._pending), self.compress))
+            self._pending = []
 
     def __exit__(self, kind, value, traceback) -> None:
-        self._handle.write("\n]}\n")
+        self._pending.append("\n]}\n")
+        self._flush()
         self._handle.close()
         self._atomic.__exit__(kind, value, traceback)
 

@@ -145,8 +145,9 @@ def _review_section(review: dict) -> str:
             + _table(["#", "bbox (level-0 x, y, w, h)", "nuclei", "mean confidence", "% low-confidence"], rows))
 
 
-DARKFIELD_NOTE = ("; <strong>dark background, as in fluorescence</strong>: the model was trained on brightfield H&amp;E "
-                  "and IHC, so these nuclei are unvalidated and the classes and stain measurements do not apply")
+DARKFIELD_NOTE = ("; <strong>dark background, as in fluorescence</strong>: the model was trained on brightfield "
+                  "H&amp;E and IHC, so these nuclei are unvalidated and the classes and stain measurements do not "
+                  "apply")
 
 
 def write_report(path: Path, summary: dict, columns: dict[str, np.ndarray], overlay: Image.Image,
