@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -40,3 +42,30 @@ def test_a_collection_without_features_is_valid(tmp_path):
         writer.write_fragment(encode_fragment("", True), 0)
     assert json.loads(gzip.decompress((tmp_path / "none.geojson.gz").read_bytes())) == {
         "type": "FeatureCollection", "features": []}
+
+
+JAVA_GUNZIP = """
+import java.io.*;
+import java.util.zip.GZIPInputStream;
+public class Gunzip {
+    public static void main(String[] args) throws IOException {
+        try (InputStream in = new GZIPInputStream(new FileInputStream(args[0]))) { in.transferTo(System.out); }
+    }
+}
+"""
+
+
+def test_java_reads_the_gzip_members_as_qupath_would(tmp_path):
+    """QuPath is Java: its GZIPInputStream must read the whole series of members, not stop after the first."""
+    java = shutil.which("java")
+    if java is None:
+        pytest.skip("no java here")
+    path = tmp_path / "nuclei.geojson.gz"
+    features = [square_feature(i) for i in range(5)]
+    with FeatureCollectionWriter(path) as writer:
+        for part in (features[:2], features[2:]):
+            writer.write_fragment(encode_fragment(features_text(part), True), len(part))
+    (tmp_path / "Gunzip.java").write_text(JAVA_GUNZIP)
+    read = subprocess.run([java, str(tmp_path / "Gunzip.java"), str(path)], capture_output=True, check=True,
+                          timeout=120).stdout
+    assert read == gzip.decompress(path.read_bytes()) and json.loads(read)["features"] == features
