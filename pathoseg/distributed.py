@@ -204,7 +204,7 @@ def region_resources(cluster: ClusterConfig, model: ModelConfig, local_gpu: bool
 
 
 def _connect(cluster: ClusterConfig) -> Client:
-    """A client of the scheduler at ``cluster.scheduler`` whose workers can run pathoseg."""
+    """A client of the scheduler at ``cluster.scheduler`` whose workers run this version of pathoseg."""
     address = cluster.scheduler
     try:
         client = Client(address, timeout=f"{cluster.connect_timeout_s}s")
@@ -224,6 +224,12 @@ def _connect(cluster: ClusterConfig) -> Client:
         raise ClusterError(f"worker {worker}: cannot run pathoseg ({error.__class__.__name__}: "
                            f"{str(error).splitlines()[0] if str(error) else ''}); install it in the workers' "
                            f"environment") from None
+    other = {worker: version for worker, version in versions.items() if version != __version__}
+    if other:
+        client.close()
+        worker, version = sorted(other.items())[0]
+        raise ClusterError(f"worker {worker}: runs pathoseg {version}, this client {__version__}; install the same "
+                           f"version on every worker (results would otherwise depend on where a region ran)")
     return client
 
 

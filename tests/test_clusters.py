@@ -5,6 +5,7 @@ scheduler, a worker without pathoseg or without the files) end in one line namin
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from distributed import Client
 
+import pathoseg
 from pathoseg.batch import find_slides, safe_name
 
 from clusters import (BIN, SMALL_CONFIG, assert_same_outputs, client_folder, dask_cli_cluster, first_slide_regions,
@@ -98,6 +100,31 @@ def test_a_worker_without_pathoseg_is_named(archive, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: worker tcp://127.0.0.1:"), lines
     assert "cannot run pathoseg" in lines[0] and "pathoseg" in lines[0]
+
+
+def test_a_worker_with_another_pathoseg_version_is_named(archive, tmp_path):
+    # A node with another release installed: this source tree copied with another version number, and the worker's
+    # Python told to import that copy (site-packages on PYTHONPATH without the site module, as above).
+    other = tmp_path / "other-release"
+    shutil.copytree(Path(pathoseg.__file__).parent, other / "pathoseg", ignore=shutil.ignore_patterns("weights"))
+    init = other / "pathoseg" / "__init__.py"
+    init.write_text(init.read_text().replace(f'__version__ = "{pathoseg.__version__}"', '__version__ = "0.0.9"'))
+    env = {**os.environ, "PYTHONPATH": f"{other}{os.pathsep}{sysconfig.get_paths()['purelib']}"}
+    probe = subprocess.run([sys.executable, "-S", "-c", "import pathoseg; print(pathoseg.__version__)"], env=env,
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert probe.stdout.strip() == "0.0.9", probe.stderr
+    (tmp_path / "small.yaml").write_text(SMALL_CONFIG)
+    with dask_cli_cluster(tmp_path / "cluster", worker_resources=()) as cluster:
+        cluster.workers.append(start_worker(cluster.address, tmp_path / "old-node", "old-node", env=env,
+                                            command=[sys.executable, "-S", "-m", "distributed.cli.dask_worker"]))
+        with Client(cluster.address) as client:
+            client.wait_for_workers(1, timeout=120)
+        result = run_segment(archive / "cases" / "slide1.svs", tmp_path / "out", cluster.address,
+                             tmp_path / "small.yaml")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: worker tcp://127.0.0.1:"), lines
+    assert f"runs pathoseg 0.0.9, this client {pathoseg.__version__}" in lines[0]
 
 
 def test_a_worker_that_cannot_read_the_slide_is_named(archive, tmp_path):
