@@ -25,7 +25,9 @@ from distributed import Client, Future, LocalCluster, WorkerPlugin, as_completed
 from pathoseg import __version__
 from pathoseg.config import ClusterConfig, ModelConfig
 from pathoseg.io import ngff
+from pathoseg.models.engines import choose_runtime
 from pathoseg.models.infer import Predictor, predictor_for, resolve_device
+from pathoseg.models.precision import resolve_precision
 from pathoseg.models.weights import load_model
 from pathoseg.region import RegionResult, RegionSettings, segment_region, timed
 from pathoseg.system import local_workers
@@ -51,9 +53,11 @@ def get_predictor(model: ModelConfig) -> Predictor:
 
 
 def predictor_facts(model: ModelConfig) -> dict[str, str]:
-    """Device, runtime and precision this process's predictor for ``model`` runs in."""
-    predictor = get_predictor(model)
-    return {"device": str(predictor.device), "runtime": predictor.runtime, "precision": predictor.precision}
+    """Device, runtime and precision this process's predictor for ``model`` runs in (resolved as the predictor
+    resolves them, without building it)."""
+    device = resolve_device(model.device)
+    return {"device": str(device), "runtime": choose_runtime(model.runtime, device),
+            "precision": resolve_precision(model.precision, device)}
 
 
 class ModelPlugin(WorkerPlugin):
@@ -89,10 +93,13 @@ def peak_rss_bytes() -> int:
 
 
 class RegionRunner:
-    """Runs region tasks and hands each result to a callback as soon as it is done."""
+    """Runs region tasks and hands each result to a callback as soon as it is done (the workers load the model when
+    the first are sent), and maps other functions over the workers (``map_in_order``)."""
 
-    def __init__(self, client: Client | None, model: ModelConfig, resources: dict | None = None):
-        self.client, self.model, self.resources = client, model, resources
+    def __init__(self, client: Client | None, model: ModelConfig, resources: dict | None = None,
+                 torch_threads: int = 1):
+        self.client, self.model, self.resources, self.torch_threads = client, model, resources, torch_threads
+        self._workers_load_the_model = False
 
     def check_workers(self, readable: list[Path], writable: list[Path]) -> None:
         """Raise ClusterError naming a worker that cannot read ``readable`` or write ``writable``."""
@@ -114,6 +121,10 @@ class RegionRunner:
         def needs(region: Region) -> list[Block]:
             return [block for block in job.grid.blocks_in(region.window) if block in block_tiles]
 
+        if self.client is not None and regions and not self._workers_load_the_model:
+            # only now: a slide whose regions are all done (outputs rendered again) needs no model on the workers
+            self.client.register_plugin(ModelPlugin(self.model, self.torch_threads))
+            self._workers_load_the_model = True
         if self.client is None:
             tiled: set[Block] = set()
             for region in regions:
@@ -260,8 +271,7 @@ def open_runner(cluster: ClusterConfig, model: ModelConfig, tasks: int | None = 
         resources = region_resources(cluster, model)
         client = _connect(cluster)
     try:
-        client.register_plugin(ModelPlugin(model, cluster.threads_per_worker))
-        yield RegionRunner(client, model, resources)
+        yield RegionRunner(client, model, resources, cluster.threads_per_worker)
     finally:
         client.close()
         if local is not None:

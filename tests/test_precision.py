@@ -76,6 +76,19 @@ def test_runtime_choice():
         choose_runtime("tensorrt", cpu)
 
 
+@pytest.mark.parametrize("runtime, precision", [("auto", "auto"), ("torch", "fp32"), ("auto", "bf16")])
+def test_run_facts_are_what_the_built_predictor_runs(runtime, precision):
+    """The summary's device/runtime/precision are resolved without building a predictor (a resumed slide needs
+    none); they must be what a built one runs."""
+    from pathoseg.distributed import predictor_facts
+    from pathoseg.models.infer import predictor_for
+
+    model = load_config(overrides={"model": {"runtime": runtime, "precision": precision}}).model
+    predictor = predictor_for(HoVerNet("light").eval(), model)
+    assert predictor_facts(model) == {"device": str(predictor.device), "runtime": predictor.runtime,
+                                      "precision": predictor.precision}
+
+
 @pytest.mark.skipif(not openvino_available(), reason="openvino is not installed")
 @pytest.mark.parametrize("np_classes", [2, 3])
 def test_openvino_gives_pytorchs_maps(np_classes):
