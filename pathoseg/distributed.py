@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
 import resource
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import astuple
 from pathlib import Path
