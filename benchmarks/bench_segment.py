@@ -12,27 +12,45 @@ RSS of the client and of the worker processes. Peak RSS should stay flat as the 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
+import json
+import subprocess
+import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
 from pathoseg.config import load_config
-from pathoseg.models.infer import resolve_device
-from pathoseg.models.weights import load_model
 from pathoseg.pipeline import segment_slide
 from pathoseg.synthetic import write_synthetic_slide
-from pathoseg.system import cpu_capability, local_workers, model_mpx_per_second
+from pathoseg.system import cpu_capability, local_workers
+
+
+# Run by a fresh interpreter: a multiprocessing "spawn" child that imports torch while it starts (as it does when it
+# re-imports this script) ran OpenVINO bf16 5x slower here (0.67 vs 3.6 Mpx/s), which made every ratio look better.
+# Dask's worker processes run at full speed (measured in-worker: 2.34 Mpx/s per thread, as in-process).
+MODEL_ONLY = """
+import json, sys
+import torch
+from pathoseg.models.infer import resolve_device
+from pathoseg.models.weights import load_model
+from pathoseg.system import model_mpx_per_second
+settings = json.loads(sys.argv[1])
+torch.set_num_threads(settings["threads"])
+print(model_mpx_per_second(load_model(settings["name"]).network, resolve_device(settings["device"]),
+                           settings["precision"], settings["runtime"], settings["seconds"]))
+"""
 
 
 def model_only_mpx_per_s(config, seconds: float) -> float:
-    """Baseline: the predictor alone, with as many torch threads as the cluster has in all."""
-    torch.set_num_threads(config.cluster.threads_per_worker * local_workers(config.cluster))
+    """Baseline: the predictor alone, with as many torch threads as the cluster has in all, in its own process (so
+    that the client's peak RSS below is the pipeline's alone)."""
     model = config.model
-    return model_mpx_per_second(load_model(model.name).network, resolve_device(model.device), model.precision,
-                                model.runtime, seconds)
+    settings = {"threads": config.cluster.threads_per_worker * local_workers(config.cluster), "name": model.name,
+                "device": model.device, "precision": model.precision, "runtime": model.runtime, "seconds": seconds}
+    run = subprocess.run([sys.executable, "-c", MODEL_ONLY, json.dumps(settings)], capture_output=True, text=True,
+                         check=True)
+    return float(run.stdout.split()[-1])
 
 
 def device_description() -> str:
@@ -46,9 +64,7 @@ def run_setting(slides: dict[int, Path], workdir: Path, runtime: str, precision:
     """Segment every slide with one inference setting and cluster shape; print one line per slide."""
     config = load_config(overrides={"cluster": cluster, "model": {"runtime": runtime, "precision": precision}})
     threads = config.cluster.threads_per_worker
-    # In a child process, so that the client's peak RSS below is the pipeline's alone.
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        baseline = pool.submit(model_only_mpx_per_s, config, baseline_seconds).result()
+    baseline = model_only_mpx_per_s(config, baseline_seconds)
     for side, slide in slides.items():
         out_dir = workdir / f"out-{side}-{runtime}-{precision}-{config.cluster.workers}"
         summary = segment_slide(slide, out_dir, config)
