@@ -80,6 +80,26 @@ def test_a_scheduler_that_is_not_there_is_one_line(archive, tmp_path):
     assert not (tmp_path / "out" / "summary.json").exists()
 
 
+SITELESS_WORKER = [sys.executable, "-S", "-m", "distributed.cli.dask_worker"]
+
+
+def error_with_one_odd_worker(archive: Path, tmp_path: Path, name: str, command: list[str],
+                              env: dict | None = None) -> str:
+    """Segment a slide on a cluster whose only worker is started by ``command``: the client must stop with exit
+    code 2 and one line naming that worker; returns the line."""
+    (tmp_path / "small.yaml").write_text(SMALL_CONFIG)
+    with dask_cli_cluster(tmp_path / "cluster", worker_resources=()) as cluster:
+        cluster.workers.append(start_worker(cluster.address, tmp_path / name, name, env=env, command=command))
+        with Client(cluster.address) as client:
+            client.wait_for_workers(1, timeout=120)
+        result = run_segment(archive / "cases" / "slide1.svs", tmp_path / "out", cluster.address,
+                             tmp_path / "small.yaml")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: worker tcp://127.0.0.1:"), lines
+    return lines[0]
+
+
 def test_a_worker_without_pathoseg_is_named(archive, tmp_path):
     # A worker whose Python has dask but not pathoseg: site-packages on PYTHONPATH without the site module, so the
     # editable install's .pth file (how pathoseg is installed here) is not read.
@@ -88,18 +108,8 @@ def test_a_worker_without_pathoseg_is_named(archive, tmp_path):
                             "ImportError:\n raise SystemExit(3)"], env=env, capture_output=True, cwd=tmp_path)
     if probe.returncode != 3:
         pytest.skip("pathoseg is not an editable install here: cannot make a worker without it")
-    (tmp_path / "small.yaml").write_text(SMALL_CONFIG)
-    with dask_cli_cluster(tmp_path / "cluster", worker_resources=()) as cluster:
-        cluster.workers.append(start_worker(cluster.address, tmp_path / "bare", "bare", env=env,
-                                            command=[sys.executable, "-S", "-m", "distributed.cli.dask_worker"]))
-        with Client(cluster.address) as client:
-            client.wait_for_workers(1, timeout=120)
-        result = run_segment(archive / "cases" / "slide1.svs", tmp_path / "out", cluster.address,
-                             tmp_path / "small.yaml")
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: worker tcp://127.0.0.1:"), lines
-    assert "cannot run pathoseg" in lines[0] and "pathoseg" in lines[0]
+    line = error_with_one_odd_worker(archive, tmp_path, "bare", SITELESS_WORKER, env)
+    assert "cannot run pathoseg" in line and "pathoseg" in line
 
 
 def test_a_worker_with_another_pathoseg_version_is_named(archive, tmp_path):
@@ -113,39 +123,19 @@ def test_a_worker_with_another_pathoseg_version_is_named(archive, tmp_path):
     probe = subprocess.run([sys.executable, "-S", "-c", "import pathoseg; print(pathoseg.__version__)"], env=env,
                            capture_output=True, text=True, cwd=tmp_path)
     assert probe.stdout.strip() == "0.0.9", probe.stderr
-    (tmp_path / "small.yaml").write_text(SMALL_CONFIG)
-    with dask_cli_cluster(tmp_path / "cluster", worker_resources=()) as cluster:
-        cluster.workers.append(start_worker(cluster.address, tmp_path / "old-node", "old-node", env=env,
-                                            command=[sys.executable, "-S", "-m", "distributed.cli.dask_worker"]))
-        with Client(cluster.address) as client:
-            client.wait_for_workers(1, timeout=120)
-        result = run_segment(archive / "cases" / "slide1.svs", tmp_path / "out", cluster.address,
-                             tmp_path / "small.yaml")
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: worker tcp://127.0.0.1:"), lines
-    assert f"runs pathoseg 0.0.9, this client {pathoseg.__version__}" in lines[0]
+    line = error_with_one_odd_worker(archive, tmp_path, "old-node", SITELESS_WORKER, env)
+    assert f"runs pathoseg 0.0.9, this client {pathoseg.__version__}" in line
 
 
 def test_a_worker_that_cannot_read_the_slide_is_named(archive, tmp_path):
     # A worker on a "node" where the archive's filesystem is not mounted: its own mount namespace with an empty
     # tmpfs over the archive folder.
-    slide = archive / "cases" / "slide1.svs"
     if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
         pytest.skip("cannot make a mount namespace here (needs root)")
     hide_archive = ["unshare", "-m", "--propagation", "private", "sh", "-c",
                     f'mount -t tmpfs none "{archive}" && exec "$0" "$@"', str(BIN / "dask"), "worker"]
-    (tmp_path / "small.yaml").write_text(SMALL_CONFIG)
-    with dask_cli_cluster(tmp_path / "cluster", worker_resources=()) as cluster:
-        cluster.workers.append(start_worker(cluster.address, tmp_path / "other-node", "other-node",
-                                            command=hide_archive))
-        with Client(cluster.address) as client:
-            client.wait_for_workers(1, timeout=120)
-        result = run_segment(slide, tmp_path / "out", cluster.address, tmp_path / "small.yaml")
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: worker tcp://127.0.0.1:"), lines
-    assert f"cannot read {slide}" in lines[0] and "filesystem every worker shares" in lines[0]
+    line = error_with_one_odd_worker(archive, tmp_path, "other-node", hide_archive)
+    assert f"cannot read {archive / 'cases' / 'slide1.svs'}" in line and "filesystem every worker shares" in line
 
 
 @pytest.mark.timeout(600)
