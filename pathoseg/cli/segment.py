@@ -36,7 +36,7 @@ def run_options(command):
         click.option("--device", help="auto | cpu | cuda | cuda:N."),
         click.option("--scheduler", help="local (embedded cluster, default) | inprocess | tcp://host:port."),
         click.option("--workers", type=WORKERS, help="Worker processes of the embedded cluster: a number, or auto "
-                     "(one per usable core, capped by memory and by the regions to compute; the default)."),
+                     "(one per usable core, capped by memory and by the slide's regions; the default)."),
         click.option("--stain", type=click.Choice(["auto", "he", "ihc"]), help="Stain mode (default auto)."),
         click.option("--no-gzip", is_flag=True, help="Write nuclei.geojson instead of nuclei.geojson.gz."),
         click.option("--table", is_flag=True, help="Also write nuclei.csv: one row of measurements per nucleus."),
