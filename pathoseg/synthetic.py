@@ -98,28 +98,34 @@ def _tiles(slide: SyntheticSlide, width: int, height: int, downsample: float, ti
 
 def write_synthetic_slide(path: str | Path, width: int, height: int, mpp: float = 0.25, kind: str = "svs",
                           tile_px: int = 512, seed: int = 0, min_level_px: int = 1024, quality: int = 85) -> Path:
-    """Write a pyramidal JPEG-tiled slide OpenSlide reads: ``kind`` ``svs`` (Aperio) or ``tiff`` (generic).
+    """Write a pyramidal JPEG-tiled slide: ``kind`` ``svs`` (Aperio), ``tiff`` (generic: one page per level) or
+    ``ome-tiff`` (the reduced levels in SubIFDs of the first page, as QuPath and bfconvert write them).
 
     Levels halve until the longer side is below ``min_level_px``. Pixel size goes into the TIFF resolution tags
-    (and the Aperio description for ``svs``).
+    (and the Aperio description for ``svs``, the OME metadata for ``ome-tiff``).
     """
     path = Path(path)
     slide = SyntheticSlide(width, height, mpp, seed)
-    downsample = 1
-    with tifffile.TiffWriter(path, bigtiff=width * height > 2**31) as writer:
-        while True:
+    downsamples = [1]
+    while -(-max(width, height) // downsamples[-1]) >= min_level_px * 2:
+        downsamples.append(downsamples[-1] * 2)
+    with tifffile.TiffWriter(path, bigtiff=width * height > 2**31, ome=kind == "ome-tiff") as writer:
+        for downsample in downsamples:
             level_w, level_h = -(-width // downsample), -(-height // downsample)
             level_mpp = mpp * downsample
-            description = None
+            options = {}
             if kind == "svs":
-                description = (f"Aperio Image Library v12.0.15 \n{width}x{height} [0,0 {width}x{height}] "
-                               f"({tile_px}x{tile_px}) JPEG/RGB Q={quality}|AppMag = {round(10 / mpp)}|"
-                               f"MPP = {level_mpp}")
+                options["description"] = (f"Aperio Image Library v12.0.15 \n{width}x{height} [0,0 {width}x{height}] "
+                                          f"({tile_px}x{tile_px}) JPEG/RGB Q={quality}|AppMag = {round(10 / mpp)}|"
+                                          f"MPP = {level_mpp}")
+            if kind == "ome-tiff" and downsample == 1:
+                options.update(subifds=len(downsamples) - 1, metadata={"axes": "YXS", "PhysicalSizeX": mpp,
+                                                                       "PhysicalSizeY": mpp})
+            else:
+                options["metadata"] = None
             writer.write(_tiles(slide, level_w, level_h, downsample, tile_px), shape=(level_h, level_w, 3),
-                         dtype=np.uint8, tile=(tile_px, tile_px), compression="jpeg", compressionargs={"level": quality}, photometric="rgb",
+                         dtype=np.uint8, tile=(tile_px, tile_px), compression="jpeg",
+                         compressionargs={"level": quality}, photometric="rgb",
                          resolution=(1e4 / level_mpp, 1e4 / level_mpp), resolutionunit="CENTIMETER",
-                         subfiletype=0 if downsample == 1 else 1, description=description, metadata=None)
-            if max(level_w, level_h) < min_level_px * 2:
-                break
-            downsample *= 2
+                         subfiletype=0 if downsample == 1 else 1, **options)
     return path

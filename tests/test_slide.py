@@ -1,9 +1,13 @@
 """Opening slides and images with real OpenSlide; clear errors for bad input."""
 
+import imageio.v3 as iio
 import numpy as np
+import openslide
 import pytest
+import tifffile
 
 from pathoseg.io.slide import SlideError, open_slide
+from pathoseg.synthetic import write_synthetic_slide
 
 from conftest import DICOM_SERIES_UID, copy_dicom_slide, shared
 
@@ -86,3 +90,85 @@ def test_folder_of_two_dicom_slides_names_the_problem(tmp_path):
         open_slide(folder)
     assert str(folder) in str(error.value)
     assert open_slide(folder / "level-0-frames-0-30.dcm").dimensions == (2220, 2967)
+
+
+def _same_regions(slide, other, rng, reads=60) -> bool:
+    """Random level-aligned reads (some past the edges) give the same pixels from both slides."""
+    width, height = slide.dimensions
+    for _ in range(reads):
+        level = int(rng.integers(0, len(slide.level_dimensions)))
+        downsample = round(slide.level_downsamples[level])
+        x, y = (int(v) * downsample for v in rng.integers(-40, [width // downsample, height // downsample]))
+        size = rng.integers(1, 400, 2)
+        if not np.array_equal(slide.read_region(x, y, level, *size), other.read_region(x, y, level, *size)):
+            return False
+    return True
+
+
+def test_ome_tiff_pyramid_gives_every_level(tmp_path):
+    """OpenSlide reads an OME-TIFF's SubIFD pyramid as one level; pathoseg reads all of it, pixel for pixel as
+    OpenSlide reads the same tiles in an SVS."""
+    svs = write_synthetic_slide(tmp_path / "s.svs", 3000, 2000, kind="svs", tile_px=256, min_level_px=256)
+    ome = write_synthetic_slide(tmp_path / "s.ome.tif", 3000, 2000, kind="ome-tiff", tile_px=256, min_level_px=256)
+    with openslide.OpenSlide(str(ome)) as native:
+        assert native.level_count == 1
+    slide, reference = open_slide(ome), open_slide(svs)
+    assert slide.vendor == "ome-tiff"
+    assert slide.mpp == pytest.approx(0.25) and slide.mpp_source == "TIFF metadata"
+    assert slide.level_dimensions == reference.level_dimensions and len(slide.level_dimensions) == 4
+    assert slide.level_downsamples == pytest.approx(reference.level_downsamples)
+    assert slide.level_for_mpp(1.0) == 2
+    assert _same_regions(slide, reference, np.random.default_rng(0))
+    thumbnail, downsample = slide.thumbnail(600)
+    reference_thumbnail, reference_downsample = reference.thumbnail(600)
+    assert downsample == reference_downsample and np.array_equal(thumbnail, reference_thumbnail)
+
+
+@pytest.mark.parametrize("rows_per_strip", [16, 1024])
+def test_strip_tiff_reads_like_the_image(tmp_path, monkeypatch, rows_per_strip):
+    """A TIFF of strips (ImageJ, image editors) is read strip by strip, or decoded once where its strips are large."""
+    monkeypatch.setattr("pathoseg.io.tiff.MAX_LAZY_STRIP_BYTES", 1 * 2**20)
+    rgb = iio.imread(shared("examples/he-tcga-tile.png"))[..., :3]
+    path = tmp_path / "strips.tif"
+    tifffile.imwrite(path, rgb, photometric="rgb", rowsperstrip=rows_per_strip, compression="zlib",
+                     resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER")
+    assert openslide.OpenSlide.detect_format(str(path)) is None  # OpenSlide would hand it to PIL, whole
+    slide = open_slide(path)
+    assert slide.vendor == "tiff" and slide.mpp == pytest.approx(0.25)
+    assert np.array_equal(slide.read_region(0, 0, 0, 1024, 1024), rgb)
+    region = slide.read_region(1000, -5, 0, 40, 30)  # past the corner: white, as OpenSlide reads it
+    assert np.array_equal(region[5:, :24], rgb[:25, 1000:])
+    assert (region[:5] == 255).all() and (region[:, 24:] == 255).all()
+
+
+def test_grey_and_planar_tiffs(tmp_path):
+    rgb = iio.imread(shared("examples/he-small.jpg"))[..., :3]
+    grey, planar = tmp_path / "grey.tif", tmp_path / "planar.tif"
+    tifffile.imwrite(grey, rgb[..., 1])
+    tifffile.imwrite(planar, np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    assert np.array_equal(open_slide(planar, mpp=0.5).read_region(0, 0, 0, 300, 200), rgb[:200, :300])
+    assert np.array_equal(open_slide(grey, mpp=0.5).read_region(0, 0, 0, 30, 20), np.repeat(rgb[:20, :30, 1:2], 3, 2))
+
+
+def test_multichannel_tiff_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "channels.ome.tif"
+    tifffile.imwrite(path, np.zeros((5, 64, 64), np.uint8), metadata={"axes": "CYX"})
+    with pytest.raises(SlideError, match=r"channels.ome.tif: image axes CYX .*not an RGB or grey image"):
+        open_slide(path)
+
+
+def test_oversized_plain_image_names_the_fix(monkeypatch):
+    monkeypatch.setattr("pathoseg.io.slide.MAX_PLAIN_IMAGE_PX", 100_000)
+    path = shared("examples/he-small.jpg")
+    with pytest.raises(SlideError, match="500x300 px is too large to decode as a plain JPEG image; save it as a "
+                                         "tiled pyramidal TIFF") as error:
+        open_slide(path)
+    assert str(path) in str(error.value)
+
+
+def test_thumbnail_read_in_bands_is_the_whole_read(monkeypatch):
+    slide = open_slide(shared("slides/CMU-1-Small-Region.svs"))
+    whole = slide.thumbnail(500)
+    monkeypatch.setattr("pathoseg.io.slide.THUMBNAIL_BAND_PX", 50)
+    banded = slide.thumbnail(500)
+    assert banded[1] == whole[1] and np.array_equal(banded[0], whole[0])

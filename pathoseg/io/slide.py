@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,9 +13,18 @@ import tifffile
 from PIL import Image
 
 from pathoseg.geometry import Box
+from pathoseg.io.tiff import TiffReadError, TiffSlide, tiff_levels
 
 # Pixel sizes read from plain-image metadata are believed only in this range (72/96 dpi defaults are not mpp).
 PLAUSIBLE_MPP = (0.05, 20.0)
+# A PNG or JPEG is decoded whole (by every process that reads it): past this size, a tiled TIFF is the way.
+MAX_PLAIN_IMAGE_PX = 1_000_000_000
+# PIL's guard against decompression bombs in untrusted uploads; here the user names the file, and
+# MAX_PLAIN_IMAGE_PX bounds what is decoded.
+Image.MAX_IMAGE_PIXELS = None
+# Rows of a level read at a time for a thumbnail: a slide without a pyramid never sits whole in memory.
+THUMBNAIL_BAND_PX = 4096
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 
 
 class SlideError(ValueError):
@@ -83,18 +93,27 @@ class Slide:
         return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
 
     def thumbnail(self, max_side_px: int) -> tuple[np.ndarray, float]:
-        """RGB thumbnail of the bounded region and its level-0 pixels per thumbnail pixel."""
+        """RGB thumbnail of the bounded region and its level-0 pixels per thumbnail pixel.
+
+        The level read is box-reduced band by band, so memory stays bounded by a band even where the slide has no
+        pyramid (a flat TIFF, a large PNG).
+        """
         bounds = self.bounds
         downsample = max(bounds.width, bounds.height) / max_side_px
         level = self.handle.get_best_level_for_downsample(max(downsample, 1.0))
         level_downsample = self.level_downsamples[level]
-        region = self.read_region(bounds.x, bounds.y, level, int(np.ceil(bounds.width / level_downsample)),
-                                  int(np.ceil(bounds.height / level_downsample)))
-        image = Image.fromarray(region)
+        width, height = (int(np.ceil(side / level_downsample)) for side in (bounds.width, bounds.height))
+        factor = max(1, int(downsample / level_downsample))
+        band_px = factor * max(1, THUMBNAIL_BAND_PX // factor)
+        bands = [Image.fromarray(self.read_region(bounds.x, bounds.y + round(top * level_downsample), level, width,
+                                                  min(band_px, height - top))).reduce(factor)
+                 for top in range(0, height, band_px)]
+        image = Image.fromarray(np.concatenate([np.asarray(band) for band in bands]))
         if downsample > level_downsample:
             scale = level_downsample / downsample
-            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                 Image.Resampling.BOX)
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            if image.size != size:
+                image = image.resize(size, Image.Resampling.BOX)
         return np.asarray(image), bounds.width / image.width
 
     def close(self) -> None:
@@ -164,6 +183,38 @@ def _dicom_slide_file(folder: Path) -> Path:
     return next(iter(series.values()))
 
 
+def _openslide_levels(path: Path) -> int:
+    with openslide.OpenSlide(str(path)) as handle:
+        return handle.level_count
+
+
+def _refuse_oversized_image(path: Path) -> None:
+    """SlideError for a plain image past ``MAX_PLAIN_IMAGE_PX``; reads only its header."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL's warnings about a file that is no image: the caller reports it once
+        with Image.open(path) as image:
+            width, height, kind = image.width, image.height, image.format
+    if width * height > MAX_PLAIN_IMAGE_PX:
+        raise SlideError(f"{path}: {width}x{height} px is too large to decode as a plain {kind} image; save it as "
+                         f"a tiled pyramidal TIFF (e.g. vips tiffsave IN OUT.tif --tile --pyramid --compression jpeg)")
+
+
+def _open_handle(path: Path) -> openslide.AbstractSlide:
+    """OpenSlide for the formats it knows; tifffile for TIFFs it reads as fewer levels than the file has, or not at
+    all (see ``io.tiff``); PIL (OpenSlide's ImageSlide) for other plain images, up to ``MAX_PLAIN_IMAGE_PX``."""
+    slide_format = openslide.OpenSlide.detect_format(str(path))
+    if slide_format in (None, "generic-tiff") and path.suffix.lower() in TIFF_SUFFIXES:
+        levels = tiff_levels(path)
+        if levels and (slide_format is None or levels > _openslide_levels(path)):
+            try:
+                return TiffSlide(path)
+            except TiffReadError as error:
+                raise SlideError(f"{path}: {error}") from None
+    if slide_format is None:
+        _refuse_oversized_image(path)
+    return openslide.open_slide(str(path))
+
+
 def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
     """Open a whole-slide image or a plain image.
 
@@ -182,9 +233,11 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
     if path.is_dir():
         path = _dicom_slide_file(path)
     try:
-        handle = openslide.open_slide(str(path))
+        handle = _open_handle(path)
         handle.read_region((0, 0), handle.level_count - 1, (1, 1))  # fail now on unreadable pixel data
-    except (openslide.OpenSlideError, OSError, ValueError, Image.DecompressionBombError) as error:
+    except SlideError:
+        raise
+    except (openslide.OpenSlideError, OSError, ValueError) as error:
         reason = str(error).split(": ")[-1] or error.__class__.__name__
         raise SlideError(f"{path}: not a readable slide or image ({reason})") from None
     if mpp is not None:

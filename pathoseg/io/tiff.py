@@ -1,0 +1,137 @@
+"""TIFFs OpenSlide cannot read as slides, read through tifffile behind OpenSlide's interface.
+
+OpenSlide reads an OME-TIFF pyramid (levels in SubIFDs, as QuPath, bfconvert and tifffile write them) as its full
+resolution level only, and a TIFF of strips (ImageJ, most image editors) not at all: it falls back to decoding the
+whole image with PIL. This reader gives such files their levels and reads regions tile by tile (strip by strip).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import openslide
+import tifffile
+import zarr
+from PIL import Image
+
+# A level stored in strips larger than this is decoded once and kept, instead of once per region read.
+MAX_LAZY_STRIP_BYTES = 64 * 2**20
+
+
+class TiffReadError(ValueError):
+    """A TIFF whose pixels are not an RGB or grey image this reader can give (the message says why)."""
+
+
+def tiff_levels(path: str | Path) -> int:
+    """Resolution levels of the first image in a TIFF (SubIFD and multi-page pyramids alike); 0 if unreadable."""
+    quiet = logging.getLogger("tifffile")
+    level, quiet.level = quiet.level, logging.ERROR + 1  # a file that is no TIFF is reported once, by the caller
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            return len(tiff.series[0].levels) if tiff.series else 0
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError):
+        return 0
+    finally:
+        quiet.level = level
+
+
+def _yxs(array, axes: str) -> tuple:
+    """Index order that turns an array of ``axes`` into (Y, X[, S]); TiffReadError for anything else."""
+    if axes in ("YX", "YXS"):
+        return None
+    if axes in ("SYX", "CYX") and array.shape[0] in (3, 4):
+        return (1, 2, 0)
+    raise TiffReadError(f"image axes {axes} with shape {tuple(array.shape)}: not an RGB or grey image")
+
+
+class TiffSlide(openslide.AbstractSlide):
+    """The first image of a TIFF and its reduced levels, as OpenSlide's ``AbstractSlide``.
+
+    ``properties`` holds only the vendor (``ome-tiff`` or ``tiff``; the pixel size is read from the file's metadata
+    as for any TIFF). Regions outside the image read as transparent, as in OpenSlide.
+    """
+
+    def __init__(self, path: str | Path):
+        self._tiff = tifffile.TiffFile(path)
+        series = self._tiff.series[0]
+        self._levels = [zarr.open_array(series.aszarr(level=index), mode="r") for index in range(len(series.levels))]
+        self._order = _yxs(self._levels[0], series.axes)
+        if self._levels[0].dtype not in (np.uint8, np.uint16):
+            raise TiffReadError(f"{self._levels[0].dtype} pixels: not 8- or 16-bit")
+        pages = [level.keyframe for level in series.levels]
+        self._in_memory = {index: None for index, page in enumerate(pages)
+                           if not page.is_tiled and page.rowsperstrip * page.imagewidth * page.samplesperpixel
+                           * page.dtype.itemsize > MAX_LAZY_STRIP_BYTES}
+        self._dimensions = tuple(self._width_height(level) for level in self._levels)
+        self._properties = {openslide.PROPERTY_NAME_VENDOR: "ome-tiff" if self._tiff.is_ome else "tiff"}
+
+    def _width_height(self, level) -> tuple[int, int]:
+        shape = level.shape if self._order is None else tuple(level.shape[i] for i in self._order)
+        return int(shape[1]), int(shape[0])
+
+    @classmethod
+    def detect_format(cls, filename) -> str | None:
+        return "tiff" if tiff_levels(filename) else None
+
+    @property
+    def level_count(self) -> int:
+        return len(self._levels)
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return self._dimensions
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        width, height = self._dimensions[0]
+        return tuple((width / w + height / h) / 2 for w, h in self._dimensions)
+
+    @property
+    def properties(self) -> dict[str, str]:
+        return self._properties
+
+    @property
+    def associated_images(self) -> dict:
+        return {}
+
+    def get_best_level_for_downsample(self, downsample: float) -> int:
+        """The coarsest level whose downsample does not exceed ``downsample`` (OpenSlide's rule)."""
+        fitting = [level for level, own in enumerate(self.level_downsamples) if own <= downsample * 1.0001]
+        return fitting[-1] if fitting else 0
+
+    def _pixels(self, level: int, rows: slice, cols: slice) -> np.ndarray:
+        if level in self._in_memory:
+            if self._in_memory[level] is None:
+                self._in_memory[level] = self._levels[level][...]
+            source = self._in_memory[level]
+        else:
+            source = self._levels[level]
+        if self._order is None:
+            return np.asarray(source[rows, cols])
+        return np.moveaxis(np.asarray(source[:, rows, cols]), 0, -1)
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
+        """RGBA PIL image of ``size`` at ``level``, top-left at level-0 ``location``; transparent outside the image."""
+        if not 0 <= level < self.level_count:
+            raise openslide.OpenSlideError(f"invalid level {level}")
+        downsample = self.level_downsamples[level]
+        x, y = int(location[0] / downsample), int(location[1] / downsample)  # toward zero, as OpenSlide
+        width, height = size
+        level_width, level_height = self._dimensions[level]
+        out = np.zeros((height, width, 4), np.uint8)
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + width, level_width), min(y + height, level_height)
+        if x1 > x0 and y1 > y0:
+            pixels = self._pixels(level, slice(y0, y1), slice(x0, x1))
+            if pixels.dtype == np.uint16:
+                pixels = (pixels >> 8).astype(np.uint8)
+            if pixels.ndim == 2:
+                pixels = pixels[..., None]
+            target = out[y0 - y:y1 - y, x0 - x:x1 - x]
+            target[..., :3] = pixels[..., :3] if pixels.shape[2] >= 3 else pixels[..., :1]
+            target[..., 3] = pixels[..., 3] if pixels.shape[2] == 4 else 255
+        return Image.fromarray(out, "RGBA")
+
+    def close(self) -> None:
+        self._tiff.close()
