@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".svslide", ".bif", ".dcm",
                   ".png", ".jpg", ".jpeg"}
-MANIFEST_FIELDS = ["slide", "output", "status", "nuclei", "seconds", "error"]
+MANIFEST_FIELDS = ["slide", "output", "status", "nuclei", "seconds", "roi", "error"]
 SLIDE_ERRORS = (SlideError, OutputError, CheckpointError, OSError, ValueError)
 
 
@@ -58,6 +58,18 @@ def one_per_dicom_series(paths: list[Path], archive: Path) -> list[Path]:
         else:
             kept.extend(series or files)
     return sorted(kept)
+
+
+def roi_for(slide: Path, roi_dir: Path | None) -> Path | None:
+    """The slide's annotations in ``roi_dir``: ``<slide name>.geojson`` or ``<name without suffix>.geojson`` (either
+    may be gzipped, ``.geojson.gz``); None where there is none."""
+    if roi_dir is None:
+        return None
+    for stem in (slide.name, slide.stem):
+        for suffix in (".geojson", ".geojson.gz"):
+            if (roi_dir / f"{stem}{suffix}").is_file():
+                return roi_dir / f"{stem}{suffix}"
+    return None
 
 
 def safe_name(slide: Path, archive: Path) -> str:
@@ -100,11 +112,12 @@ def archive_row(slide_key: str, summary: dict) -> dict:
 
 def run_batch(archive: Path, out_root: Path, config: Config, runner: RegionRunner | None = None,
               pattern: str | None = None, on_slide: Callable[[Path, str], None] | None = None,
-              progress=None) -> list[dict]:
+              progress=None, roi_dir: Path | None = None) -> list[dict]:
     """Segment every slide of ``archive`` into ``out_root/<safe name>/``; returns the manifest rows.
 
-    A slide whose output is complete (summary.json present, manifest says ok) is skipped; a failing slide is
-    recorded with its error and the batch goes on; an interrupted slide resumes from its store on the next run.
+    A slide whose output is complete (summary.json present, manifest says ok, same annotation file) is skipped; a
+    failing slide is recorded with its error and the batch goes on; an interrupted slide resumes from its store on
+    the next run. With ``roi_dir``, a slide with annotations there (``roi_for``) is limited to them.
     """
     archive, out_root = Path(archive), Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
@@ -115,19 +128,24 @@ def run_batch(archive: Path, out_root: Path, config: Config, runner: RegionRunne
     for slide in slides:
         key = slide.relative_to(archive).as_posix()
         out_dir = out_root / safe_name(slide, archive)
-        done = previous.get(key, {}).get("status") in ("ok", "skipped") and (out_dir / "summary.json").is_file()
+        roi = roi_for(slide, roi_dir)
+        roi_name = roi.name if roi else ""
+        before = previous.get(key, {})
+        done = (before.get("status") in ("ok", "skipped") and before.get("roi", "") == roi_name
+                and (out_dir / "summary.json").is_file())
         if done:
-            rows[key] = {**previous[key], "status": "skipped"}
+            rows[key] = {**before, "status": "skipped"}
         else:
             started = time.time()
+            row = {"slide": key, "output": out_dir.name, "roi": roi_name}
             try:
-                summary = segment_slide(slide, out_dir, config, progress=progress, runner=runner)
-                rows[key] = {"slide": key, "output": out_dir.name, "status": "ok", "nuclei": summary["nuclei"],
+                summary = segment_slide(slide, out_dir, config, progress=progress, runner=runner, roi_path=roi)
+                rows[key] = {**row, "status": "ok", "nuclei": summary["nuclei"],
                              "seconds": round(time.time() - started, 1), "error": ""}
             except SLIDE_ERRORS as error:
                 log.warning("%s failed: %s", key, error)
-                rows[key] = {"slide": key, "output": out_dir.name, "status": "failed", "nuclei": "",
-                             "seconds": round(time.time() - started, 1), "error": str(error).splitlines()[0]}
+                rows[key] = {**row, "status": "failed", "nuclei": "", "seconds": round(time.time() - started, 1),
+                             "error": str(error).splitlines()[0]}
         if on_slide:
             on_slide(slide, rows[key]["status"])
         write_table(manifest_path, [*rows.values()], MANIFEST_FIELDS)

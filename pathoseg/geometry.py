@@ -72,6 +72,10 @@ class SlideFrame:
         """(N, 2) model-pixel (x, y) positions (pixel corners) -> level-0 (x, y)."""
         return np.asarray(xy_model, float) * self.level0_per_model_px + (self.origin_x, self.origin_y)
 
+    def level0_to_model(self, xy_level0: np.ndarray) -> np.ndarray:
+        """(N, 2) level-0 (x, y) -> model-pixel (x, y) (the inverse of ``model_to_level0``)."""
+        return (np.asarray(xy_level0, float) - (self.origin_x, self.origin_y)) / self.level0_per_model_px
+
     def level0_box_to_model(self, box: Box) -> Box:
         """The model-pixel box that covers a level-0 box."""
         scale = self.level0_per_model_px

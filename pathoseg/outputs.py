@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+import shapely
 
 from pathoseg.geometry import Box, SlideFrame
 from pathoseg.io.geojson import FeatureCollectionWriter, atomic_path, encode_fragment, features_text, nucleus_feature
@@ -131,12 +133,20 @@ def level0_outlines(results: Iterable[RegionResult], frame: SlideFrame, class_na
             yield frame.model_to_level0(result.polygons[i]) - corner, colors[i]
 
 
+ROI_COLOR = [255, 190, 0]
+
+
 def write_overlay(path: Path, thumbnail: np.ndarray, level0_per_thumb_px: float, results: Iterable[RegionResult],
                   frame: SlideFrame, class_names: list[str], class_colors: list[list[int]], stain_mode: str,
-                  dab_thresholds: list[float]) -> None:
-    """Thumbnail of the bounded region with nucleus outlines coloured by class (or DAB bin)."""
+                  dab_thresholds: list[float], roi: shapely.Geometry | None = None) -> None:
+    """Thumbnail of the bounded region with nucleus outlines coloured by class (or DAB bin), and the outline of the
+    region of interest ((Multi)Polygon, level-0 pixels) where there is one."""
     outlines = level0_outlines(results, frame, class_names, class_colors, stain_mode, dab_thresholds)
-    save_png(draw_overlay(thumbnail, outlines, 1 / level0_per_thumb_px), path)
+    corner = np.array([frame.origin_x, frame.origin_y])
+    roi_rings = [] if roi is None else [(np.asarray(ring.coords) - corner, ROI_COLOR)
+                                        for polygon in shapely.get_parts(roi)
+                                        for ring in (polygon.exterior, *polygon.interiors)]
+    save_png(draw_overlay(thumbnail, itertools.chain(outlines, roi_rings), 1 / level0_per_thumb_px), path)
 
 
 def write_review_geojson(path: Path, squares: list[dict], slide_key: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -14,17 +15,20 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import shapely
 from PIL import Image
+from scipy import ndimage
 
 from pathoseg import __version__
 from pathoseg.config import Config
 from pathoseg.distributed import RegionRunner, open_runner, peak_rss_bytes
 from pathoseg.geometry import Box, SlideFrame
 from pathoseg.io import ngff
+from pathoseg.io.annotations import Annotation, read_annotations
 from pathoseg.io.regions import finished_regions, load_region, save_region
 from pathoseg.io.slide import Slide, SlideError, open_slide
 from pathoseg.io.report import write_report
-from pathoseg.measure.areas import review_squares, tissue_region_stats
+from pathoseg.measure.areas import annotation_stats, review_squares, tissue_region_stats
 from pathoseg.measure.biomarkers import (DAB_BIN_COLORS, DAB_BIN_NAMES, class_summary, dab_bins, positivity_certainty,
                                          positivity_summary)
 from pathoseg.measure.stain import StainEstimate, estimate_hdab_vectors
@@ -118,6 +122,7 @@ class SlidePlan:
     store_identity: dict
     mpp_override: float | None = None
     stains: StainEstimate | None = None  # IHC with stain.estimate_vectors: the slide's own vectors
+    roi: "RegionOfInterest | None" = None
 
     def tile_job(self) -> TileJob:
         """Absolute paths: workers may run in another directory (on a cluster, on a shared filesystem)."""
@@ -152,9 +157,41 @@ def slide_stains(slide: Slide, tissue: TissueMask, config: Config) -> StainEstim
     return estimate
 
 
-def plan_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp: float | None = None) -> SlidePlan:
-    """Open the slide, check pixel size and output folder, find tissue, lay out tiles and regions."""
+@dataclasses.dataclass(frozen=True)
+class RegionOfInterest:
+    """The annotations a run is limited to (``--roi``): nuclei are counted inside their union only."""
+
+    path: Path
+    annotations: list[Annotation]
+
+    @functools.cached_property
+    def union(self) -> shapely.Geometry:
+        """(Multi)Polygon in level-0 pixels."""
+        return shapely.union_all([annotation.polygon for annotation in self.annotations])
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(shapely.to_wkb(self.union)).hexdigest()
+
+
+def tissue_in_roi(slide: Slide, tissue: TissueMask, roi: RegionOfInterest) -> TissueMask:
+    """The slide's tissue inside the region of interest; SlideError where there is none."""
+    bounds = slide.bounds
+    if not roi.union.intersects(shapely.box(bounds.x, bounds.y, bounds.x1, bounds.y1)):
+        raise SlideError(f"{roi.path}: its annotations lie outside {slide.path.name} (level-0 bounds {bounds.x}, "
+                         f"{bounds.y}, {bounds.width} x {bounds.height} px)")
+    inside = tissue.within(roi.union, (bounds.x, bounds.y))
+    if not inside.mask.any():
+        raise SlideError(f"{roi.path}: no tissue of {slide.path.name} inside its annotations")
+    return inside
+
+
+def plan_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp: float | None = None,
+               roi_path: str | Path | None = None) -> SlidePlan:
+    """Open the slide, check pixel size and output folder, find tissue (inside the annotations of ``roi_path``, a
+    GeoJSON file, when given), lay out tiles and regions."""
     slide = open_slide(slide_path, mpp)
+    roi = RegionOfInterest(Path(roi_path), read_annotations(roi_path)) if roi_path else None
     if slide.mpp is None:
         raise SlideError(f"{slide.path}: the file carries no pixel size; give it with --mpp")
     out_dir = prepare_output(out_dir)
@@ -164,6 +201,11 @@ def plan_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp:
     tissue, _ = find_tissue(slide, config)
     if not tissue.mask.any():
         raise SlideError(f"{slide.path}: no tissue found")
+    # With a region of interest, the work also covers mask pixels cut by its outline (their centre is outside).
+    work_mask = tissue.mask
+    if roi is not None:
+        tissue = tissue_in_roi(slide, tissue, roi)
+        work_mask = ndimage.binary_dilation(tissue.mask, np.ones((3, 3), bool)) & work_mask
     if tissue.darkfield:
         log.warning("%s: a dark background, as in fluorescence: the model was trained on brightfield H&E and IHC, "
                     "so its nuclei here are unvalidated and its classes and stain measurements do not apply",
@@ -171,14 +213,13 @@ def plan_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp:
     width_px, height_px = frame.model_size_px(bounds.width, bounds.height)
     tiling = config.tiling
     grid = Grid(width_px, height_px, tiling.tile_px, tiling.region_px, tiling.margin_px)
-    regions, tiles = plan_work(grid, tissue_tiles(grid, tissue.mask, frame.level0_per_model_px /
-                                                  tissue.level0_per_px))
+    regions, tiles = plan_work(grid, tissue_tiles(grid, work_mask, frame.level0_per_model_px / tissue.level0_per_px))
     stat = slide.path.stat()
     identity = {"slide": slide.path.name, "size": stat.st_size, "mtime": int(stat.st_mtime),
                 "slide_mpp": slide.mpp, "model_mpp": model.metadata.mpp, "tile_px": tiling.tile_px,
-                "block_px": tiling.region_px}
+                "block_px": tiling.region_px, "roi": roi.digest if roi else None}
     return SlidePlan(slide, out_dir, model.metadata, model.sha256, frame, tissue, grid, regions, tiles,
-                     out_dir / "store.zarr", identity, mpp, slide_stains(slide, tissue, config))
+                     out_dir / "store.zarr", identity, mpp, slide_stains(slide, tissue, config), roi)
 
 
 def open_store(plan: SlidePlan) -> None:
@@ -199,6 +240,8 @@ def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: Reg
     settings = RegionSettings.from_config(config, plan.metadata.mpp)
     if plan.stains is not None:
         settings = settings.with_stain_matrix(plan.stains.matrix)
+    if plan.roi is not None:
+        settings = settings.with_roi(shapely.transform(plan.roi.union, plan.frame.level0_to_model))
     _reset_stale_results(plan.nuclei_dir, {"model_sha256": plan.model_sha256, "settings": repr(settings),
                                            "region_px": plan.grid.region_px, "margin_px": plan.grid.margin_px,
                                            "store": plan.store_identity})
@@ -229,18 +272,20 @@ def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: Reg
 
 
 def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp: float | None = None,
-                  progress: Progress | None = None, runner: RegionRunner | None = None) -> dict:
-    """Segment every nucleus of a slide; writes the outputs into ``out_dir`` and returns the summary.
+                  progress: Progress | None = None, runner: RegionRunner | None = None,
+                  roi_path: str | Path | None = None) -> dict:
+    """Segment every nucleus of a slide (inside the annotations of ``roi_path``, a GeoJSON file, when given);
+    writes the outputs into ``out_dir`` and returns the summary.
 
     ``runner`` lets a batch share one cluster across slides (default: open one for ``config.cluster``).
-    Raises SlideError (bad slide, no pixel size, no tissue), OutputError, CheckpointError.
+    Raises SlideError (bad slide, no pixel size, no tissue), AnnotationError, OutputError, CheckpointError.
     """
     started = time.time()
     progress = progress or (lambda stage, n, total: None)
     # the client's wall time per phase (cluster: starting the embedded one; regions: tiling + region tasks)
     seconds: dict[str, float] = {}
     with timed(seconds, "plan"):
-        plan = plan_slide(slide_path, out_dir, config, mpp)
+        plan = plan_slide(slide_path, out_dir, config, mpp, roi_path)
     with ExitStack() as stack:
         with timed(seconds, "cluster"):
             active = runner or stack.enter_context(open_runner(config.cluster, config.model, len(plan.regions)))
@@ -317,7 +362,7 @@ def write_slide_outputs(plan: SlidePlan, config: Config, runner: RegionRunner) -
     overlay_side = min(config.output.overlay_max_px, max(bounds.width, bounds.height))
     thumbnail, level0_per_thumb_px = slide.thumbnail(overlay_side)
     write_overlay(out_dir / "overlay.png", thumbnail, level0_per_thumb_px, results(), frame, names, colors,
-                  stain_mode, thresholds)
+                  stain_mode, thresholds, plan.roi.union if plan.roi else None)
     bins = dab_bins(columns["dab_od_mean"], tuple(thresholds)) if stain_mode == "ihc" else None
     origin = (frame.origin_x, frame.origin_y)
     centroids = columns["centroids_level0"]
@@ -344,6 +389,10 @@ def write_slide_outputs(plan: SlidePlan, config: Config, runner: RegionRunner) -
         "outputs": {"geojson": f"nuclei{suffix}", "overlay": "overlay.png", "report": "report.html",
                     "review": "review.geojson", "store": "store.zarr"},
     }
+    if plan.roi is not None:
+        summary["roi"] = {"file": str(plan.roi.path),
+                          "annotations": annotation_stats(plan.roi.annotations, tissue, origin, centroids,
+                                                          columns["class_id"], names, slide.mpp, bins)}
     if bins is not None:
         borderline = int(np.sum(positivity_certainty(columns["dab_od_mean"], thresholds[0]) < 0.5))
         summary["ihc"] = {**positivity_summary(bins), "dab_thresholds": thresholds, "borderline_nuclei": borderline}

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
+import shapely
 
 from pathoseg.config import Config, FilterConfig, PostprocConfig
 from pathoseg.geometry import Box
@@ -31,6 +32,7 @@ class RegionSettings:
     filters: FilterConfig = FilterConfig()
     simplify_px: float = 0.3
     stain_matrix: tuple | None = None
+    roi_wkb: bytes | None = field(default=None, repr=False)  # region of interest, model px: nuclei outside are left out
 
     @classmethod
     def from_config(cls, config: Config, mpp: float) -> "RegionSettings":
@@ -42,6 +44,18 @@ class RegionSettings:
     def with_stain_matrix(self, matrix) -> "RegionSettings":
         """These settings measuring with ``matrix`` ((3, 3), rows = stain OD vectors)."""
         return dataclasses.replace(self, stain_matrix=tuple(map(tuple, np.asarray(matrix).tolist())))
+
+    def with_roi(self, region_model_px: shapely.Geometry) -> "RegionSettings":
+        """These settings keeping only the nuclei whose centroid lies in ``region_model_px`` (model pixels)."""
+        return dataclasses.replace(self, roi_wkb=shapely.to_wkb(region_model_px))
+
+    def in_roi(self, centroids_xy: np.ndarray) -> np.ndarray:
+        """(N,) bool: which (N, 2) model-pixel centroids lie in the region of interest (all, without one)."""
+        if self.roi_wkb is None:
+            return np.ones(len(centroids_xy), bool)
+        roi = shapely.from_wkb(self.roi_wkb)
+        shapely.prepare(roi)
+        return shapely.contains_xy(roi, centroids_xy[:, 0], centroids_xy[:, 1])
 
 
 @dataclass
@@ -76,7 +90,8 @@ def timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
 
 def nuclei_from_maps(index: int, rgb: np.ndarray, maps: PredictionMaps, window: Box, core: Box,
                      settings: RegionSettings, seconds: dict[str, float] | None = None) -> RegionResult:
-    """Post-process a window's maps, keep the nuclei the core owns, outline and measure them, drop the implausible."""
+    """Post-process a window's maps, keep the nuclei the core owns, outline and measure them, drop the implausible
+    and those outside the region of interest."""
     seconds = {} if seconds is None else seconds
     with timed(seconds, "postproc"):
         labels = instances_from_maps(maps.np_prob, maps.hv, settings.postproc, maps.interior_prob)
@@ -85,10 +100,12 @@ def nuclei_from_maps(index: int, rgb: np.ndarray, maps: PredictionMaps, window: 
         outlines = instance_polygons(owned, settings.simplify_px)
     with timed(seconds, "measure"):
         measurements, filters = plausible_nuclei(owned, outlines, rgb, maps, settings)
-    keep = np.nonzero(filters["keep"])[0]
     offset = np.array([window.x, window.y], float)
+    plausible_ids = np.nonzero(filters["keep"])[0]
+    centroids = np.array([outlines[i].centroid.coords[0] for i in plausible_ids]).reshape(-1, 2) + offset
+    in_roi = settings.in_roi(centroids)
+    keep, centroids = plausible_ids[in_roi], centroids[in_roi]
     polygons = [np.asarray(outlines[i].exterior.coords)[:-1] + offset for i in keep]
-    centroids = np.array([outlines[i].centroid.coords[0] for i in keep]).reshape(-1, 2) + offset
     removed = {name: int(filters[name].sum()) for name in ("too_small", "too_large", "irregular", "degenerate")}
     return RegionResult(index, polygons, centroids, {key: values[keep] for key, values in measurements.items()},
                         removed, seconds)

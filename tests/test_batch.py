@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 
@@ -76,3 +77,30 @@ def test_a_dicom_slide_counts_once(tmp_path):
     rows = read_rows(out / "manifest.csv")
     assert list(rows) == ["case_a"] and rows["case_a"]["status"] == "ok" and int(rows["case_a"]["nuclei"]) > 2000
     assert (out / "case_a" / "nuclei.geojson.gz").is_file()
+
+
+def test_batch_limits_slides_to_their_annotations(tmp_path):
+    """--roi-dir: a slide with <stem>.geojson there is limited to it; changing that redoes the slide."""
+    archive, rois, out = tmp_path / "archive", tmp_path / "rois", tmp_path / "results"
+    archive.mkdir()
+    rois.mkdir()
+    write_synthetic_slide(archive / "a.svs", 1100, 900, tile_px=256, min_level_px=256, seed=1)
+    write_synthetic_slide(archive / "b.svs", 700, 600, tile_px=256, min_level_px=256, seed=2)
+    (rois / "a.geojson").write_text(json.dumps(
+        {"type": "Feature", "properties": {"name": "tumour"}, "geometry": {
+            "type": "Polygon", "coordinates": [[[200, 200], [700, 200], [700, 600], [200, 600], [200, 200]]]}}))
+    args = ["batch", str(archive), "-o", str(out), "--scheduler", "inprocess", "--quiet"]
+    result = CliRunner().invoke(main, [*args, "--roi-dir", str(rois)])
+    assert result.exit_code == 0, result.output
+    rows = read_rows(out / "manifest.csv")
+    assert (rows["a.svs"]["roi"], rows["b.svs"]["roi"]) == ("a.geojson", "")
+    summary = json.loads((out / "a.svs" / "summary.json").read_text())
+    assert [a["name"] for a in summary["roi"]["annotations"]] == ["tumour"]
+    assert "roi" not in json.loads((out / "b.svs" / "summary.json").read_text())
+    inside = int(rows["a.svs"]["nuclei"])
+
+    again = CliRunner().invoke(main, args)  # no annotations now: a.svs is redone whole, b.svs was whole already
+    assert again.exit_code == 0, again.output
+    rows = read_rows(out / "manifest.csv")
+    assert (rows["a.svs"]["status"], rows["b.svs"]["status"]) == ("ok", "skipped")
+    assert int(rows["a.svs"]["nuclei"]) > inside > 0

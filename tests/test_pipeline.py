@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+import shapely
 import zarr
 from click.testing import CliRunner
 from shapely.geometry import shape
@@ -101,6 +102,54 @@ def test_ome_tiff_pyramid_gives_the_svs_nuclei(svs_run, tmp_path):
     nuclei = json.loads((tmp_path / "out" / "nuclei.geojson").read_text())["features"]
     svs_nuclei = json.loads(gzip.decompress((svs_run[0] / "nuclei.geojson.gz").read_bytes()))["features"]
     assert [f["geometry"] for f in nuclei] == [f["geometry"] for f in svs_nuclei]
+
+
+ROI = {"type": "FeatureCollection", "features": [
+    {"type": "Feature", "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}},
+     "geometry": {"type": "Polygon", "coordinates": [[[300, 300], [1400, 250], [1500, 1200], [350, 1300], [300, 300]],
+                                                     [[700, 600], [1000, 600], [1000, 900], [700, 900], [700, 600]]]}},
+    {"type": "Feature", "properties": {"objectType": "annotation", "name": "hotspot 1"},
+     "geometry": {"type": "Polygon", "coordinates": [[[1800, 200], [2400, 200], [2400, 900], [1800, 900],
+                                                      [1800, 200]]]}}]}
+
+
+def test_roi_gives_the_whole_runs_nuclei_inside_it(svs_run, svs_slide, tmp_path):
+    """Limited to annotations, a run reads less of the slide and finds exactly the nuclei of the whole-slide run whose
+    centroid lies inside them; counts, densities and the report are per annotation."""
+    roi_path = tmp_path / "roi.geojson"
+    roi_path.write_text(json.dumps(ROI))
+    out = tmp_path / "out"
+    result = run("segment", svs_slide, "-o", out, "--scheduler", "inprocess", "--quiet", "--roi", roi_path)
+    assert result.exit_code == 0, result.output
+    region = shapely.union_all([shape(f["geometry"]) for f in ROI["features"]])
+    whole = json.loads(gzip.decompress((svs_run[0] / "nuclei.geojson.gz").read_bytes()))["features"]
+    inside = [f["geometry"] for f in whole if region.contains(shape(f["geometry"]).centroid)]
+    found = json.loads(gzip.decompress((out / "nuclei.geojson.gz").read_bytes()))["features"]
+    assert 0 < len(inside) < len(whole) and [f["geometry"] for f in found] == inside
+    summary = json.loads((out / "summary.json").read_text())
+    whole_summary = json.loads((svs_run[0] / "summary.json").read_text())
+    assert summary["grid"]["tiles"] < whole_summary["grid"]["tiles"]
+    tumour, hotspot = summary["roi"]["annotations"]
+    assert (tumour["name"], hotspot["name"]) == ("Tumor", "hotspot 1")
+    assert tumour["n_nuclei"] + hotspot["n_nuclei"] == summary["nuclei"] == len(inside)
+    assert tumour["area_mm2"] == pytest.approx(shape(ROI["features"][0]["geometry"]).area * 0.25 ** 2 * 1e-6, rel=1e-3)
+    assert summary["tissue"]["area_mm2"] == pytest.approx(tumour["tissue_area_mm2"] + hotspot["tissue_area_mm2"],
+                                                          rel=1e-3)
+    assert f"Tumor: {tumour['n_nuclei']} nuclei" in result.output
+    assert "Regions of interest" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize("polygon, message", [
+    ([[5000, 5000], [6000, 5000], [6000, 6000], [5000, 5000]],
+     "its annotations lie outside synthetic.svs (level-0 bounds 0, 0, 2600 x 1800 px)"),
+    ([[2, 2], [60, 2], [60, 60], [2, 2]], "no tissue of synthetic.svs inside its annotations"),
+])
+def test_roi_without_tissue_is_one_line(svs_slide, tmp_path, polygon, message):
+    roi_path = tmp_path / "roi.geojson"
+    roi_path.write_text(json.dumps({"type": "Polygon", "coordinates": [polygon]}))
+    result = run("segment", svs_slide, "-o", tmp_path / "out", "--scheduler", "inprocess", "--quiet", "--roi", roi_path)
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {roi_path}: {message}"
 
 
 def test_upsampled_generic_tiff_and_plain_geojson(tiff_slide, tmp_path):

@@ -67,24 +67,31 @@ def report(summary: dict, out_dir: Path) -> None:
                f"({counts['density_per_mm2']:.0f}/mm²), {run['seconds']:.1f} s, {run['mpx_per_second']:.3f} Mpx/s "
                f"({run.get('device')}, {run.get('runtime')}, {run.get('precision')}) -> {out_dir}")
     if "ihc" in summary:
-        ihc = summary["ihc"]
-        low, high = ihc["positive_percent_ci95"]
-        click.echo(f"IHC: {ihc['positive_percent']:.1f}% positive (95% CI {low:.1f}-{high:.1f}%), "
-                   f"H-score {ihc['h_score']:.0f}")
+        click.echo(f"IHC: {positivity_line(summary['ihc'])}")
+    for annotation in summary.get("roi", {}).get("annotations", []):
+        line = f"  {annotation['name']}: {annotation['n_nuclei']} nuclei in {annotation['tissue_area_mm2']:.3f} mm²"
+        click.echo(line + (f"; {positivity_line(annotation['ihc'])}" if "ihc" in annotation else ""))
+
+
+def positivity_line(ihc: dict) -> str:
+    low, high = ihc["positive_percent_ci95"]
+    return f"{ihc['positive_percent']:.1f}% positive (95% CI {low:.1f}-{high:.1f}%), H-score {ihc['h_score']:.0f}"
 
 
 @click.command()
 @click.argument("slide_path", type=click.Path(path_type=str))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--mpp", type=float, help="Microns per level-0 pixel (overrides the file's).")
+@click.option("--roi", "roi_path", type=click.Path(path_type=Path),
+              help="GeoJSON of polygon annotations (e.g. exported from QuPath): only nuclei inside them count.")
 @run_options
 @friendly_errors
-def segment(slide_path, out_dir, mpp, quiet, **options):
+def segment(slide_path, out_dir, mpp, roi_path, quiet, **options):
     """Segment the nuclei of SLIDE_PATH into OUT: nuclei.geojson.gz, summary.json/.csv, overlay.png, store.zarr."""
     config = config_from_options(**options)
     progress = StageProgress(enabled=not quiet)
     try:
-        summary = segment_slide(slide_path, out_dir, config, mpp=mpp, progress=progress)
+        summary = segment_slide(slide_path, out_dir, config, mpp=mpp, progress=progress, roi_path=roi_path)
     finally:
         progress.close()
     report(summary, out_dir)

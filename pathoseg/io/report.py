@@ -133,6 +133,29 @@ def _regions_section(summary: dict) -> str:
     return _table(header, rows)
 
 
+def _roi_section(summary: dict) -> str:
+    roi = summary.get("roi")
+    if not roi:
+        return ""
+    annotations = roi["annotations"]
+    classes = list(summary["counts"]["classes"])
+    header = ["annotation", "mm²", "tissue mm²", "nuclei", "per mm² of tissue", *[f"% {c}" for c in classes]]
+    ihc = "ihc" in annotations[0]
+    if ihc:
+        header += ["% positive (95% CI)", "H-score"]
+    rows = []
+    for annotation in annotations:
+        row = [escape(annotation["name"]), annotation["area_mm2"], annotation["tissue_area_mm2"],
+               annotation["n_nuclei"], annotation["density_per_mm2"],
+               *[100 * annotation["classes"][c]["fraction"] for c in classes]]
+        if ihc:
+            low, high = annotation["ihc"]["positive_percent_ci95"]
+            row += [f"{annotation['ihc']['positive_percent']:.1f} ({low:.1f}-{high:.1f})", annotation["ihc"]["h_score"]]
+        rows.append(row)
+    return (f"<h2>Regions of interest</h2><p>Nuclei counted inside the annotations of "
+            f"<code>{escape(Path(roi['file']).name)}</code> only.</p>" + _table(header, rows))
+
+
 def _review_section(review: dict) -> str:
     squares = review.get("squares", [])
     if not squares:
@@ -145,6 +168,7 @@ def _review_section(review: dict) -> str:
             + _table(["#", "bbox (level-0 x, y, w, h)", "nuclei", "mean confidence", "% low-confidence"], rows))
 
 
+ROI_NOTE = " inside the regions of interest"
 DARKFIELD_NOTE = ("; <strong>dark background, as in fluorescence</strong>: the model was trained on brightfield "
                   "H&amp;E and IHC, so these nuclei are unvalidated and the classes and stain measurements do not "
                   "apply")
@@ -182,7 +206,7 @@ def write_report(path: Path, summary: dict, columns: dict[str, np.ndarray], over
              ["pixel size", f"{slide['mpp']:.4f} µm/px ({escape(str(slide['mpp_source']))})"],
              ["stain mode", escape(summary["stain_mode"].upper())],
              ["tissue", f"{tissue['area_mm2']:.3f} mm² ({100 * tissue['fraction']:.1f}% of the slide)"
-                        + (DARKFIELD_NOTE if tissue.get("darkfield") else "")],
+                        + (ROI_NOTE if "roi" in summary else "") + (DARKFIELD_NOTE if tissue.get("darkfield") else "")],
              ["model", f"{escape(model['name'])} ({escape(model['encoder'])}, {model['mpp']} µm/px), sha256 "
                        f"{escape(model['sha256'][:12])}…"],
              ["run", f"{run.get('seconds', 0):.1f} s, {run.get('mpx_per_second') or 0:.3f} Mpx/s on "
@@ -205,6 +229,7 @@ def write_report(path: Path, summary: dict, columns: dict[str, np.ndarray], over
 </div>
 <h2>Distributions</h2>
 <div class="figures">{"".join(f"<figure>{h}</figure>" for h in histograms)}</div>
+{_roi_section(summary)}
 <h2>Tissue regions</h2>
 {_regions_section(summary)}
 <h2>For review</h2>

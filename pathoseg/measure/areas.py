@@ -7,11 +7,12 @@ a fixed grid in microns, ranked by the model's mean confidence in the nuclei the
 from __future__ import annotations
 
 import numpy as np
+import shapely
 from scipy import ndimage
 
 from pathoseg.geometry import area_px_to_mm2
 from pathoseg.measure.biomarkers import class_summary, positivity_summary
-from pathoseg.tiling.tissue import TissueMask
+from pathoseg.tiling.tissue import TissueMask, polygon_mask
 
 
 def tissue_region_stats(tissue: TissueMask, origin_xy: tuple[float, float], centroids_level0: np.ndarray,
@@ -53,6 +54,39 @@ def tissue_region_stats(tissue: TissueMask, origin_xy: tuple[float, float], cent
                 (rows_slice.stop - rows_slice.start) * tissue.level0_per_px]
         entry = {"id": rank, "bbox_level0": [round(v) for v in bbox], "area_mm2": round(area_mm2, 5),
                  **class_summary(class_ids[inside], class_names, area_mm2)}
+        if dab_bins is not None:
+            entry["ihc"] = positivity_summary(dab_bins[inside])
+        stats.append(entry)
+    return stats
+
+
+def annotation_stats(annotations: list, tissue: TissueMask, origin_xy: tuple[float, float],
+                     centroids_level0: np.ndarray, class_ids: np.ndarray, class_names: list[str], slide_mpp: float,
+                     dab_bins: np.ndarray | None = None) -> list[dict]:
+    """Counts, densities and class fractions (and positivity with ``dab_bins``) per annotation of a region of
+    interest, in the annotations' order.
+
+    Parameters
+    ----------
+    annotations : ``io.annotations.Annotation`` (name, polygon in level-0 pixels).
+    tissue : the tissue mask (densities are per mm² of tissue inside the annotation).
+    origin_xy, centroids_level0, class_ids, class_names, dab_bins : as ``tissue_region_stats``.
+    slide_mpp : microns per level-0 pixel.
+
+    Returns
+    -------
+    list of dicts: ``name``, ``area_mm2`` (the polygon's), ``tissue_area_mm2``, the ``class_summary`` keys and
+    ``ihc`` with ``dab_bins``. A nucleus inside two overlapping annotations counts in both.
+    """
+    centroids = np.asarray(centroids_level0, float).reshape(-1, 2)
+    stats = []
+    for annotation in annotations:
+        tissue_px = float((tissue.mask & polygon_mask(annotation.polygon, tissue.mask.shape, origin_xy,
+                                                      tissue.level0_per_px)).sum())
+        tissue_mm2 = area_px_to_mm2(tissue_px, tissue.mpp)
+        inside = shapely.contains_xy(annotation.polygon, centroids[:, 0], centroids[:, 1])
+        entry = {"name": annotation.name, "area_mm2": round(area_px_to_mm2(annotation.polygon.area, slide_mpp), 5),
+                 "tissue_area_mm2": round(tissue_mm2, 5), **class_summary(class_ids[inside], class_names, tissue_mm2)}
         if dab_bins is not None:
             entry["ihc"] = positivity_summary(dab_bins[inside])
         stats.append(entry)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+import shapely
 from scipy import ndimage
+from skimage.draw import polygon as polygon_pixels
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk, remove_small_holes, remove_small_objects
 
@@ -34,6 +37,30 @@ class TissueMask:
     @property
     def fraction(self) -> float:
         return float(self.mask.mean()) if self.mask.size else 0.0
+
+    def within(self, region: shapely.Geometry, origin_xy: tuple[float, float]) -> "TissueMask":
+        """The tissue inside ``region`` ((Multi)Polygon in level-0 pixels); ``origin_xy``: the mask's top-left."""
+        return dataclasses.replace(self, mask=self.mask & polygon_mask(region, self.mask.shape, origin_xy,
+                                                                       self.level0_per_px))
+
+
+def polygon_mask(region: shapely.Geometry, shape: tuple[int, int], origin_xy: tuple[float, float],
+                 level0_per_px: float) -> np.ndarray:
+    """(h, w) bool: the mask pixels whose centre lies inside ``region`` ((Multi)Polygon in level-0 pixels, holes
+    left out); mask pixel (0, 0) has its top-left corner at level-0 ``origin_xy``."""
+    def pixels(ring) -> tuple[np.ndarray, np.ndarray]:
+        # skimage's pixel (r, c) is centred on (r, c); a mask pixel's centre is at (index + 0.5) mask pixels.
+        xy = (np.asarray(ring.coords) - origin_xy) / level0_per_px - 0.5
+        return polygon_pixels(xy[:, 1], xy[:, 0], shape)
+
+    inside = np.zeros(shape, bool)
+    for polygon in shapely.get_parts(region):
+        part = np.zeros(shape, bool) if polygon.interiors else inside
+        part[pixels(polygon.exterior)] = True
+        for hole in polygon.interiors:
+            part[pixels(hole)] = False
+        inside |= part
+    return inside
 
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:
