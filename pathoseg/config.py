@@ -85,6 +85,8 @@ class OutputConfig:
     simplify_px: float = 0.3
     overlay_max_px: int = 2048
     review_square_um: float = 128.0
+    # false: once a slide is finished, its store keeps the per-region nuclei (a rerun is instant) but not the pixels
+    keep_store_pixels: bool = True
 
 
 @dataclass

@@ -305,6 +305,10 @@ def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, m
                       "peak_rss_mb_client": round(peak_rss_bytes() / 2**20, 1), **run_facts,
                       "regions_reused": len(plan.regions) - run_facts["regions_computed"],
                       "scheduler": config.cluster.scheduler, "pathoseg_version": __version__}
+    if not config.output.keep_store_pixels:
+        freed = ngff.drop_pixels(plan.store_path)
+        log.info("%s: %.1f MB of pixels dropped (output.keep_store_pixels: false)", plan.store_path, freed / 2**20)
+    summary["outputs"]["store_pixels"] = "kept" if config.output.keep_store_pixels else "dropped"
     write_slide_report(plan, config, summary, columns)
     write_summary_csv(plan.out_dir / "summary.csv", summary)
     write_json(plan.out_dir / "summary.json", summary)  # last: its presence marks a finished slide

@@ -152,6 +152,30 @@ def test_roi_without_tissue_is_one_line(svs_slide, tmp_path, polygon, message):
     assert result.output.strip() == f"error: {roi_path}: {message}"
 
 
+def test_dropped_store_pixels_keep_reruns_instant(svs_run, svs_slide, tmp_path):
+    """--drop-store-pixels: a finished slide's store keeps its nuclei, not its tiles; a rerun still reuses every
+    region, and one that needs pixels again (other post-processing) tiles them again."""
+    out = tmp_path / "out"
+    args = ["segment", svs_slide, "-o", out, "--scheduler", "inprocess", "--quiet", "--drop-store-pixels"]
+    assert run(*args).exit_code == 0
+    store = out / "store.zarr"
+    assert not [p for p in (store / "0").rglob("*") if p.is_file() and not p.name.startswith(".z")]
+    assert not (store / "blocks.done").exists()
+    assert (zarr.open_group(str(store), mode="r")["0"][:, :64, :64] == 255).all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["outputs"]["store_pixels"] == "dropped"
+    whole = gzip.decompress((svs_run[0] / "nuclei.geojson.gz").read_bytes())
+    assert gzip.decompress((out / "nuclei.geojson.gz").read_bytes()) == whole
+
+    assert run(*args).exit_code == 0
+    rerun = json.loads((out / "summary.json").read_text())["run"]
+    assert rerun["regions_computed"] == 0 and rerun["regions_reused"] == summary["grid"]["regions"]
+    (tmp_path / "other.yaml").write_text("postproc:\n  np_threshold: 0.5\n")
+    assert run(*args, "-c", tmp_path / "other.yaml").exit_code == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["run"]["regions_computed"] == summary["grid"]["regions"] and again["nuclei"] > 0.8 * summary["nuclei"]
+
+
 def test_upsampled_generic_tiff_and_plain_geojson(tiff_slide, tmp_path):
     result = run("segment", tiff_slide, "-o", tmp_path, "--scheduler", "inprocess", "--quiet", "--no-gzip",
                  "--table")

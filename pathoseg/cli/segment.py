@@ -41,6 +41,8 @@ def run_options(command):
         click.option("--no-gzip", is_flag=True, help="Write nuclei.geojson instead of nuclei.geojson.gz."),
         click.option("--table", is_flag=True, help="Also write nuclei.csv: one row of measurements per nucleus."),
         click.option("--tta", is_flag=True, help="Flip test-time augmentation (4x the inference time)."),
+        click.option("--drop-store-pixels", is_flag=True, help="Once a slide is finished, delete the pixels of its "
+                     "store.zarr (its nuclei stay, so a rerun is still instant): for archives short of disk."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):
@@ -49,11 +51,12 @@ def run_options(command):
 
 
 def config_from_options(config_path=None, model=None, device=None, scheduler=None, workers=None, stain=None,
-                        no_gzip=False, table=False, tta=False):
+                        no_gzip=False, table=False, tta=False, drop_store_pixels=False):
     """Configuration: default.yaml, then ``--config``, then the options actually given."""
     given = {("model", "name"): model, ("model", "device"): device, ("cluster", "scheduler"): scheduler,
              ("cluster", "workers"): workers, ("stain", "mode"): stain, ("output", "gzip"): False if no_gzip else None,
-             ("output", "table"): True if table else None, ("model", "tta"): True if tta else None}
+             ("output", "table"): True if table else None, ("model", "tta"): True if tta else None,
+             ("output", "keep_store_pixels"): False if drop_store_pixels else None}
     overrides: dict = {}
     for (section, key), value in given.items():
         if value is not None:

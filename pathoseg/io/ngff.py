@@ -8,6 +8,7 @@ beside the arrays holds an empty file per finished block, so an interrupted tili
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numcodecs
@@ -67,6 +68,21 @@ def open_image_store(path: str | Path, identity: dict) -> zarr.Group | None:
     except (ValueError, FileNotFoundError, KeyError):
         return None
     return root if root.attrs.get("pathoseg") == identity else None
+
+
+def drop_pixels(path: str | Path) -> int:
+    """Delete the store's stored chunks and block markers, keeping its arrays (which then read as white) and
+    everything else (metadata, per-region results): a rerun that needs pixels tiles them again. Returns the bytes
+    freed."""
+    path = Path(path)
+    freed = 0
+    for level in range(len(PYRAMID_FACTORS)):
+        for chunk in (path / str(level)).rglob("*"):
+            if chunk.is_file() and not chunk.name.startswith(".z"):
+                freed += chunk.stat().st_size
+                chunk.unlink()
+    shutil.rmtree(path / BLOCKS_DONE, ignore_errors=True)
+    return freed
 
 
 def _block_marker(path: str | Path, block: tuple[int, int]) -> Path:
