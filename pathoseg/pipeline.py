@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from pathoseg.config import Config
 from pathoseg.distributed import RegionRunner, open_runner, peak_rss_bytes
 from pathoseg.geometry import Box, SlideFrame
 from pathoseg.io import ngff
-from pathoseg.io.annotations import Annotation, read_annotations
+from pathoseg.io.annotations import RegionOfInterest, read_roi
 from pathoseg.io.regions import finished_regions, load_region, save_region
 from pathoseg.io.slide import Slide, SlideError, open_slide
 from pathoseg.io.report import write_report
@@ -122,7 +121,7 @@ class SlidePlan:
     store_identity: dict
     mpp_override: float | None = None
     stains: StainEstimate | None = None  # IHC with stain.estimate_vectors: the slide's own vectors
-    roi: "RegionOfInterest | None" = None
+    roi: RegionOfInterest | None = None
 
     def tile_job(self) -> TileJob:
         """Absolute paths: workers may run in another directory (on a cluster, on a shared filesystem)."""
@@ -157,23 +156,6 @@ def slide_stains(slide: Slide, tissue: TissueMask, config: Config) -> StainEstim
     return estimate
 
 
-@dataclasses.dataclass(frozen=True)
-class RegionOfInterest:
-    """The annotations a run is limited to (``--roi``): nuclei are counted inside their union only."""
-
-    path: Path
-    annotations: list[Annotation]
-
-    @functools.cached_property
-    def union(self) -> shapely.Geometry:
-        """(Multi)Polygon in level-0 pixels."""
-        return shapely.union_all([annotation.polygon for annotation in self.annotations])
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(shapely.to_wkb(self.union)).hexdigest()
-
-
 def tissue_in_roi(slide: Slide, tissue: TissueMask, roi: RegionOfInterest) -> TissueMask:
     """The slide's tissue inside the region of interest; SlideError where there is none."""
     bounds = slide.bounds
@@ -191,7 +173,7 @@ def plan_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp:
     """Open the slide, check pixel size and output folder, find tissue (inside the annotations of ``roi_path``, a
     GeoJSON file, when given), lay out tiles and regions."""
     slide = open_slide(slide_path, mpp)
-    roi = RegionOfInterest(Path(roi_path), read_annotations(roi_path)) if roi_path else None
+    roi = read_roi(roi_path) if roi_path else None
     if slide.mpp is None:
         raise SlideError(f"{slide.path}: the file carries no pixel size; give it with --mpp")
     out_dir = prepare_output(out_dir)

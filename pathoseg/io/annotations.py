@@ -7,7 +7,9 @@ regions and are skipped.
 
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,3 +84,26 @@ def read_annotations(path: str | Path) -> list[Annotation]:
     if not annotations:
         raise AnnotationError(f"{path}: holds no polygon annotation")
     return annotations
+
+
+@dataclass(frozen=True)
+class RegionOfInterest:
+    """The annotations of one file that a run is limited to."""
+
+    path: Path
+    annotations: list[Annotation]
+
+    @functools.cached_property
+    def union(self) -> shapely.Geometry:
+        """(Multi)Polygon in level-0 pixels."""
+        return shapely.union_all([annotation.polygon for annotation in self.annotations])
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the union's WKB: what tells a rerun that the region changed."""
+        return hashlib.sha256(shapely.to_wkb(self.union)).hexdigest()
+
+
+def read_roi(path: str | Path) -> RegionOfInterest:
+    """The region of interest of a GeoJSON file (``read_annotations``)."""
+    return RegionOfInterest(Path(path), read_annotations(path))

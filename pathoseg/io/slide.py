@@ -243,8 +243,8 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
     if mpp is not None:
         return Slide(path, handle, float(mpp), "--mpp")
     for source, reader in (("slide properties", lambda: _mpp_from_openslide(handle)),
-                           ("TIFF metadata", lambda: _mpp_from_tiff(path) if path.suffix.lower() in
-                            (".tif", ".tiff") else None),
+                           ("TIFF metadata", lambda: _mpp_from_tiff(path) if path.suffix.lower() in TIFF_SUFFIXES
+                            else None),
                            ("image dpi", lambda: _mpp_from_image_dpi(path))):
         found = _plausible(reader())
         if found:
