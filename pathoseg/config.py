@@ -71,6 +71,8 @@ class StainConfig:
     stain_matrix: list[list[float]] | None = None
     estimate_vectors: bool = False  # IHC mode: hematoxylin/DAB vectors from the slide's own pixels (Macenko)
     ihc_max_eosin_od: float = 0.03  # auto mode: IHC when the nuclei carry (almost) no eosin
+    hotspot_field_um: float = 450.0  # IHC: side of the square field searched for the highest positivity index
+    hotspot_min_nuclei: int = 500  # ... among the fields holding at least this many nuclei
 
     @property
     def positive_dab_od(self) -> float:

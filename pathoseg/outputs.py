@@ -149,12 +149,29 @@ def write_overlay(path: Path, thumbnail: np.ndarray, level0_per_thumb_px: float,
     save_png(draw_overlay(thumbnail, itertools.chain(outlines, roi_rings), 1 / level0_per_thumb_px), path)
 
 
-def write_review_geojson(path: Path, squares: list[dict], slide_key: str) -> None:
-    """The review squares as QuPath annotations named by rank and mean confidence."""
+HOTSPOT_COLOR = [200, 0, 0]
+
+
+def _square_ring(bbox_level0: list[int]) -> np.ndarray:
+    x, y, w, h = bbox_level0
+    return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], float)
+
+
+def write_review_geojson(path: Path, squares: list[dict], slide_key: str, hotspot: dict | None = None) -> None:
+    """The review squares as QuPath annotations named by rank and mean confidence, and the IHC positivity hotspot
+    (``measure.areas.positivity_hotspot``) where there is one."""
     with FeatureCollectionWriter(path) as writer:
+        if hotspot is not None:
+            x, y = hotspot["bbox_level0"][:2]
+            measurements = {"Nuclei": hotspot["n_nuclei"], "Positive": hotspot["positive"],
+                            "Positive %": round(hotspot["positive_percent"], 2)}
+            writer.write(nucleus_feature(_square_ring(hotspot["bbox_level0"]), "Hotspot", HOTSPOT_COLOR, measurements,
+                                         f"{slide_key}:hotspot:{x}:{y}", object_type="annotation",
+                                         name=f"Hotspot: {hotspot['positive_percent']:.1f}% positive "
+                                              f"({hotspot['positive']}/{hotspot['n_nuclei']})"))
         for rank, square in enumerate(squares, start=1):
-            x, y, w, h = square["bbox_level0"]
-            ring = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], float)
+            x, y = square["bbox_level0"][:2]
+            ring = _square_ring(square["bbox_level0"])
             measurements = {"Nuclei": square["nuclei"], "Mean confidence": square["mean_confidence"],
                             "Low-confidence %": square["low_confidence_percent"]}
             writer.write(nucleus_feature(ring, "Review", [255, 0, 255], measurements, f"{slide_key}:review:{x}:{y}",

@@ -27,7 +27,7 @@ from pathoseg.io.annotations import RegionOfInterest, read_roi
 from pathoseg.io.regions import finished_regions, load_region, save_region
 from pathoseg.io.slide import Slide, SlideError, open_slide
 from pathoseg.io.report import write_report
-from pathoseg.measure.areas import annotation_stats, review_squares, tissue_region_stats
+from pathoseg.measure.areas import annotation_stats, positivity_hotspot, review_squares, tissue_region_stats
 from pathoseg.measure.biomarkers import (DAB_BIN_COLORS, DAB_BIN_NAMES, class_summary, dab_bins, positivity_certainty,
                                          positivity_summary)
 from pathoseg.measure.stain import StainEstimate, estimate_hdab_vectors
@@ -357,7 +357,10 @@ def write_slide_outputs(plan: SlidePlan, config: Config, runner: RegionRunner) -
                  else columns["class_probability"])
     review = review_squares(centroids, columns["detection_probability"] * certainty, slide.mpp, origin,
                             config.output.review_square_um)
-    write_review_geojson(out_dir / "review.geojson", review["squares"], slide.path.name)
+    hotspot = None if bins is None else positivity_hotspot(centroids, bins > 0, slide.mpp, origin,
+                                                           config.stain.hotspot_field_um,
+                                                           config.stain.hotspot_min_nuclei)
+    write_review_geojson(out_dir / "review.geojson", review["squares"], slide.path.name, hotspot)
     summary = {
         "slide": _slide_info(slide),
         "model": {"name": metadata.name, "sha256": plan.model_sha256, "encoder": metadata.encoder,
@@ -381,7 +384,8 @@ def write_slide_outputs(plan: SlidePlan, config: Config, runner: RegionRunner) -
                                                           columns["class_id"], names, slide.mpp, bins)}
     if bins is not None:
         borderline = int(np.sum(positivity_certainty(columns["dab_od_mean"], thresholds[0]) < 0.5))
-        summary["ihc"] = {**positivity_summary(bins), "dab_thresholds": thresholds, "borderline_nuclei": borderline}
+        summary["ihc"] = {**positivity_summary(bins), "dab_thresholds": thresholds, "borderline_nuclei": borderline,
+                          "hotspot": hotspot}
     return summary, columns
 
 

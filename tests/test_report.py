@@ -17,7 +17,7 @@ from shapely.geometry import Point, shape
 from skimage.color import rgb2hed
 
 from pathoseg.cli import main
-from pathoseg.measure.areas import review_squares, tissue_region_stats
+from pathoseg.measure.areas import positivity_hotspot, review_squares, tissue_region_stats
 from pathoseg.tiling.tissue import TissueMask
 
 from conftest import shared
@@ -101,14 +101,56 @@ def test_review_squares_rank_by_confidence():
     assert review["densest"]["nuclei"] == 30
 
 
+HOTSPOT_FIELD_UM, HOTSPOT_MIN_NUCLEI = 100.0, 30  # the ROI is 256 µm wide: fields of a few dozen nuclei
+
+
+def test_hotspot_finds_the_planted_field_and_needs_enough_nuclei():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 20000, (20000, 2))  # level-0 px at 0.25 µm: 5 mm square, 800 nuclei per mm²
+    positive = rng.random(len(xy)) < 0.1
+    planted = (np.abs(xy[:, 0] - 6000) < 900) & (np.abs(xy[:, 1] - 12000) < 900)  # a 450 µm field
+    positive[planted] = rng.random(planted.sum()) < 0.6
+    hotspot = positivity_hotspot(xy, positive, 0.25, (0.0, 0.0), field_um=450, min_nuclei=100)
+    x, y, side, _ = hotspot["bbox_level0"]
+    assert side == 1800 and abs(x + side / 2 - 6000) <= 450 and abs(y + side / 2 - 12000) <= 450
+    assert hotspot["positive_percent"] > 45 and hotspot["n_nuclei"] >= 100
+    assert positivity_hotspot(xy, positive, 0.25, (0.0, 0.0), field_um=450, min_nuclei=500) is None
+
+
 @pytest.fixture(scope="module")
 def ihc_run(tmp_path_factory):
     image = shared("examples/ihc-dab-roi.png")
     out = tmp_path_factory.mktemp("ihc")
+    config = out / "hotspot.yaml"
+    config.write_text(f"stain:\n  hotspot_field_um: {HOTSPOT_FIELD_UM}\n  hotspot_min_nuclei: {HOTSPOT_MIN_NUCLEI}\n")
     result = CliRunner().invoke(main, ["segment", str(image), "--mpp", "0.25", "-o", str(out), "--scheduler",
-                                       "inprocess", "--quiet"], catch_exceptions=False)
+                                       "inprocess", "--quiet", "-c", str(config)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return image, out
+
+
+def test_ihc_hotspot_is_the_field_of_highest_index(ihc_run):
+    """Counted again from the GeoJSON: the hotspot holds what it says, and no field of the same grid with enough
+    nuclei has a higher positive share."""
+    _, out = ihc_run
+    hotspot = json.loads((out / "summary.json").read_text())["ihc"]["hotspot"]
+    features = json.loads(gzip.decompress((out / "nuclei.geojson.gz").read_bytes()))["features"]
+    xy = np.array([shape(f["geometry"]).centroid.coords[0] for f in features])
+    positive = np.array([f["properties"]["classification"]["name"] != "Negative" for f in features])
+    side = HOTSPOT_FIELD_UM / 0.25
+
+    def field(x, y):
+        inside = (xy[:, 0] >= x) & (xy[:, 0] < x + side) & (xy[:, 1] >= y) & (xy[:, 1] < y + side)
+        return inside.sum(), positive[inside].sum()
+
+    x, y = hotspot["bbox_level0"][:2]
+    assert field(x, y) == (hotspot["n_nuclei"], hotspot["positive"]) and hotspot["n_nuclei"] >= HOTSPOT_MIN_NUCLEI
+    shares = [p / n for n, p in (field(gx, gy) for gx in np.arange(-side, 1024, side / 4)
+                                 for gy in np.arange(-side, 1024, side / 4)) if n >= HOTSPOT_MIN_NUCLEI]
+    assert hotspot["positive_percent"] == pytest.approx(100 * max(shares))
+    review = json.loads((out / "review.geojson").read_text())["features"]
+    assert review[0]["properties"]["name"].startswith(f"Hotspot: {hotspot['positive_percent']:.1f}% positive")
+    assert "Hotspot:" in " ".join(parse_report(out / "report.html").text)
 
 
 def test_ihc_report_and_brown_nuclei(ihc_run):

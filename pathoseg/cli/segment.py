@@ -71,6 +71,12 @@ def report(summary: dict, out_dir: Path) -> None:
                f"({run.get('device')}, {run.get('runtime')}, {run.get('precision')}) -> {out_dir}")
     if "ihc" in summary:
         click.echo(f"IHC: {positivity_line(summary['ihc'])}")
+        hotspot = summary["ihc"]["hotspot"]
+        if hotspot:
+            low, high = hotspot["positive_percent_ci95"]
+            click.echo(f"  hotspot ({hotspot['field_um']:.0f} µm field at level-0 {hotspot['bbox_level0'][0]}, "
+                       f"{hotspot['bbox_level0'][1]}): {hotspot['positive_percent']:.1f}% positive "
+                       f"(95% CI {low:.1f}-{high:.1f}%, {hotspot['positive']}/{hotspot['n_nuclei']})")
     for annotation in summary.get("roi", {}).get("annotations", []):
         line = f"  {annotation['name']}: {annotation['n_nuclei']} nuclei in {annotation['tissue_area_mm2']:.3f} mm²"
         click.echo(line + (f"; {positivity_line(annotation['ihc'])}" if "ihc" in annotation else ""))

@@ -103,6 +103,7 @@ def _counts_section(summary: dict, colors: dict[str, list[int]]) -> str:
                 + _table(["DAB bin", "nuclei", "% of nuclei"],
                          [[_swatch(colors[name]) + escape(name), n, 100 * n / max(1, ihc["n_nuclei"])]
                           for name, n in ihc["counts"].items()])
+                + _hotspot_line(ihc.get("hotspot"))
                 + f"<p>Bins by nucleus DAB OD mean, thresholds {escape(str(ihc['dab_thresholds']))}. "
                 f"{ihc.get('borderline_nuclei', 0)} nuclei are borderline (DAB OD within 0.05 of the positivity "
                 f"threshold); the squares to review below rank them first.</p>"
@@ -131,6 +132,16 @@ def _regions_section(summary: dict) -> str:
     if "ihc" in regions[0]:
         header += ["% positive", "H-score"]
     return _table(header, rows)
+
+
+def _hotspot_line(hotspot: dict | None) -> str:
+    if hotspot is None:
+        return "<p>Hotspot: no field holds enough nuclei (see <code>stain.hotspot_min_nuclei</code>).</p>"
+    low, high = hotspot["positive_percent_ci95"]
+    x, y, side, _ = hotspot["bbox_level0"]
+    return (f'<p class="key">Hotspot: {hotspot["positive_percent"]:.1f}% positive (95% CI {low:.1f}&ndash;'
+            f'{high:.1f}%, {hotspot["positive"]}/{hotspot["n_nuclei"]}) in the {hotspot["field_um"]:.0f} µm field '
+            f'at level-0 ({x}, {y}), side {side} px; in <code>review.geojson</code> for QuPath.</p>')
 
 
 def _roi_section(summary: dict) -> str:

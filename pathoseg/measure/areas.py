@@ -11,7 +11,7 @@ import shapely
 from scipy import ndimage
 
 from pathoseg.geometry import area_px_to_mm2
-from pathoseg.measure.biomarkers import class_summary, positivity_summary
+from pathoseg.measure.biomarkers import class_summary, index_confidence_interval, positivity_summary
 from pathoseg.tiling.tissue import TissueMask, polygon_mask
 
 
@@ -91,6 +91,58 @@ def annotation_stats(annotations: list, tissue: TissueMask, origin_xy: tuple[flo
             entry["ihc"] = positivity_summary(dab_bins[inside])
         stats.append(entry)
     return stats
+
+
+def positivity_hotspot(centroids_level0: np.ndarray, positive: np.ndarray, slide_mpp: float,
+                       origin_xy: tuple[float, float], field_um: float = 450.0, min_nuclei: int = 500,
+                       steps_per_field: int = 4) -> dict | None:
+    """The hotspot of a positivity index (Ki-67): the square field of ``field_um`` holding at least ``min_nuclei``
+    nuclei with the highest share of positive ones, fields laid every ``field_um / steps_per_field``.
+
+    Parameters
+    ----------
+    centroids_level0 : (N, 2) centroids (x, y) in level-0 pixels; positive : (N,) bool.
+    slide_mpp : microns per level-0 pixel; origin_xy : level-0 corner the fields are laid from.
+
+    Returns
+    -------
+    dict with ``field_um``, ``bbox_level0``, ``n_nuclei``, ``positive``, ``positive_percent`` and
+    ``positive_percent_ci95``, or None where no field holds ``min_nuclei`` nuclei.
+    """
+    xy = np.asarray(centroids_level0, float).reshape(-1, 2)
+    if len(xy) < min_nuclei:
+        return None
+    step_px = field_um / slide_mpp / steps_per_field
+    cells = np.floor((xy - origin_xy) / step_px).astype(np.int64)
+    cells -= cells.min(axis=0)
+    shape = tuple(cells.max(axis=0)[::-1] + 1)  # (rows, cols) of steps
+    counts = np.zeros(shape)
+    positives = np.zeros(shape)
+    np.add.at(counts, (cells[:, 1], cells[:, 0]), 1)
+    np.add.at(positives, (cells[:, 1], cells[:, 0]), np.asarray(positive, float))
+    # Sums over every field of steps_per_field x steps_per_field steps (fields may run past the nuclei's extent).
+    field_counts = _field_sums(counts, steps_per_field)
+    field_positives = _field_sums(positives, steps_per_field)
+    share = np.where(field_counts >= min_nuclei, field_positives / np.maximum(field_counts, 1), -1.0)
+    if share.max() < 0:
+        return None
+    row, col = np.unravel_index(np.lexsort((field_positives.ravel(), share.ravel()))[-1], share.shape)
+    top_left = (np.floor((xy - origin_xy) / step_px).min(axis=0) + (col, row) - (steps_per_field - 1)) * step_px
+    x, y = top_left + origin_xy
+    total, hits = int(field_counts[row, col]), int(field_positives[row, col])
+    side = field_um / slide_mpp
+    return {"field_um": field_um, "bbox_level0": [round(x), round(y), round(side), round(side)], "n_nuclei": total,
+            "positive": hits, "positive_percent": 100 * hits / total,
+            "positive_percent_ci95": index_confidence_interval(hits, total)}
+
+
+def _field_sums(grid: np.ndarray, size: int) -> np.ndarray:
+    """Sums of ``grid`` over every size x size window that overlaps it (zero padding): (h + size - 1, w + size - 1);
+    entry (r, c) is the window whose bottom-right cell is (r, c) of the grid (so its top-left is r - size + 1)."""
+    padded = np.pad(grid, size - 1)
+    cumulative = np.pad(padded.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    return (cumulative[size:, size:] - cumulative[:-size, size:] - cumulative[size:, :-size]
+            + cumulative[:-size, :-size])
 
 
 def review_squares(centroids_level0: np.ndarray, confidence: np.ndarray, slide_mpp: float,
