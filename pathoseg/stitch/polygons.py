@@ -41,7 +41,9 @@ def ringed_mask(labels: np.ndarray, box: tuple[slice, slice], label: int) -> np.
 def clean_polygon(polygon: Polygon, simplify_px: float = 0.0) -> Polygon | None:
     """Valid, non-empty, single polygon with exterior ring counter-clockwise in (x, y-down); None if degenerate."""
     if simplify_px > 0:
-        polygon = polygon.simplify(simplify_px, preserve_topology=True)
+        # Douglas-Peucker: on these single-ring outlines it gave the topology-preserving simplifier's result for every
+        # one of 1765 nuclei of a dense region, 11x faster; a rare self-crossing is made valid below.
+        polygon = polygon.simplify(simplify_px, preserve_topology=False)
     if not polygon.is_valid:
         polygon = shapely.make_valid(polygon)
     if polygon.geom_type != "Polygon":
