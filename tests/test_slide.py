@@ -150,10 +150,14 @@ def test_grey_and_planar_tiffs(tmp_path):
     assert np.array_equal(open_slide(grey, mpp=0.5).read_region(0, 0, 0, 30, 20), np.repeat(rgb[:20, :30, 1:2], 3, 2))
 
 
-def test_multichannel_tiff_is_refused_in_one_line(tmp_path):
-    path = tmp_path / "channels.ome.tif"
-    tifffile.imwrite(path, np.zeros((5, 64, 64), np.uint8), metadata={"axes": "CYX"})
-    with pytest.raises(SlideError, match=r"channels.ome.tif: image axes CYX .*not an RGB or grey image"):
+@pytest.mark.parametrize("name, shape, options", [
+    ("channels.ome.tif", (5, 64, 64), {"metadata": {"axes": "CYX"}}),
+    ("samples.tif", (64, 64, 6), {"photometric": "rgb", "planarconfig": "contig"}),
+])
+def test_multichannel_tiff_is_refused_in_one_line(tmp_path, name, shape, options):
+    path = tmp_path / name
+    tifffile.imwrite(path, np.zeros(shape, np.uint8), **options)
+    with pytest.raises(SlideError, match=rf"{name}: image axes [CSYX]+ .*not an RGB or grey image"):
         open_slide(path)
 
 

@@ -37,9 +37,10 @@ def tiff_levels(path: str | Path) -> int:
         quiet.level = level
 
 
-def _yxs(array, axes: str) -> tuple:
-    """Index order that turns an array of ``axes`` into (Y, X[, S]); TiffReadError for anything else."""
-    if axes in ("YX", "YXS"):
+def _yxs(array, axes: str) -> tuple[int, int, int] | None:
+    """Index order that turns an array of ``axes`` into (Y, X[, S]) (None: it is already); TiffReadError for
+    anything but a grey, grey + alpha, RGB or RGBA image."""
+    if axes == "YX" or (axes == "YXS" and array.shape[-1] <= 4):
         return None
     if axes in ("SYX", "CYX") and array.shape[0] in (3, 4):
         return (1, 2, 0)
@@ -55,6 +56,13 @@ class TiffSlide(openslide.AbstractSlide):
 
     def __init__(self, path: str | Path):
         self._tiff = tifffile.TiffFile(path)
+        try:
+            self._read_structure()
+        except TiffReadError:
+            self._tiff.close()
+            raise
+
+    def _read_structure(self) -> None:
         series = self._tiff.series[0]
         self._levels = [zarr.open_array(series.aszarr(level=index), mode="r") for index in range(len(series.levels))]
         self._order = _yxs(self._levels[0], series.axes)
