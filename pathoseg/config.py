@@ -172,4 +172,5 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 
 
 def as_dict(config: Config) -> dict:
+    """The configuration as nested plain values (what a YAML file for ``load_config`` holds)."""
     return dataclasses.asdict(config)

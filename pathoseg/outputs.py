@@ -11,6 +11,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import shapely
+import yaml
 
 from pathoseg.geometry import Box, SlideFrame
 from pathoseg.io.geojson import FeatureCollectionWriter, atomic_path, encode_fragment, features_text, nucleus_feature
@@ -104,6 +105,13 @@ def flatten(data: dict, prefix: str = "") -> dict:
         else:
             flat[name] = value
     return flat
+
+
+def write_config(path: Path, settings: dict, command: str) -> None:
+    """The run's whole configuration as YAML, which ``-c`` takes back: the record of what was measured, and how."""
+    header = f"# The configuration of this run ({command}); `-c` with this file repeats it.\n"
+    with atomic_path(path) as temporary:
+        temporary.write_text(header + yaml.safe_dump(settings, sort_keys=False, allow_unicode=True))
 
 
 def write_summary_csv(path: Path, summary: dict) -> None:

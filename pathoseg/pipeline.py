@@ -19,7 +19,7 @@ from PIL import Image
 from scipy import ndimage
 
 from pathoseg import __version__
-from pathoseg.config import Config
+from pathoseg.config import Config, as_dict
 from pathoseg.distributed import RegionRunner, open_runner, peak_rss_bytes
 from pathoseg.geometry import Box, SlideFrame
 from pathoseg.io import ngff
@@ -32,8 +32,8 @@ from pathoseg.measure.biomarkers import (DAB_BIN_COLORS, DAB_BIN_NAMES, class_su
                                          positivity_summary)
 from pathoseg.measure.stain import StainEstimate, estimate_hdab_vectors
 from pathoseg.models.weights import ModelMetadata, load_model
-from pathoseg.outputs import (draw_crop, region_geojson_fragment, write_geojson, write_json, write_nuclei_table,
-                              write_overlay, write_review_geojson, write_summary_csv)
+from pathoseg.outputs import (draw_crop, region_geojson_fragment, write_config, write_geojson, write_json,
+                              write_nuclei_table, write_overlay, write_review_geojson, write_summary_csv)
 from pathoseg.region import RegionSettings, timed
 from pathoseg.tiling.grid import Grid, plan_work, tiles_by_block, tissue_tiles
 from pathoseg.tiling.tiler import TileJob
@@ -291,6 +291,8 @@ def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, m
         freed = ngff.drop_pixels(plan.store_path)
         log.info("%s: %.1f MB of pixels dropped (output.keep_store_pixels: false)", plan.store_path, freed / 2**20)
     summary["outputs"]["store_pixels"] = "kept" if config.output.keep_store_pixels else "dropped"
+    write_config(plan.out_dir / "config.yaml", as_dict(config), f"pathoseg {__version__} on {plan.slide.path.name}")
+    summary["outputs"]["config"] = "config.yaml"
     write_slide_report(plan, config, summary, columns)
     write_summary_csv(plan.out_dir / "summary.csv", summary)
     write_json(plan.out_dir / "summary.json", summary)  # last: its presence marks a finished slide

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from shapely.geometry import shape
 
 from pathoseg.cli import main
+from pathoseg.config import load_config
 from pathoseg.io.slide import open_slide
 from pathoseg.synthetic import SyntheticSlide, write_synthetic_slide
 
@@ -35,7 +36,10 @@ def svs_run(svs_slide, tmp_path_factory):
 
 def test_segment_writes_every_output(svs_run):
     out, result = svs_run
-    assert {"nuclei.geojson.gz", "summary.json", "summary.csv", "overlay.png", "store.zarr"} <= set(os.listdir(out))
+    assert {"nuclei.geojson.gz", "summary.json", "summary.csv", "overlay.png", "store.zarr",
+            "config.yaml"} <= set(os.listdir(out))
+    # the run's configuration, which -c takes back: the defaults and the options given
+    assert load_config(out / "config.yaml") == load_config(None, {"cluster": {"scheduler": "inprocess"}})
     assert not [name for name in os.listdir(out) if "partial" in name]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["slide"]["vendor"] == "aperio"
