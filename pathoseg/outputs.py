@@ -15,7 +15,7 @@ import yaml
 
 from pathoseg.geometry import Box, SlideFrame
 from pathoseg.io.geojson import FeatureCollectionWriter, atomic_path, encode_fragment, features_text, nucleus_feature
-from pathoseg.io.overlay import draw_overlay, save_png
+from pathoseg.io.overlay import draw_dots, draw_overlay, save_png
 from pathoseg.io.regions import load_region
 from pathoseg.measure.biomarkers import DAB_BIN_COLORS, DAB_BIN_NAMES, dab_bins
 from pathoseg.measure.nuclei import MEASUREMENT_NAMES
@@ -142,19 +142,39 @@ def level0_outlines(results: Iterable[RegionResult], frame: SlideFrame, class_na
 
 
 ROI_COLOR = [255, 190, 0]
+# Below this many overlay pixels across a typical nucleus (8 µm), nuclei are drawn as coloured dots, not outlines.
+MIN_OUTLINED_NUCLEUS_PX = 3.0
+
+
+def level0_centroids(results: Iterable[RegionResult], frame: SlideFrame, class_names: list[str],
+                     class_colors: list[list[int]], stain_mode: str,
+                     dab_thresholds: list[float]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per region: (N, 2) nucleus centroids in level-0 pixels relative to the slide's bounds, (N, 3) their colours."""
+    corner = np.array([frame.origin_x, frame.origin_y], float)
+    for result in results:
+        _, colors, _ = nucleus_labels(result, class_names, class_colors, stain_mode, dab_thresholds)
+        yield frame.model_to_level0(result.centroids.reshape(-1, 2)) - corner, np.array(colors).reshape(-1, 3)
 
 
 def write_overlay(path: Path, thumbnail: np.ndarray, level0_per_thumb_px: float, results: Iterable[RegionResult],
                   frame: SlideFrame, class_names: list[str], class_colors: list[list[int]], stain_mode: str,
                   dab_thresholds: list[float], roi: shapely.Geometry | None = None) -> None:
-    """Thumbnail of the bounded region with nucleus outlines coloured by class (or DAB bin), and the outline of the
-    region of interest ((Multi)Polygon, level-0 pixels) where there is one."""
-    outlines = level0_outlines(results, frame, class_names, class_colors, stain_mode, dab_thresholds)
+    """Thumbnail of the bounded region with nucleus outlines coloured by class (or DAB bin), or coloured dots where
+    nuclei are too small to outline at the thumbnail's scale (a whole slide), and the outline of the region of
+    interest ((Multi)Polygon, level-0 pixels) where there is one."""
+    scale = 1 / level0_per_thumb_px
     corner = np.array([frame.origin_x, frame.origin_y])
     roi_rings = [] if roi is None else [(np.asarray(ring.coords) - corner, ROI_COLOR)
                                         for polygon in shapely.get_parts(roi)
                                         for ring in (polygon.exterior, *polygon.interiors)]
-    save_png(draw_overlay(thumbnail, itertools.chain(outlines, roi_rings), 1 / level0_per_thumb_px), path)
+    if 8.0 / frame.slide_mpp * scale < MIN_OUTLINED_NUCLEUS_PX:
+        dots = draw_dots(thumbnail, level0_centroids(results, frame, class_names, class_colors, stain_mode,
+                                                     dab_thresholds), scale)
+        image = draw_overlay(np.asarray(dots), roi_rings, scale)
+    else:
+        outlines = level0_outlines(results, frame, class_names, class_colors, stain_mode, dab_thresholds)
+        image = draw_overlay(thumbnail, itertools.chain(outlines, roi_rings), scale)
+    save_png(image, path)
 
 
 HOTSPOT_COLOR = [200, 0, 0]

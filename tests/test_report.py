@@ -17,7 +17,10 @@ from shapely.geometry import Point, shape
 from skimage.color import rgb2hed
 
 from pathoseg.cli import main
+from pathoseg.geometry import SlideFrame
 from pathoseg.measure.areas import positivity_hotspot, review_squares, tissue_region_stats
+from pathoseg.outputs import write_overlay
+from pathoseg.region import RegionResult
 from pathoseg.tiling.tissue import TissueMask
 
 from conftest import shared
@@ -210,3 +213,18 @@ def test_fluorescence_slide_is_flagged(tmp_path, caplog):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["tissue"]["darkfield"] and summary["tissue"]["fraction"] < 0.85 and summary["nuclei"] > 1000
     assert "dark background, as in fluorescence" in " ".join(parse_report(tmp_path / "report.html").text)
+
+
+def test_whole_slide_overlay_draws_nuclei_as_dots(tmp_path):
+    """At a whole slide's overview scale a nucleus is under a pixel: each is one pixel of its class colour."""
+    frame = SlideFrame(slide_mpp=0.25, model_mpp=0.25)
+    centroids = np.array([[1000.0, 2000.0], [5050.0, 7020.0], [9990.0, 120.0]])
+    result = RegionResult(0, [np.zeros((4, 2))] * 3, centroids, {"class_id": np.array([1, 2, 3])})
+    names = ["background", "other", "inflammatory", "epithelial"]
+    colors = [[0, 0, 0], [10, 20, 30], [40, 50, 60], [70, 80, 90]]
+    thumbnail = np.full((100, 100, 3), 255, np.uint8)
+    write_overlay(tmp_path / "overlay.png", thumbnail, 100.0, [result], frame, names, colors, "he", [0.2, 0.4, 0.6])
+    overlay = np.asarray(Image.open(tmp_path / "overlay.png"))
+    assert overlay[20, 10].tolist() == [10, 20, 30] and overlay[70, 50].tolist() == [40, 50, 60]
+    assert overlay[1, 99].tolist() == [70, 80, 90]
+    assert (overlay != 255).any(axis=2).sum() == 3

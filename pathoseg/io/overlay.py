@@ -27,6 +27,18 @@ def draw_overlay(thumbnail: np.ndarray, outlines: Iterable[tuple[np.ndarray, tup
     return image
 
 
+def draw_dots(thumbnail: np.ndarray, points: Iterable[tuple[np.ndarray, np.ndarray]], scale: float) -> Image.Image:
+    """Thumbnail (h, w, 3) uint8 with one pixel per point, for nuclei too small to outline at this scale; each item
+    is (N, 2) positions (x, y) in the coordinates that ``scale`` maps to thumbnail pixels, and (N, 3) colours."""
+    image = np.array(thumbnail[..., :3], np.uint8)
+    height, width = image.shape[:2]
+    for xy, colors in points:
+        cols, rows = (np.asarray(xy, float).reshape(-1, 2) * scale).astype(int).T
+        inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
+        image[rows[inside], cols[inside]] = np.asarray(colors, np.uint8).reshape(-1, 3)[inside]
+    return Image.fromarray(image)
+
+
 def save_png(image: Image.Image, path: str | Path) -> None:
     with atomic_path(path) as temporary:
         image.save(temporary, format="PNG")
