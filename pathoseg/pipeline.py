@@ -156,13 +156,19 @@ def slide_stains(slide: Slide, tissue: TissueMask, config: Config) -> StainEstim
     return estimate
 
 
+def slide_box(slide: Slide) -> shapely.Geometry:
+    """The slide's level-0 bounds as a polygon."""
+    bounds = slide.bounds
+    return shapely.box(bounds.x, bounds.y, bounds.x1, bounds.y1)
+
+
 def tissue_in_roi(slide: Slide, tissue: TissueMask, roi: RegionOfInterest) -> TissueMask:
     """The slide's tissue inside the region of interest; SlideError where there is none."""
     bounds = slide.bounds
-    if not roi.union.intersects(shapely.box(bounds.x, bounds.y, bounds.x1, bounds.y1)):
+    if not roi.region.intersects(slide_box(slide)):
         raise SlideError(f"{roi.path}: its annotations lie outside {slide.path.name} (level-0 bounds {bounds.x}, "
                          f"{bounds.y}, {bounds.width} x {bounds.height} px)")
-    inside = tissue.within(roi.union, (bounds.x, bounds.y))
+    inside = tissue.within(roi.region, (bounds.x, bounds.y))
     if not inside.mask.any():
         raise SlideError(f"{roi.path}: no tissue of {slide.path.name} inside its annotations")
     return inside
@@ -173,7 +179,7 @@ def plan_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp:
     """Open the slide, check pixel size and output folder, find tissue (inside the annotations of ``roi_path``, a
     GeoJSON file, when given), lay out tiles and regions."""
     slide = open_slide(slide_path, mpp)
-    roi = read_roi(roi_path) if roi_path else None
+    roi = read_roi(roi_path, slide_box(slide)) if roi_path else None
     if slide.mpp is None:
         raise SlideError(f"{slide.path}: the file carries no pixel size; give it with --mpp")
     out_dir = prepare_output(out_dir)
@@ -223,7 +229,7 @@ def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: Reg
     if plan.stains is not None:
         settings = settings.with_stain_matrix(plan.stains.matrix)
     if plan.roi is not None:
-        settings = settings.with_roi(shapely.transform(plan.roi.union, plan.frame.level0_to_model))
+        settings = settings.with_roi(shapely.transform(plan.roi.region, plan.frame.level0_to_model))
     _reset_stale_results(plan.nuclei_dir, {"model_sha256": plan.model_sha256, "settings": repr(settings),
                                            "region_px": plan.grid.region_px, "margin_px": plan.grid.margin_px,
                                            "store": plan.store_identity})
@@ -350,7 +356,7 @@ def write_slide_outputs(plan: SlidePlan, config: Config, runner: RegionRunner) -
     overlay_side = min(config.output.overlay_max_px, max(bounds.width, bounds.height))
     thumbnail, level0_per_thumb_px = slide.thumbnail(overlay_side)
     write_overlay(out_dir / "overlay.png", thumbnail, level0_per_thumb_px, results(), frame, names, colors,
-                  stain_mode, thresholds, plan.roi.union if plan.roi else None)
+                  stain_mode, thresholds, plan.roi.region if plan.roi else None)
     bins = dab_bins(columns["dab_od_mean"], tuple(thresholds)) if stain_mode == "ihc" else None
     origin = (frame.origin_x, frame.origin_y)
     centroids = columns["centroids_level0"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import shapely
 
-from pathoseg.io.annotations import AnnotationError, read_annotations
+from pathoseg.io.annotations import AnnotationError, read_annotations, read_roi
 from pathoseg.tiling.tissue import polygon_mask
 
 SQUARE_WITH_HOLE = {"type": "Polygon", "coordinates": [[[0, 0], [400, 0], [400, 400], [0, 400], [0, 0]],
@@ -68,3 +68,20 @@ def test_polygon_mask_is_pixel_centres_inside():
     expected = shapely.contains_xy(region, centres_x, centres_y)
     on_edge = shapely.intersects_xy(region.boundary, centres_x, centres_y)
     assert mask.sum() > 1000 and np.array_equal(mask[~on_edge], expected[~on_edge])
+
+
+def test_ignore_annotations_are_cut_out(tmp_path):
+    """QuPath's Ignore* class (or Exclude...) marks areas to leave out: cut from the other annotations, or from the
+    whole slide when the file holds nothing else."""
+    slide_box = shapely.box(0, 0, 1000, 800)
+    necrosis = shapely.box(20, 20, 80, 80)  # inside the square, outside its hole
+    path = tmp_path / "roi.geojson"
+    path.write_text(json.dumps([feature(SQUARE_WITH_HOLE, classification={"name": "Tumor"}),
+                                feature(shapely.geometry.mapping(necrosis), classification={"name": "Ignore*"},
+                                        name="necrosis")]))
+    roi = read_roi(path, slide_box)
+    assert [a.name for a in roi.annotations] == ["Tumor"]
+    assert roi.region.area == roi.annotations[0].polygon.area == 120000 - 60 * 60
+    path.write_text(json.dumps([feature(shapely.geometry.mapping(necrosis), classification={"name": "Exclude"})]))
+    roi = read_roi(path, slide_box)
+    assert roi.annotations == [] and roi.region.area == 1000 * 800 - 60 * 60

@@ -114,29 +114,34 @@ ROI = {"type": "FeatureCollection", "features": [
                                                      [[700, 600], [1000, 600], [1000, 900], [700, 900], [700, 600]]]}},
     {"type": "Feature", "properties": {"objectType": "annotation", "name": "hotspot 1"},
      "geometry": {"type": "Polygon", "coordinates": [[[1800, 200], [2400, 200], [2400, 900], [1800, 900],
-                                                      [1800, 200]]]}}]}
+                                                      [1800, 200]]]}},
+    {"type": "Feature", "properties": {"objectType": "annotation", "classification": {"name": "Ignore*"}},
+     "geometry": {"type": "Polygon", "coordinates": [[[400, 400], [700, 400], [700, 550], [400, 550], [400, 400]]]}}]}
 
 
 def test_roi_gives_the_whole_runs_nuclei_inside_it(svs_run, svs_slide, tmp_path):
-    """Limited to annotations, a run reads less of the slide and finds exactly the nuclei of the whole-slide run whose
-    centroid lies inside them; counts, densities and the report are per annotation."""
+    """Limited to annotations (less the one classified Ignore*), a run reads less of the slide and finds exactly the
+    nuclei of the whole-slide run whose centroid lies inside them; counts, densities and the report are per
+    annotation."""
     roi_path = tmp_path / "roi.geojson"
     roi_path.write_text(json.dumps(ROI))
     out = tmp_path / "out"
     result = run("segment", svs_slide, "-o", out, "--scheduler", "inprocess", "--quiet", "--roi", roi_path)
     assert result.exit_code == 0, result.output
-    region = shapely.union_all([shape(f["geometry"]) for f in ROI["features"]])
+    tumour_polygon, hotspot_polygon, ignored = (shape(f["geometry"]) for f in ROI["features"])
+    region = shapely.union_all([tumour_polygon, hotspot_polygon]).difference(ignored)
     whole = json.loads(gzip.decompress((svs_run[0] / "nuclei.geojson.gz").read_bytes()))["features"]
     inside = [f["geometry"] for f in whole if region.contains(shape(f["geometry"]).centroid)]
     found = json.loads(gzip.decompress((out / "nuclei.geojson.gz").read_bytes()))["features"]
     assert 0 < len(inside) < len(whole) and [f["geometry"] for f in found] == inside
+    assert any(ignored.contains(shape(f["geometry"]).centroid) for f in whole)  # the ignored area held nuclei
     summary = json.loads((out / "summary.json").read_text())
     whole_summary = json.loads((svs_run[0] / "summary.json").read_text())
     assert summary["grid"]["tiles"] < whole_summary["grid"]["tiles"]
     tumour, hotspot = summary["roi"]["annotations"]
     assert (tumour["name"], hotspot["name"]) == ("Tumor", "hotspot 1")
     assert tumour["n_nuclei"] + hotspot["n_nuclei"] == summary["nuclei"] == len(inside)
-    assert tumour["area_mm2"] == pytest.approx(shape(ROI["features"][0]["geometry"]).area * 0.25 ** 2 * 1e-6, rel=1e-3)
+    assert tumour["area_mm2"] == pytest.approx(tumour_polygon.difference(ignored).area * 0.25 ** 2 * 1e-6, rel=1e-3)
     assert summary["tissue"]["area_mm2"] == pytest.approx(tumour["tissue_area_mm2"] + hotspot["tissue_area_mm2"],
                                                           rel=1e-3)
     assert f"Tumor: {tumour['n_nuclei']} nuclei" in result.output

@@ -2,15 +2,16 @@
 
 QuPath writes a Feature, a FeatureCollection or a bare array of features (optionally gzipped), with coordinates in
 level-0 pixels and the annotation's name and class in ``properties``. Detections and cells in the same file are not
-regions and are skipped.
+regions and are skipped. Annotations classified ``Ignore*`` (QuPath's class for areas to leave out) or ``Exclude...``
+are cut out of the others, or, alone in a file, out of the whole slide.
 """
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import shapely
 from shapely.geometry import shape
 
 NOT_REGIONS = ("detection", "cell", "tile")
+EXCLUDING_CLASS = re.compile(r"^(ignore|exclude)", re.IGNORECASE)
 
 
 class AnnotationError(ValueError):
@@ -26,10 +28,12 @@ class AnnotationError(ValueError):
 
 @dataclass(frozen=True)
 class Annotation:
-    """One region of interest: its name and its (Multi)Polygon in level-0 pixels (x, y)."""
+    """One region of interest: its name and its (Multi)Polygon in level-0 pixels (x, y); ``excluding``: an area to
+    leave out (classified ``Ignore*`` or ``Exclude...``)."""
 
     name: str
     polygon: shapely.Geometry
+    excluding: bool = False
 
 
 def _features(document, path: Path) -> list[dict]:
@@ -44,10 +48,9 @@ def _features(document, path: Path) -> list[dict]:
     raise AnnotationError(f"{path}: not GeoJSON features (a Feature, a FeatureCollection or an array of features)")
 
 
-def _name(properties: dict, number: int) -> str:
+def _class_name(properties: dict) -> str:
     classification = properties.get("classification")
-    class_name = classification.get("name") if isinstance(classification, dict) else classification
-    return str(properties.get("name") or class_name or f"annotation {number}")
+    return str((classification.get("name") if isinstance(classification, dict) else classification) or "")
 
 
 def _polygonal(geometry: shapely.Geometry) -> shapely.Geometry:
@@ -80,7 +83,9 @@ def read_annotations(path: str | Path) -> list[Annotation]:
         except (shapely.errors.GEOSException, ValueError, TypeError, KeyError, AttributeError) as error:
             raise AnnotationError(f"{path}: feature {number} has an invalid geometry ({error})") from None
         if not polygon.is_empty:
-            annotations.append(Annotation(_name(properties, number), polygon))
+            class_name = _class_name(properties)
+            annotations.append(Annotation(str(properties.get("name") or class_name or f"annotation {number}"),
+                                          polygon, bool(EXCLUDING_CLASS.match(class_name))))
     if not annotations:
         raise AnnotationError(f"{path}: holds no polygon annotation")
     return annotations
@@ -88,22 +93,29 @@ def read_annotations(path: str | Path) -> list[Annotation]:
 
 @dataclass(frozen=True)
 class RegionOfInterest:
-    """The annotations of one file that a run is limited to."""
+    """What a run is limited to: the annotations of one file (the excluded areas cut out of each) and their union.
+
+    annotations : the including annotations, in the file's order.
+    region : (Multi)Polygon in level-0 pixels, where nuclei count.
+    """
 
     path: Path
     annotations: list[Annotation]
-
-    @functools.cached_property
-    def union(self) -> shapely.Geometry:
-        """(Multi)Polygon in level-0 pixels."""
-        return shapely.union_all([annotation.polygon for annotation in self.annotations])
+    region: shapely.Geometry
 
     @property
     def digest(self) -> str:
-        """sha256 of the union's WKB: what tells a rerun that the region changed."""
-        return hashlib.sha256(shapely.to_wkb(self.union)).hexdigest()
+        """sha256 of the region's WKB: what tells a rerun that the region changed."""
+        return hashlib.sha256(shapely.to_wkb(self.region)).hexdigest()
 
 
-def read_roi(path: str | Path) -> RegionOfInterest:
-    """The region of interest of a GeoJSON file (``read_annotations``)."""
-    return RegionOfInterest(Path(path), read_annotations(path))
+def read_roi(path: str | Path, slide_box: shapely.Geometry) -> RegionOfInterest:
+    """The region of interest of a GeoJSON file (``read_annotations``) on a slide whose level-0 bounds are
+    ``slide_box``: the union of its annotations, less the excluding ones (the whole slide less those, when the file
+    holds only excluding annotations)."""
+    annotations = read_annotations(path)
+    excluded = shapely.union_all([a.polygon for a in annotations if a.excluding])
+    kept = [Annotation(a.name, a.polygon.difference(excluded)) for a in annotations if not a.excluding]
+    kept = [a for a in kept if not a.polygon.is_empty]
+    region = shapely.union_all([a.polygon for a in kept]) if kept else slide_box
+    return RegionOfInterest(Path(path), kept, region.difference(excluded))

@@ -149,6 +149,9 @@ def _roi_section(summary: dict) -> str:
     if not roi:
         return ""
     annotations = roi["annotations"]
+    if not annotations:
+        return (f"<h2>Regions of interest</h2><p>The slide less the excluded annotations of "
+                f"<code>{escape(Path(roi['file']).name)}</code>.</p>")
     classes = list(summary["counts"]["classes"])
     header = ["annotation", "mm²", "tissue mm²", "nuclei", "per mm² of tissue", *[f"% {c}" for c in classes]]
     ihc = "ihc" in annotations[0]
