@@ -21,9 +21,10 @@ from pathoseg.synthetic import write_synthetic_slide
 from pathoseg.system import cpu_capability
 
 THUMBNAIL = """
-import json, resource, sys, time
+import json, sys, time
 import openslide
 from pathoseg.config import load_config
+from pathoseg.distributed import peak_rss_bytes
 from pathoseg.io.slide import Slide, open_slide
 from pathoseg.pipeline import find_tissue
 path, reader = sys.argv[1], sys.argv[2]
@@ -32,7 +33,7 @@ slide = open_slide(path)
 if reader == "openslide":
     slide = Slide(slide.path, openslide.OpenSlide(path), slide.mpp, slide.mpp_source)
 mask, thumbnail = find_tissue(slide, load_config(None))
-rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+rss_mb = peak_rss_bytes() / 2**20
 print(json.dumps({"seconds": time.perf_counter() - started, "levels": len(slide.level_dimensions),
                   "side_px": max(thumbnail.shape), "peak_rss_mb": rss_mb}))
 """

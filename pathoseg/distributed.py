@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import sys
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import astuple
@@ -88,8 +89,20 @@ def region_task(store_path: str, region: Region, settings: RegionSettings, model
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident memory of this process."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak resident memory of this process.
+
+    On Linux the high-water mark of /proc/self/status (VmHWM): getrusage's ru_maxrss survives fork and exec, so a
+    worker process started by a client holding 3 GB read 3 GB from it whatever it used itself. Elsewhere ru_maxrss
+    (bytes on macOS, KiB on the other systems).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 class RegionRunner:

@@ -36,7 +36,7 @@ from pathoseg.outputs import (draw_crop, region_geojson_fragment, write_config, 
                               write_nuclei_table, write_overlay, write_review_geojson, write_summary_csv)
 from pathoseg.region import RegionSettings, timed
 from pathoseg.tiling.grid import Grid, plan_work, tiles_by_block, tissue_tiles
-from pathoseg.tiling.tiler import TileJob
+from pathoseg.tiling.tiler import TileJob, tile_block
 from pathoseg.tiling.tissue import TissueMask, detect_tissue, is_darkfield
 
 log = logging.getLogger(__name__)
@@ -251,6 +251,11 @@ def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: Reg
             stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
         progress("regions", 1, len(plan.regions))
 
+    if plan.slide.decodes_whole:
+        # Every worker reading this slide would decode all of it: the client, which holds it already, tiles it.
+        for block, tiles in block_tiles.items():
+            progress("tiles", tile_block(plan.tile_job(), block, tiles, plan.slide), n_tiles)
+        block_tiles = {}
     runner.check_workers(readable=[plan.slide.path.resolve()], writable=[plan.store_path.resolve()])
     runner.run(plan.tile_job(), block_tiles, todo, settings, on_result,
                on_tiles=lambda n: progress("tiles", n, n_tiles))

@@ -8,11 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pathoseg.config import ConfigError, load_config
+from pathoseg.distributed import open_runner
 from pathoseg.pipeline import segment_slide
 from pathoseg.system import local_workers, usable_cores
+from pathoseg.tiling import tiler
+
+from conftest import shared
 
 
 def config_for(scheduler: str, workers: int = 1):
@@ -126,3 +131,28 @@ def test_workers_option_takes_a_number_or_auto():
     assert config_from_options(workers="auto").cluster.workers == "auto"
     result = CliRunner().invoke(main, ["segment", "slide.svs", "--workers", "many"])
     assert result.exit_code == 2 and "'many' is not a positive whole number or auto" in result.output
+
+
+@pytest.mark.timeout(600)
+def test_a_plain_image_is_tiled_by_the_client_not_by_every_worker(tmp_path):
+    """A PNG is decoded whole by any process that reads it: the client, which holds it already, tiles it, so the
+    workers never open it (on a many-core host each would hold all of it); the nuclei are the in-process run's."""
+    image = shared("examples/he-tcga-tile.png")
+    config = config_for("local", workers=2)
+    with open_runner(config.cluster, config.model, 4) as runner:
+        summary = segment_slide(image, tmp_path / "cluster", config, mpp=0.25, runner=runner)
+        opened = runner.client.run(lambda: tiler._open_cached.cache_info().currsize)
+    assert len(opened) == 2 and set(opened.values()) == {0}
+    in_process = segment_slide(image, tmp_path / "in", config_for("inprocess"), mpp=0.25)
+    assert summary["nuclei"] == in_process["nuclei"] > 100
+    assert (gzip.decompress((tmp_path / "cluster" / "nuclei.geojson.gz").read_bytes())
+            == gzip.decompress((tmp_path / "in" / "nuclei.geojson.gz").read_bytes()))
+
+
+def test_peak_rss_of_a_started_process_is_its_own():
+    """A process started by one that holds a lot reports its own peak (getrusage's ru_maxrss would report the
+    starter's: it survives fork and exec)."""
+    held = np.ones(2**29 // 8)  # 512 MiB, touched
+    code = "from pathoseg.distributed import peak_rss_bytes; print(peak_rss_bytes())"
+    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert child < 400 * 2**20 < held.nbytes

@@ -60,6 +60,12 @@ class Slide:
         return self.handle.level_downsamples
 
     @property
+    def decodes_whole(self) -> bool:
+        """Whether the first read decodes the whole image into memory (a PNG or JPEG, a TIFF of a few huge strips),
+        so that every process reading it holds all of it."""
+        return isinstance(self.handle, openslide.ImageSlide) or getattr(self.handle, "decodes_whole", False)
+
+    @property
     def objective_power(self) -> float | None:
         value = self.handle.properties.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
         return float(value) if value else None

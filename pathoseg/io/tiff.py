@@ -79,6 +79,11 @@ class TiffSlide(openslide.AbstractSlide):
         shape = level.shape if self._order is None else tuple(level.shape[i] for i in self._order)
         return int(shape[1]), int(shape[0])
 
+    @property
+    def decodes_whole(self) -> bool:
+        """Whether reading any region decodes the whole full-resolution level (stored in a few large strips)."""
+        return 0 in self._in_memory
+
     @classmethod
     def detect_format(cls, filename) -> str | None:
         return "tiff" if tiff_levels(filename) else None

@@ -67,14 +67,15 @@ def _slide_for(job: TileJob) -> Slide:
     return _open_cached(job.slide_path, stat.st_size, stat.st_mtime_ns, job.slide_mpp)
 
 
-def tile_block(job: TileJob, block: tuple[int, int], tiles: list[tuple[int, int]]) -> int:
-    """Read a block's listed tiles from the slide at model resolution and write the block into the store.
+def tile_block(job: TileJob, block: tuple[int, int], tiles: list[tuple[int, int]], slide: Slide | None = None) -> int:
+    """Read a block's listed tiles from the slide (``slide``, or this process's handle on the job's) at model
+    resolution and write the block into the store.
 
     Returns the number of tiles written now (0 when the block was already done). Tiles not listed stay white.
     """
     if ngff.block_done(job.store_path, block):
         return 0
-    slide, grid = _slide_for(job), job.grid
+    slide, grid = slide or _slide_for(job), job.grid
     block_box = grid.block_box(block)
     rgb = np.full((block_box.height, block_box.width, 3), 255, np.uint8)
     for tile in tiles:
