@@ -176,3 +176,20 @@ def test_thumbnail_read_in_bands_is_the_whole_read(monkeypatch):
     monkeypatch.setattr("pathoseg.io.slide.THUMBNAIL_BAND_PX", 50)
     banded = slide.thumbnail(500)
     assert banded[1] == whole[1] and np.array_equal(banded[0], whole[0])
+
+
+def test_ome_tiff_with_label_and_macro_images_opens_the_slide(tmp_path):
+    """An OME-TIFF converted from a slide also holds its label (here first, with a pixel size of its own): the
+    slide is the largest image, with its own pixel size."""
+    rgb = iio.imread(shared("examples/he-tcga-tile.png"))[..., :3]
+    path = tmp_path / "converted.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as writer:
+        writer.write(np.full((200, 300, 3), 220, np.uint8), photometric="rgb",
+                     metadata={"axes": "YXS", "Name": "label", "PhysicalSizeX": 40.0, "PhysicalSizeY": 40.0})
+        writer.write(rgb, photometric="rgb", tile=(256, 256), subifds=1,
+                     metadata={"axes": "YXS", "Name": "slide", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25})
+        writer.write(rgb[::2, ::2], photometric="rgb", tile=(256, 256), subfiletype=1)
+    slide = open_slide(path)
+    assert slide.dimensions == (1024, 1024) and len(slide.level_dimensions) == 2
+    assert slide.mpp == pytest.approx(0.25) and slide.mpp_source == "TIFF metadata"
+    assert np.array_equal(slide.read_region(0, 0, 0, 1024, 1024), rgb)

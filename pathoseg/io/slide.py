@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import openslide
-import tifffile
 from PIL import Image
 
 from pathoseg.geometry import Box
-from pathoseg.io.tiff import TiffReadError, TiffSlide, tiff_levels
+from pathoseg.io.tiff import TiffReadError, TiffSlide, tiff_levels, tiff_mpp
 
 # Pixel sizes read from plain-image metadata are believed only in this range (72/96 dpi defaults are not mpp).
 PLAUSIBLE_MPP = (0.05, 20.0)
@@ -131,26 +129,6 @@ def _mpp_from_openslide(handle: openslide.AbstractSlide) -> float | None:
     return float(value) if value else None
 
 
-def _mpp_from_tiff(path: Path) -> float | None:
-    """OME PhysicalSizeX (µm), else the TIFF resolution tags (centimetre or inch units)."""
-    try:
-        with tifffile.TiffFile(path) as tiff:
-            if tiff.is_ome and tiff.ome_metadata:
-                match = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tiff.ome_metadata)
-                unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tiff.ome_metadata)
-                if match and (unit is None or unit.group(1) in ("µm", "um", "\u00b5m")):
-                    return float(match.group(1))
-            tags = tiff.pages[0].tags
-            if "XResolution" in tags and "ResolutionUnit" in tags:
-                numerator, denominator = tags["XResolution"].value
-                microns_per_unit = {2: 25400.0, 3: 10000.0}.get(int(tags["ResolutionUnit"].value))
-                if microns_per_unit and numerator:
-                    return microns_per_unit * denominator / numerator
-    except (tifffile.TiffFileError, OSError, ValueError, KeyError):
-        return None
-    return None
-
-
 def _mpp_from_image_dpi(path: Path) -> float | None:
     try:
         with Image.open(path) as image:
@@ -249,7 +227,7 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
     if mpp is not None:
         return Slide(path, handle, float(mpp), "--mpp")
     for source, reader in (("slide properties", lambda: _mpp_from_openslide(handle)),
-                           ("TIFF metadata", lambda: _mpp_from_tiff(path) if path.suffix.lower() in TIFF_SUFFIXES
+                           ("TIFF metadata", lambda: tiff_mpp(path) if path.suffix.lower() in TIFF_SUFFIXES
                             else None),
                            ("image dpi", lambda: _mpp_from_image_dpi(path))):
         found = _plausible(reader())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import openslide
@@ -24,17 +25,55 @@ class TiffReadError(ValueError):
     """A TIFF whose pixels are not an RGB or grey image this reader can give (the message says why)."""
 
 
+def main_series(tiff: tifffile.TiffFile) -> tifffile.TiffPageSeries:
+    """The slide among a TIFF's images: the largest (an OME-TIFF converted from a slide also holds its label and
+    macro images)."""
+    return max(tiff.series, key=lambda series: int(np.prod(series.shape)))
+
+
 def tiff_levels(path: str | Path) -> int:
-    """Resolution levels of the first image in a TIFF (SubIFD and multi-page pyramids alike); 0 if unreadable."""
+    """Resolution levels of the slide in a TIFF (``main_series``; SubIFD and multi-page pyramids alike); 0 if
+    unreadable."""
     quiet = logging.getLogger("tifffile")
     level, quiet.level = quiet.level, logging.ERROR + 1  # a file that is no TIFF is reported once, by the caller
     try:
         with tifffile.TiffFile(path) as tiff:
-            return len(tiff.series[0].levels) if tiff.series else 0
+            return len(main_series(tiff).levels) if tiff.series else 0
     except (tifffile.TiffFileError, OSError, ValueError, IndexError):
         return 0
     finally:
         quiet.level = level
+
+
+def _ome_pixel_size_um(ome_xml: str, width: int, height: int) -> float | None:
+    """PhysicalSizeX (µm) of the OME image whose pixels are ``width`` x ``height``."""
+    for pixels in ElementTree.fromstring(ome_xml).iter():
+        if (pixels.tag.endswith("}Pixels") and pixels.get("SizeX") == str(width) and pixels.get("SizeY") == str(height)
+                and pixels.get("PhysicalSizeX") and pixels.get("PhysicalSizeXUnit", "µm") in ("µm", "um")):
+            return float(pixels.get("PhysicalSizeX"))
+    return None
+
+
+def tiff_mpp(path: str | Path) -> float | None:
+    """Microns per pixel of the slide in a TIFF (``main_series``): its OME PhysicalSizeX, else its resolution tags
+    (centimetre or inch units); None where the file says neither."""
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            series = main_series(tiff)
+            height, width = (series.shape[1:] if series.axes in ("SYX", "CYX") else series.shape)[:2]
+            if tiff.is_ome and tiff.ome_metadata:
+                ome_mpp = _ome_pixel_size_um(tiff.ome_metadata, width, height)
+                if ome_mpp:
+                    return ome_mpp
+            tags = series.keyframe.tags
+            if "XResolution" in tags and "ResolutionUnit" in tags:
+                numerator, denominator = tags["XResolution"].value
+                microns_per_unit = {2: 25400.0, 3: 10000.0}.get(int(tags["ResolutionUnit"].value))
+                if microns_per_unit and numerator:
+                    return microns_per_unit * denominator / numerator
+    except (tifffile.TiffFileError, OSError, ValueError, KeyError, ElementTree.ParseError):
+        return None
+    return None
 
 
 def _yxs(array, axes: str) -> tuple[int, int, int] | None:
@@ -48,7 +87,7 @@ def _yxs(array, axes: str) -> tuple[int, int, int] | None:
 
 
 class TiffSlide(openslide.AbstractSlide):
-    """The first image of a TIFF and its reduced levels, as OpenSlide's ``AbstractSlide``.
+    """The slide of a TIFF (``main_series``) and its reduced levels, as OpenSlide's ``AbstractSlide``.
 
     ``properties`` holds only the vendor (``ome-tiff`` or ``tiff``; the pixel size is read from the file's metadata
     as for any TIFF). Regions outside the image read as transparent, as in OpenSlide.
@@ -63,7 +102,7 @@ class TiffSlide(openslide.AbstractSlide):
             raise
 
     def _read_structure(self) -> None:
-        series = self._tiff.series[0]
+        series = main_series(self._tiff)
         self._levels = [zarr.open_array(series.aszarr(level=index), mode="r") for index in range(len(series.levels))]
         self._order = _yxs(self._levels[0], series.axes)
         if self._levels[0].dtype not in (np.uint8, np.uint16):
