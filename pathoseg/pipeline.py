@@ -251,13 +251,14 @@ def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: Reg
             stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
         progress("regions", 1, len(plan.regions))
 
+    job = plan.tile_job()
     if plan.slide.decodes_whole:
         # Every worker reading this slide would decode all of it: the client, which holds it already, tiles it.
         for block, tiles in block_tiles.items():
-            progress("tiles", tile_block(plan.tile_job(), block, tiles, plan.slide), n_tiles)
+            progress("tiles", tile_block(job, block, tiles, plan.slide), n_tiles)
         block_tiles = {}
     runner.check_workers(readable=[plan.slide.path.resolve()], writable=[plan.store_path.resolve()])
-    runner.run(plan.tile_job(), block_tiles, todo, settings, on_result,
+    runner.run(job, block_tiles, todo, settings, on_result,
                on_tiles=lambda n: progress("tiles", n, n_tiles))
     return {"regions_computed": len(todo), "peak_rss_mb_worker": round(runner.worker_peak_rss_bytes() / 2**20, 1),
             "task_seconds": {stage: round(value, 2) for stage, value in stage_seconds.items()},
