@@ -60,7 +60,7 @@ def tiff_mpp(path: str | Path) -> float | None:
     try:
         with tifffile.TiffFile(path) as tiff:
             series = main_series(tiff)
-            height, width = (series.shape[1:] if series.axes in ("SYX", "CYX") else series.shape)[:2]
+            width, height = _width_height(series.shape, _yxs(series, series.axes))
             if tiff.is_ome and tiff.ome_metadata:
                 ome_mpp = _ome_pixel_size_um(tiff.ome_metadata, width, height)
                 if ome_mpp:
@@ -84,6 +84,12 @@ def _yxs(array, axes: str) -> tuple[int, int, int] | None:
     if axes in ("SYX", "CYX") and array.shape[0] in (3, 4):
         return (1, 2, 0)
     raise TiffReadError(f"image axes {axes} with shape {tuple(array.shape)}: not an RGB or grey image")
+
+
+def _width_height(shape: tuple[int, ...], order: tuple[int, int, int] | None) -> tuple[int, int]:
+    """(width, height) of an image of ``shape`` whose axes ``order`` (``_yxs``) puts in (Y, X[, S])."""
+    shape = shape if order is None else tuple(shape[i] for i in order)
+    return int(shape[1]), int(shape[0])
 
 
 class TiffSlide(openslide.AbstractSlide):
@@ -111,12 +117,8 @@ class TiffSlide(openslide.AbstractSlide):
         self._in_memory = {index: None for index, page in enumerate(pages)
                            if not page.is_tiled and page.rowsperstrip * page.imagewidth * page.samplesperpixel
                            * page.dtype.itemsize > MAX_LAZY_STRIP_BYTES}
-        self._dimensions = tuple(self._width_height(level) for level in self._levels)
+        self._dimensions = tuple(_width_height(level.shape, self._order) for level in self._levels)
         self._properties = {openslide.PROPERTY_NAME_VENDOR: "ome-tiff" if self._tiff.is_ome else "tiff"}
-
-    def _width_height(self, level) -> tuple[int, int]:
-        shape = level.shape if self._order is None else tuple(level.shape[i] for i in self._order)
-        return int(shape[1]), int(shape[0])
 
     @property
     def decodes_whole(self) -> bool:

@@ -114,7 +114,8 @@ def positivity_hotspot(centroids_level0: np.ndarray, positive: np.ndarray, slide
         return None
     step_px = field_um / slide_mpp / steps_per_field
     cells = np.floor((xy - origin_xy) / step_px).astype(np.int64)
-    cells -= cells.min(axis=0)
+    first_cell = cells.min(axis=0)
+    cells -= first_cell
     shape = tuple(cells.max(axis=0)[::-1] + 1)  # (rows, cols) of steps
     counts = np.zeros(shape)
     positives = np.zeros(shape)
@@ -127,7 +128,7 @@ def positivity_hotspot(centroids_level0: np.ndarray, positive: np.ndarray, slide
     if share.max() < 0:
         return None
     row, col = np.unravel_index(np.lexsort((field_positives.ravel(), share.ravel()))[-1], share.shape)
-    top_left = (np.floor((xy - origin_xy) / step_px).min(axis=0) + (col, row) - (steps_per_field - 1)) * step_px
+    top_left = (first_cell + (col, row) - (steps_per_field - 1)) * step_px
     x, y = top_left + origin_xy
     total, hits = int(field_counts[row, col]), int(field_positives[row, col])
     side = field_um / slide_mpp
