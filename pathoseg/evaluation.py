@@ -19,9 +19,11 @@ from pathoseg.models.postproc import instances_from_maps
 from pathoseg.region import RegionSettings, plausible_nuclei
 from pathoseg.stitch.merge import keep_labels
 from pathoseg.stitch.polygons import instance_polygons
-from pathoseg.train.data import Sample, load_dataset, read_class_names, read_manifest
+from pathoseg.train.data import Sample, load_dataset, read_class_names, read_manifest, resample_image
 
 METRIC_KEYS = ("dice", "aji", "aji_plus", "dq", "sq", "pq")
+# Detection pairs centroids within this distance: HoVer-Net's 12 px at 0.25 µm/px (40x).
+MATCH_RADIUS_UM = 3.0
 
 
 def _mean_of_defined(values: list[float]) -> float:
@@ -153,10 +155,31 @@ def nuclei_of_maps(rgb: np.ndarray, maps: PredictionMaps, settings: RegionSettin
     return keep_labels(labels, np.nonzero(keep)[0] + 1), {key: values[keep] for key, values in measurements.items()}
 
 
+def nuclei_at_sample_resolution(predictor: Predictor, sample: Sample, settings: RegionSettings
+                                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``nuclei_of_maps`` for a sample at its own resolution, whatever the model's: the image is resampled to the
+    model's mpp and the nuclei's outlines (as ``segment`` writes them) are drawn back onto the sample's grid, so a
+    model is scored against the truth as annotated. Returns the (H, W) instance map and the measurements."""
+    factor = sample.mpp / settings.mpp
+    if abs(factor - 1) < 1e-3:
+        return nuclei_of_maps(sample.image, predictor.predict(sample.image), settings)
+    image = resample_image(sample.image, factor)
+    labels, measurements = nuclei_of_maps(image, predictor.predict(image), settings)
+    rings = [None if polygon is None else np.asarray(polygon.exterior.coords) / factor
+             for polygon in instance_polygons(labels, settings.simplify_px)]
+    return rasterise_rings(rings, sample.instances.shape), measurements
+
+
+def match_radius_px(samples: Sequence[Sample]) -> float:
+    """``MATCH_RADIUS_UM`` in the samples' pixels (their median mpp: a dataset's images share one)."""
+    return MATCH_RADIUS_UM / float(np.median([sample.mpp for sample in samples])) if samples else 12.0
+
+
 def evaluate_samples(predictor: Predictor, samples: list[Sample], settings: RegionSettings,
-                     n_classes: int | None = None, radius_px: float = 12.0,
-                     positive_dab_od: float | None = None, estimate_stains: bool = False) -> dict:
-    """Run the model over samples (already at its mpp): mean per-image metrics, pooled detection/type F1.
+                     n_classes: int | None = None, positive_dab_od: float | None = None,
+                     estimate_stains: bool = False) -> dict:
+    """Run the model over samples (at their own resolution, see ``nuclei_at_sample_resolution``): mean per-image
+    metrics, pooled detection/type F1 (centroids within ``MATCH_RADIUS_UM``).
 
     ``settings`` are a run's post-processing and filters (``RegionSettings.from_config``), so the figures describe
     what ``pathoseg segment`` writes. With ``positive_dab_od`` the samples' classes are IHC truth (1 negative,
@@ -164,12 +187,13 @@ def evaluate_samples(predictor: Predictor, samples: list[Sample], settings: Regi
     positivity scores are added per image (``ihc``) and overall. ``estimate_stains`` measures each image with its
     own hematoxylin-DAB vectors (as ``segment --stain ihc`` with ``stain.estimate_vectors``).
     """
+    radius_px = match_radius_px(samples)
     accumulator = Accumulator(list(range(1, n_classes)) if n_classes else None, radius_px)
     positivity = PositivityAccumulator(radius_px) if positive_dab_od is not None else None
     for sample in samples:
         sample_settings = (settings.with_stain_matrix(estimate_hdab_vectors(sample.image).matrix) if estimate_stains
                            else settings)
-        pred, measurements = nuclei_of_maps(sample.image, predictor.predict(sample.image), sample_settings)
+        pred, measurements = nuclei_at_sample_resolution(predictor, sample, sample_settings)
         accumulator.add(sample, pred, measurements["class_id"].astype(int) if n_classes else None)
         if positivity is not None:
             positivity.add(sample, pred, measurements["dab_od_mean"] >= positive_dab_od)
@@ -188,20 +212,28 @@ def rasterise_geojson(path: Path, shape: tuple[int, int], class_ids: dict[str, i
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Instance map (H, W) and (N,) class ids from a GeoJSON of polygons in the image's pixel coordinates
     (multiplied by ``scale`` first: 2 maps a 20x image's outlines onto its 40x truth)."""
-    labels = np.zeros(shape, np.int32)
-    classes = []
+    rings, classes = [], []
     for feature in read_features(path):
         geometry = feature.get("geometry") or {}
         if geometry.get("type") != "Polygon":
             continue
-        ring = np.asarray(geometry["coordinates"][0], float) * scale
-        # Pixel i spans [i, i + 1): its centre is inside the polygon when (i + 0.5) is.
-        rows, cols = fill_polygon(ring[:, 1] - 0.5, ring[:, 0] - 0.5, shape)
-        labels[rows, cols] = len(classes) + 1
+        rings.append(np.asarray(geometry["coordinates"][0], float) * scale)
         classification = (feature.get("properties") or {}).get("classification") or {}
         name = classification.get("name") if isinstance(classification, dict) else classification
         classes.append(class_ids.get(name, 0))
-    return labels, np.asarray(classes, int)
+    return rasterise_rings(rings, shape), np.asarray(classes, int)
+
+
+def rasterise_rings(rings: Sequence[np.ndarray | None], shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) int32 instance map of outlines ((K, 2) x, y in pixels; pixel i spans [i, i + 1)): ring k is label
+    k + 1, None leaves its label out."""
+    labels = np.zeros(shape, np.int32)
+    for label, ring in enumerate(rings, start=1):
+        if ring is not None:
+            # Pixel i's centre (i + 0.5) is inside when the ring holds it.
+            rows, cols = fill_polygon(ring[:, 1] - 0.5, ring[:, 0] - 0.5, shape)
+            labels[rows, cols] = label
+    return labels
 
 
 def find_prediction(folder: Path, sample_id: str) -> Path:
@@ -213,7 +245,7 @@ def find_prediction(folder: Path, sample_id: str) -> Path:
                             f"{sample_id}.geojson)")
 
 
-def evaluate_folder(pred_folder: str | Path, dataset: str | Path, radius_px: float = 12.0) -> dict:
+def evaluate_folder(pred_folder: str | Path, dataset: str | Path) -> dict:
     """Compare a folder of predictions (``<id>.png`` instance maps or ``<id>.geojson``) with a dataset folder."""
     pred_folder, dataset = Path(pred_folder), Path(dataset)
     if not pred_folder.is_dir():
@@ -222,10 +254,11 @@ def evaluate_folder(pred_folder: str | Path, dataset: str | Path, radius_px: flo
     ihc = is_positivity_dataset(names)
     # IHC truth: segment's DAB bins (QuPath's names) are negative (1) or positive (2).
     class_ids = (dict(zip(DAB_BIN_NAMES, (1, 2, 2, 2))) if ihc else {name: int(i) for i, name in (names or {}).items()})
+    radius_px = MATCH_RADIUS_UM / float(np.median(list(read_manifest(dataset).values())))
     accumulator = Accumulator(None if ihc else sorted(class_ids.values()) or None, radius_px)
     positivity = PositivityAccumulator(radius_px) if ihc else None
-    for sample_id, mpp in read_manifest(dataset).items():
-        sample = load_dataset(dataset, mpp, [sample_id])[0]  # native resolution
+    for sample_id in read_manifest(dataset):
+        sample = load_dataset(dataset, None, [sample_id])[0]  # native resolution
         path = find_prediction(pred_folder, sample_id)
         if path.suffix in (".png", ".tif", ".tiff"):
             pred, pred_classes = np.asarray(Image.open(path)).astype(np.int64), None

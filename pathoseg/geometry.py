@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+MPP_40X = 0.25  # the scale speeds are compared at: tissue megapixels of a 40x scan
+
 
 @dataclass(frozen=True)
 class Box:
@@ -89,3 +91,13 @@ class SlideFrame:
 
 def area_px_to_mm2(area_px: float, mpp: float) -> float:
     return area_px * mpp * mpp * 1e-6
+
+
+def area_throughput(tissue_mm2: float, model_mpp: float, seconds: float) -> dict[str, float | None]:
+    """Speed of a run over ``tissue_mm2`` of tissue: mm² per second, and tissue megapixels per second at the model's
+    mpp and at 0.25 µm/px (40x), the last two comparable across models of different resolutions."""
+    tissue_mpx = tissue_mm2 / model_mpp ** 2
+    per_second = (lambda amount, digits: round(amount / seconds, digits) if seconds else None)
+    return {"tissue_mpx_at_model_mpp": round(tissue_mpx, 3), "mpx_per_second": per_second(tissue_mpx, 4),
+            "mpx_per_second_at_40x": per_second(tissue_mm2 / MPP_40X ** 2, 4),
+            "tissue_mm2_per_second": per_second(tissue_mm2, 5)}

@@ -21,7 +21,7 @@ from scipy import ndimage
 from pathoseg import __version__
 from pathoseg.config import Config, as_dict
 from pathoseg.distributed import RegionRunner, open_runner, peak_rss_bytes
-from pathoseg.geometry import Box, SlideFrame
+from pathoseg.geometry import Box, SlideFrame, area_throughput
 from pathoseg.io import ngff
 from pathoseg.io.annotations import RegionOfInterest, read_roi
 from pathoseg.io.regions import finished_regions, load_region, save_region
@@ -292,9 +292,7 @@ def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, m
                        "region_px": grid.region_px, "margin_px": grid.margin_px,
                        "model_width_px": grid.width_px, "model_height_px": grid.height_px}
     elapsed = time.time() - started
-    tissue_mpx = plan.tissue.area_mm2 / plan.metadata.mpp ** 2
-    summary["run"] = {"seconds": round(elapsed, 2), "tissue_mpx_at_model_mpp": round(tissue_mpx, 3),
-                      "mpx_per_second": round(tissue_mpx / elapsed, 4) if elapsed else None,
+    summary["run"] = {"seconds": round(elapsed, 2), **area_throughput(plan.tissue.area_mm2, plan.metadata.mpp, elapsed),
                       "client_seconds": {phase: round(value, 2) for phase, value in seconds.items()},
                       "peak_rss_mb_client": round(peak_rss_bytes() / 2**20, 1), **run_facts,
                       "regions_reused": len(plan.regions) - run_facts["regions_computed"],

@@ -38,7 +38,7 @@ def evaluate(paths, model, config_path, ids, device, out_path) -> None:
         loaded = load_model(model)
         dataset = paths[0]
         selected = ids.split(",") if ids else list(read_manifest(dataset))
-        samples = load_dataset(dataset, loaded.metadata.mpp, selected)
+        samples = load_dataset(dataset, None, selected)  # scored at their own resolution
         # Type metrics only where the dataset's classes are the model's (NuCLS's tumour/non-tumour are not).
         dataset_classes = read_class_names(dataset) or {}
         has_types = (any(s.types is not None for s in samples)

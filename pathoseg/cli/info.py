@@ -23,12 +23,14 @@ from pathoseg.system import local_workers, model_mpx_per_second, runtimes_here, 
               help="Instead of a slide: this machine's devices, what `auto` picks, and the model's throughput in "
                    "each runtime and precision (measured, ~20 s).")
 @click.option("--seconds", type=float, default=2.0, show_default=True, help="--system: seconds per measurement.")
+@click.option("--model", help="--system: the model to measure (default: the configuration's).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @friendly_errors
-def info(slide_path: str | None, mpp: float | None, system: bool, seconds: float, as_json: bool) -> None:
+def info(slide_path: str | None, mpp: float | None, system: bool, seconds: float, model: str | None,
+         as_json: bool) -> None:
     """Vendor, levels, dimensions, mpp, objective power, bounds and tissue fraction of SLIDE_PATH."""
     if system:
-        show_system(seconds, as_json)
+        show_system(seconds, as_json, model)
         return
     if slide_path is None:
         fail("give a SLIDE_PATH, or --system for this machine")
@@ -60,14 +62,16 @@ def info(slide_path: str | None, mpp: float | None, system: bool, seconds: float
                    f"{facts['tissue']['area_mm2']:.3f} mm²")
 
 
-def show_system(seconds: float, as_json: bool) -> None:
+def show_system(seconds: float, as_json: bool, model: str | None = None) -> None:
     """Print the machine's facts and the model-only throughput per runtime and precision, on one thread per
     core as a default run uses them (worker processes x 1 thread), and on each GPU in its auto precision."""
     facts = system_facts()
-    config = load_config()
-    network = load_model(config.model.name).network
+    config = load_config(overrides={"model": {"name": model}} if model else None)
+    loaded = load_model(config.model.name)
+    network, mm2_per_mpx = loaded.network, loaded.metadata.mpp ** 2
     torch.set_num_threads(config.cluster.threads_per_worker)
     device = torch.device("cpu")
+    facts["model"] = {"name": config.model.name, "mpp": loaded.metadata.mpp}
     facts["model_mpx_per_second_per_thread"] = {
         f"{runtime}/{precision}": round(model_mpx_per_second(network, device, precision, runtime, seconds), 3)
         for runtime in runtimes_here(device) for precision in ("fp32", "bf16")}
@@ -84,11 +88,13 @@ def show_system(seconds: float, as_json: bool) -> None:
                f"precision {auto['precision']}")
     for gpu in facts["cuda"]:
         click.echo(f"cuda: {gpu['name']} (compute capability {gpu['capability']}), auto precision "
-                   f"{gpu['auto_precision']}, model only {gpu['model_mpx_per_second']:.3f} Mpx/s (8 patches per "
+                   f"{gpu['auto_precision']}, model only {gpu['model_mpx_per_second']:.3f} Mpx/s, "
+                   f"{gpu['model_mpx_per_second'] * mm2_per_mpx:.4f} mm²/s (8 patches per "
                    f"pass; a run reaches a fraction of it, set by the worker processes' post-processing)")
-    click.echo(f"model {config.model.name}, one thread, model only (Mpx/s; a default run has "
-               f"{local_workers(config.cluster)} worker processes here):")
+    click.echo(f"model {config.model.name} at {loaded.metadata.mpp} µm/px, one thread, model only (Mpx/s at its "
+               f"mpp, mm²/s of tissue; a default run has {local_workers(config.cluster)} worker processes here):")
     best = max(facts["model_mpx_per_second_per_thread"].values())
     for key, value in facts["model_mpx_per_second_per_thread"].items():
         marker = "  <- auto" if key == f"{auto['runtime']}/{auto['precision']}" else ""
-        click.echo(f"  {key:<16} {value:7.3f}  ({value / best:.2f}x the fastest){marker}")
+        click.echo(f"  {key:<16} {value:7.3f} Mpx/s  {value * mm2_per_mpx:.4f} mm²/s  ({value / best:.2f}x the "
+                   f"fastest){marker}")

@@ -67,7 +67,8 @@ def config_from_options(config_path=None, model=None, device=None, scheduler=Non
 def report(summary: dict, out_dir: Path) -> None:
     counts, run = summary["counts"], summary["run"]
     click.echo(f"{summary['nuclei']} nuclei in {summary['tissue']['area_mm2']:.3f} mm² of tissue "
-               f"({counts['density_per_mm2']:.0f}/mm²), {run['seconds']:.1f} s, {run['mpx_per_second']:.3f} Mpx/s "
+               f"({counts['density_per_mm2']:.0f}/mm²), {run['seconds']:.1f} s, {run['tissue_mm2_per_second']:.4f} mm²/s "
+               f"({run['mpx_per_second_at_40x']:.3f} Mpx/s at 0.25 µm/px) "
                f"({run.get('device')}, {run.get('runtime')}, {run.get('precision')}) -> {out_dir}")
     if "ihc" in summary:
         click.echo(f"IHC: {positivity_line(summary['ihc'])}")

@@ -223,7 +223,8 @@ def write_report(path: Path, summary: dict, columns: dict[str, np.ndarray], over
                         + (ROI_NOTE if "roi" in summary else "") + (DARKFIELD_NOTE if tissue.get("darkfield") else "")],
              ["model", f"{escape(model['name'])} ({escape(model['encoder'])}, {model['mpp']} µm/px), sha256 "
                        f"{escape(model['sha256'][:12])}…"],
-             ["run", f"{run.get('seconds', 0):.1f} s, {run.get('mpx_per_second') or 0:.3f} Mpx/s on "
+             ["run", f"{run.get('seconds', 0):.1f} s, {run.get('tissue_mm2_per_second') or 0:.4f} mm²/s of tissue "
+                     f"({run.get('mpx_per_second_at_40x') or 0:.3f} Mpx/s at 0.25 µm/px) on "
                      f"{escape(str(run.get('device', '?')))} ({escape(str(run.get('runtime', '?')))}, "
                      f"{escape(str(run.get('precision', '?')))}, {run.get('workers', '?')} worker(s))"]]
     page = f"""<!DOCTYPE html>

@@ -176,7 +176,8 @@ def brightness_contrast(rng: np.random.Generator, image: np.ndarray, amount: flo
 
 def augment_sample(rng: np.random.Generator, image: np.ndarray, instances: np.ndarray, types: np.ndarray | None,
                    size_px: int, scale_range: tuple[float, float] = (0.8, 1.25), p_dab: float = 0.25,
-                   p_low_resolution: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+                   p_low_resolution: float = 0.0, low_resolution_factor: tuple[float, float] = (1.6, 2.4)
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The full training augmentation: crop with scale jitter, geometry, elastic, IHC re-synthesis, stain,
     brightness, lower scan resolution, blur, JPEG."""
     image, (instances, types) = scaled_crop(rng, image, [instances, types], size_px, scale_range)
@@ -190,7 +191,7 @@ def augment_sample(rng: np.random.Generator, image: np.ndarray, instances: np.nd
     if rng.random() < 0.5:
         image = brightness_contrast(rng, image)
     if rng.random() < p_low_resolution:
-        image = rescan_at_lower_resolution(rng, image)
+        image = rescan_at_lower_resolution(rng, image, low_resolution_factor)
     elif rng.random() < 0.2:
         image = blur(rng, image)
     if rng.random() < 0.2:

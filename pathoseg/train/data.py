@@ -20,12 +20,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 @dataclass
 class Sample:
-    """One annotated image at the model's resolution."""
+    """One annotated image at ``mpp`` microns per pixel."""
 
     id: str
     image: np.ndarray  # (H, W, 3) uint8
     instances: np.ndarray  # (H, W) int32
     types: np.ndarray | None  # (H, W) uint8, None where the dataset has no classes
+    mpp: float = 0.25
 
 
 def read_manifest(folder: Path) -> dict[str, float]:
@@ -56,20 +57,26 @@ def resample_sample(sample: Sample, factor: float) -> Sample:
     """Resample image (bilinear) and maps (nearest) by ``factor`` (> 1 enlarges)."""
     if abs(factor - 1) < 1e-3:
         return sample
-    image = rescale(sample.image, factor, order=1, channel_axis=-1, preserve_range=True).round().astype(np.uint8)
     maps = [None if m is None else rescale(m, factor, order=0, preserve_range=True, anti_aliasing=False)
             .astype(m.dtype) for m in (sample.instances, sample.types)]
-    return Sample(sample.id, image, maps[0], maps[1])
+    return Sample(sample.id, resample_image(sample.image, factor), maps[0], maps[1], sample.mpp / factor)
 
 
-def load_dataset(folder: str | Path, model_mpp: float, ids: list[str] | None = None,
+def resample_image(image: np.ndarray, factor: float) -> np.ndarray:
+    """(H, W, 3) uint8 image resampled by ``factor`` (> 1 enlarges; bilinear, anti-aliased when shrinking)."""
+    if abs(factor - 1) < 1e-3:
+        return image
+    return rescale(image, factor, order=1, channel_axis=-1, preserve_range=True).round().astype(np.uint8)
+
+
+def load_dataset(folder: str | Path, model_mpp: float | None, ids: list[str] | None = None,
                  use_types: bool = True) -> list[Sample]:
     """Read a dataset folder, resampled to ``model_mpp``.
 
     Parameters
     ----------
     folder : dataset folder (see module docstring).
-    model_mpp : microns per pixel the samples are resampled to.
+    model_mpp : microns per pixel the samples are resampled to; None keeps each image's own (MANIFEST.csv).
     ids : subset of ids to read (default all, in MANIFEST order).
     use_types : read ``types/`` when present.
     """
@@ -81,6 +88,6 @@ def load_dataset(folder: str | Path, model_mpp: float, ids: list[str] | None = N
         instances = np.asarray(Image.open(folder / "labels" / f"{sample_id}.png")).astype(np.int32)
         types_path = folder / "types" / f"{sample_id}.png"
         types = np.asarray(Image.open(types_path)).astype(np.uint8) if use_types and types_path.is_file() else None
-        sample = Sample(sample_id, image, instances, types)
-        samples.append(resample_sample(sample, manifest[sample_id] / model_mpp))
+        sample = Sample(sample_id, image, instances, types, manifest[sample_id])
+        samples.append(sample if model_mpp is None else resample_sample(sample, manifest[sample_id] / model_mpp))
     return samples

@@ -19,7 +19,7 @@ from torch.optim.swa_utils import AveragedModel
 from pathoseg.config import load_config
 from pathoseg.models.infer import predictor_for, resolve_device
 from pathoseg.models.precision import autocast, resolve_precision
-from pathoseg.models.weights import ModelMetadata, build_network, read_checkpoint, save_checkpoint
+from pathoseg.models.weights import ModelMetadata, build_network, load_model, read_checkpoint, save_checkpoint
 from pathoseg.evaluation import evaluate_samples, is_positivity_dataset
 from pathoseg.region import RegionSettings
 from pathoseg.system import usable_cores
@@ -71,6 +71,8 @@ class TrainConfig:
     seed: int = 0
     dab_probability: float = 0.25
     low_resolution_probability: float = 0.0  # crops re-scanned at ~20x and upsampled back
+    low_resolution_factor: tuple[float, float] = (1.6, 2.4)  # how much coarser that scan is than the model's mpp
+    init_weights: str | None = None  # a fresh run starts from this model's weights (shipped name or checkpoint)
     ema_decay: float = 0.999
     np_classes: int = 2  # 3: background / interior / boundary band of boundary_px
     boundary_px: int = 2
@@ -101,6 +103,7 @@ class TrainingStream(torch.utils.data.IterableDataset):
         self.groups = [group for group in groups if group[0] > 0 and group[1]]
         self.size_px, self.seed = size_px, seed
         self.p_dab, self.p_low_resolution = config.dab_probability, config.low_resolution_probability
+        self.low_resolution_factor = tuple(config.low_resolution_factor)
         self.boundary_px = config.boundary_px if config.np_classes == 3 else 0
 
     def __iter__(self):
@@ -113,7 +116,8 @@ class TrainingStream(torch.utils.data.IterableDataset):
             sample = samples[rng.choice(len(samples), p=areas / areas.sum())]
             image, instances, types = augment_sample(rng, sample.image, sample.instances,
                                                      sample.types if has_types else None, self.size_px,
-                                                     p_dab=self.p_dab, p_low_resolution=self.p_low_resolution)
+                                                     p_dab=self.p_dab, p_low_resolution=self.p_low_resolution,
+                                                     low_resolution_factor=self.low_resolution_factor)
             yield {
                 "image": torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1),
                 "np": torch.from_numpy(np_targets(instances, self.boundary_px)),
@@ -125,14 +129,15 @@ class TrainingStream(torch.utils.data.IterableDataset):
 
 
 def split_dataset(spec: DatasetSpec, mpp: float) -> tuple[list[Sample], list[Sample]]:
-    """Training and validation samples; validation keeps IHC truth (negative / positive classes) to be scored."""
+    """Training samples at ``mpp`` and validation samples at their own resolution (scored as annotated);
+    validation keeps IHC truth (negative / positive classes) to be scored."""
     ids = list(read_manifest(Path(spec.path)))
     unknown = set(spec.validation_ids) - set(ids)
     if unknown:
         raise ValueError(f"{spec.path}: validation ids not in MANIFEST.csv: {sorted(unknown)[:3]}")
     train_ids = [i for i in ids if i not in set(spec.validation_ids)]
     return (load_dataset(spec.path, mpp, train_ids, spec.use_types),
-            load_dataset(spec.path, mpp, spec.validation_ids, spec.use_types or spec.positivity_truth))
+            load_dataset(spec.path, None, spec.validation_ids, spec.use_types or spec.positivity_truth))
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -204,6 +209,9 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
             optimiser.load_state_dict(extra["optimiser"])
         step, best_pq, history = extra["step"], extra["best_pq"], json.loads(extra["history"])
         log.info("resumed from %s at step %d (best PQ %.3f)", last_path, step, best_pq)
+    elif config.init_weights:
+        network.load_state_dict(load_model(config.init_weights).network.state_dict())
+        log.info("started from the weights of %s", config.init_weights)
     averaged = AveragedModel(network, avg_fn=ema_update(config.ema_decay), use_buffers=True)
     if averaged_state is not None:
         averaged.module.load_state_dict(averaged_state)
