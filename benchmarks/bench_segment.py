@@ -1,11 +1,14 @@
-"""End-to-end throughput and peak memory of `segment` on synthetic slides, per inference setting, side by side.
+"""End-to-end throughput and peak memory of `segment` on synthetic slides, per model and inference setting, side by
+side.
 
-Prints the CPU, then per setting (runtime/precision; ``auto`` is what a default run picks) and slide size: tissue
-megapixels at the model's resolution per second (end to end, tiling and outputs included), the model-only
-throughput of that setting in the same run (the baseline), their ratio, where the region tasks' time went, and peak
-RSS of the client and of the worker processes. Peak RSS should stay flat as the slide grows.
+Prints the CPU, then per model, setting (runtime/precision; ``auto`` is what a default run picks) and slide size:
+tissue mm² per second and tissue megapixels per second at 0.25 µm/px (40x) equivalent (end to end, tiling and
+outputs included; comparable across models of different resolutions), the model-only throughput of that setting in
+the same run (the baseline, at the model's own mpp), their ratio, where the region tasks' time went, and peak RSS of
+the client and of the worker processes. Peak RSS should stay flat as the slide grows. Last, each model's speed as a
+ratio to the last model listed (the baseline model).
 
-    python benchmarks/bench_segment.py --sizes 20000 --settings auto/auto openvino/fp32 torch/bf16
+    python benchmarks/bench_segment.py --sizes 20000 --models pathoseg-fast pathoseg-light
     python benchmarks/bench_segment.py --sizes 12000 --workers 2 8 14 --settings auto/auto   # a GPU machine
 """
 
@@ -37,8 +40,9 @@ from pathoseg.models.weights import load_model
 from pathoseg.system import model_mpx_per_second
 settings = json.loads(sys.argv[1])
 torch.set_num_threads(settings["threads"])
-print(model_mpx_per_second(load_model(settings["name"]).network, resolve_device(settings["device"]),
-                           settings["precision"], settings["runtime"], settings["seconds"]))
+loaded = load_model(settings["name"])
+print(model_mpx_per_second(loaded.network, resolve_device(settings["device"]), settings["precision"],
+                           settings["runtime"], settings["seconds"], int8_ir=loaded.int8_ir))
 """
 
 
@@ -59,26 +63,44 @@ def device_description() -> str:
     return f"CPU: {cpu_capability()}{gpu}; torch {torch.__version__}"
 
 
-def run_setting(slides: dict[int, Path], workdir: Path, runtime: str, precision: str, cluster: dict,
-                baseline_seconds: float) -> None:
-    """Segment every slide with one inference setting and cluster shape; print one line per slide."""
-    config = load_config(overrides={"cluster": cluster, "model": {"runtime": runtime, "precision": precision}})
+def run_setting(slides: dict[int, Path], workdir: Path, model: str, runtime: str, precision: str, cluster: dict,
+                baseline_seconds: float) -> dict[int, dict]:
+    """Segment every slide with one model, inference setting and cluster shape; print one line per slide and
+    return each slide's ``summary["run"]``."""
+    config = load_config(overrides={"cluster": cluster,
+                                    "model": {"name": model, "runtime": runtime, "precision": precision}})
     threads = config.cluster.threads_per_worker
     baseline = model_only_mpx_per_s(config, baseline_seconds)
+    runs = {}
     for side, slide in slides.items():
-        out_dir = workdir / f"out-{side}-{runtime}-{precision}-{config.cluster.workers}"
+        out_dir = workdir / f"out-{side}-{model}-{runtime}-{precision}-{config.cluster.workers}"
         summary = segment_slide(slide, out_dir, config)
-        run = summary["run"]
+        run = runs[side] = summary["run"]
         tasks = run["task_seconds"]
         shares = ", ".join(f"{k} {100 * v / sum(tasks.values()):.0f}%" for k, v in tasks.items())
         phases = ", ".join(f"{k} {v:.0f} s" for k, v in run["client_seconds"].items())
-        print(f"[{runtime}/{precision} -> {run['device']} {run['runtime']}/{run['precision']}, "
+        print(f"[{model} {runtime}/{precision} -> {run['device']} {run['runtime']}/{run['precision']}, "
               f"{run['workers']} worker(s) x {threads} thread(s)] slide {side}x{side} px @0.25 µm: tissue "
-              f"{run['tissue_mpx_at_model_mpp']:.1f} Mpx, {summary['nuclei']} nuclei, {run['seconds']:.0f} s, "
-              f"end-to-end {run['mpx_per_second']:.3f} Mpx/s ({run['mpx_per_second'] / baseline:.2f}x "
-              f"model-only {baseline:.3f}); phases: {phases}; region tasks: {shares}; peak RSS "
-              f"client {run['peak_rss_mb_client']:.0f} MB, largest worker {run['peak_rss_mb_worker']:.0f} MB",
-              flush=True)
+              f"{summary['tissue']['area_mm2']:.2f} mm², {summary['nuclei']} nuclei, {run['seconds']:.0f} s, "
+              f"end-to-end {run['tissue_mm2_per_second']:.4f} mm²/s = {run['mpx_per_second_at_40x']:.3f} Mpx/s at "
+              f"0.25 µm/px ({run['mpx_per_second'] / baseline:.2f}x model-only {baseline:.3f} Mpx/s at the model's "
+              f"mpp); phases: {phases}; region tasks: {shares}; peak RSS client {run['peak_rss_mb_client']:.0f} MB, "
+              f"largest worker {run['peak_rss_mb_worker']:.0f} MB", flush=True)
+    return runs
+
+
+def print_model_ratios(results: dict[tuple, dict[int, dict]], models: list[str]) -> None:
+    """Each model's end-to-end mm²/s as a ratio to the last model's, per setting, workers and slide."""
+    baseline_model = models[-1]
+    for (model, setting, workers), runs in results.items():
+        baseline = results.get((baseline_model, setting, workers))
+        if model == baseline_model or baseline is None:
+            continue
+        for side, run in runs.items():
+            ratio = run["tissue_mm2_per_second"] / baseline[side]["tissue_mm2_per_second"]
+            print(f"{model} / {baseline_model} [{setting}, slide {side}]: {run['tissue_mm2_per_second']:.4f} / "
+                  f"{baseline[side]['tissue_mm2_per_second']:.4f} mm²/s = {ratio:.2f}x "
+                  f"({run['precision']} vs {baseline[side]['precision']})", flush=True)
 
 
 def main() -> None:
@@ -87,20 +109,27 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[None],
                         help="worker process counts to compare (default: the config's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: the config's)")
-    parser.add_argument("--settings", nargs="+", default=["auto/auto", "openvino/fp32", "torch/bf16"],
-                        help="runtime/precision pairs (auto/auto: what a default run picks)")
+    parser.add_argument("--models", nargs="+", default=["pathoseg-fast", "pathoseg-light"],
+                        help="models to compare; the last is the baseline of the ratios")
+    parser.add_argument("--settings", nargs="+", default=["auto/auto", "openvino/fp32"],
+                        help="runtime/precision pairs (auto/auto: what a default run picks; torch/bf16 where the CPU "
+                             "has native bfloat16)")
     parser.add_argument("--baseline-seconds", type=float, default=20.0, help="how long the model-only run lasts")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     print(device_description(), flush=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
         slides = {side: write_synthetic_slide(Path(workdir) / f"bench-{side}.svs", side, side) for side in args.sizes}
-        for setting in args.settings:
-            runtime, precision = setting.split("/")
-            for workers in args.workers:
-                cluster = {key: value for key, value in (("workers", workers), ("threads_per_worker", args.threads))
-                           if value is not None}
-                run_setting(slides, Path(workdir), runtime, precision, cluster, args.baseline_seconds)
+        results = {}
+        for model in args.models:
+            for setting in args.settings:
+                runtime, precision = setting.split("/")
+                for workers in args.workers:
+                    cluster = {key: value for key, value in (("workers", workers),
+                                                             ("threads_per_worker", args.threads)) if value is not None}
+                    results[model, setting, workers] = run_setting(slides, Path(workdir), model, runtime, precision,
+                                                                   cluster, args.baseline_seconds)
+        print_model_ratios(results, args.models)
 
 
 if __name__ == "__main__":

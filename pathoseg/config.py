@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 DEFAULT_CONFIG = Path(__file__).parent / "default.yaml"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 class ConfigError(ValueError):
@@ -23,7 +23,7 @@ class ModelConfig:
     batch_size: int = 0  # 0: 1 on the CPU (fastest, least memory), 8 on a GPU
     patch_px: int = 512
     context_px: int = 16
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16: auto = bf16 only where the hardware runs it natively
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 | int8: see models.precision.choose_precision
     runtime: str = "auto"  # auto | torch | openvino: auto = OpenVINO on the CPU where installed
     tta: bool = False  # flip test-time augmentation: 4x the inference
 

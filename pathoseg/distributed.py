@@ -29,7 +29,7 @@ from pathoseg.io import ngff
 from pathoseg.models.engines import choose_runtime
 from pathoseg.models.infer import Predictor, predictor_for, resolve_device
 from pathoseg.models.precision import resolve_precision
-from pathoseg.models.weights import load_model
+from pathoseg.models.weights import int8_ir_of, load_model
 from pathoseg.region import RegionResult, RegionSettings, segment_region, timed
 from pathoseg.system import local_workers
 from pathoseg.tiling.grid import Region
@@ -47,7 +47,7 @@ def get_predictor(model: ModelConfig) -> Predictor:
     key = astuple(model)
     if key not in _PREDICTORS:
         loaded = load_model(model.name)
-        predictor = _PREDICTORS[key] = predictor_for(loaded.network, model)
+        predictor = _PREDICTORS[key] = predictor_for(loaded.network, model, int8_ir=loaded.int8_ir)
         log.info("loaded model %s on %s (%s, %s)", model.name, predictor.device, predictor.runtime,
                  predictor.precision)
     return _PREDICTORS[key]
@@ -57,8 +57,10 @@ def predictor_facts(model: ModelConfig) -> dict[str, str]:
     """Device, runtime and precision this process's predictor for ``model`` runs in (resolved as the predictor
     resolves them, without building it)."""
     device = resolve_device(model.device)
-    return {"device": str(device), "runtime": choose_runtime(model.runtime, device),
-            "precision": resolve_precision(model.precision, device)}
+    runtime = choose_runtime(model.runtime, device)
+    int8_available = runtime == "openvino" and int8_ir_of(model.name) is not None
+    return {"device": str(device), "runtime": runtime,
+            "precision": resolve_precision(model.precision, device, int8_available)}
 
 
 class ModelPlugin(WorkerPlugin):

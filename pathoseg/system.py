@@ -119,11 +119,12 @@ def _openvino_version() -> str | None:
 
 
 def model_mpx_per_second(network: torch.nn.Module, device: torch.device, precision: str, runtime: str,
-                         seconds: float = 2.0, side_px: int = 960, patch_px: int = 512, batch_size: int = 0) -> float:
+                         seconds: float = 2.0, side_px: int = 960, patch_px: int = 512, batch_size: int = 0,
+                         int8_ir: Path | None = None) -> float:
     """Model-only throughput: megapixels per second of ``Predictor.predict`` on a (side_px, side_px) image of
     stained-looking noise (no glass, so every patch runs), after one warm-up call. The default side is two
-    patch steps: four patches."""
-    predictor = Predictor(network, device, patch_px, 16, batch_size, precision, runtime)
+    patch steps: four patches. ``int8_ir``: the model's int8 version (``LoadedModel.int8_ir``)."""
+    predictor = Predictor(network, device, patch_px, 16, batch_size, precision, runtime, int8_ir=int8_ir)
     rgb = np.random.default_rng(0).integers(60, 220, (side_px, side_px, 3), dtype=np.uint8)
     predictor.predict(rgb[:patch_px, :patch_px])
     done, started = 0, time.perf_counter()

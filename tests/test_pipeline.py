@@ -253,3 +253,32 @@ def test_demo_writes_a_slide_and_segments_it(tmp_path):
     assert summary["nuclei"] > 100 and f"{summary['nuclei']} nuclei" in result.output
     for name in ("nuclei.geojson.gz", "overlay.png", "report.html", "review.geojson", "summary.csv"):
         assert (tmp_path / name).is_file()
+
+
+def nuclei_of(out_dir) -> list:
+    with gzip.open(out_dir / "nuclei.geojson.gz", "rt") as handle:
+        return sorted((f["geometry"]["coordinates"], f["properties"]["classification"]["name"])
+                      for f in json.load(handle)["features"])
+
+
+def test_fast_model_at_half_resolution_tiled_equals_one_piece(svs_slide, tmp_path):
+    """pathoseg-fast runs at 0.5 µm/px: the 0.25 µm/px slide is read at half its size, and regions of 256 model px
+    (with 64 px margins, 32 µm) give exactly the nuclei of one region holding the whole slide."""
+    from pathoseg.models.weights import registered_models
+
+    if "pathoseg-fast" not in registered_models():
+        pytest.skip("pathoseg-fast is not shipped")
+    outputs = {}
+    for region_px, margin_px in ((256, 64), (2048, 64)):
+        config = tmp_path / f"regions-{region_px}.yaml"
+        config.write_text(f"tiling: {{tile_px: 256, region_px: {region_px}, margin_px: {margin_px}}}\n")
+        out = outputs[region_px] = tmp_path / f"out-{region_px}"
+        result = run("segment", svs_slide, "-o", out, "-c", config, "--model", "pathoseg-fast", "--scheduler",
+                     "inprocess", "--quiet")
+        assert result.exit_code == 0, result.output
+    summaries = {size: json.loads((out / "summary.json").read_text()) for size, out in outputs.items()}
+    assert summaries[256]["grid"]["model_width_px"] == 1300  # 2600 px at 0.25 µm -> 1300 at 0.5
+    assert summaries[2048]["grid"]["regions"] == 1 and summaries[256]["grid"]["regions"] > 4
+    fast = nuclei_of(outputs[256])
+    assert len(fast) > 300 and fast == nuclei_of(outputs[2048])
+    check_qupath_geojson(outputs[256] / "nuclei.geojson.gz", 2600, 1800)

@@ -45,7 +45,7 @@ def evaluate(paths, model, config_path, ids, device, out_path) -> None:
                      and [dataset_classes[i] for i in sorted(dataset_classes)] == loaded.metadata.class_names[1:])
         config = load_config(config_path)
         positive_dab_od = config.stain.positive_dab_od if is_positivity_dataset(dataset_classes) else None
-        predictor = predictor_for(loaded.network, config.model, device)
+        predictor = predictor_for(loaded.network, config.model, device, loaded.int8_ir)
         settings = RegionSettings.from_config(config, loaded.metadata.mpp)
         n_classes = len(loaded.metadata.class_names) if has_types else None
         estimate_stains = (positive_dab_od is not None and config.stain.estimate_vectors

@@ -12,6 +12,7 @@ from pathoseg.cli.common import fail, friendly_errors
 from pathoseg.config import load_config
 from pathoseg.io.slide import open_slide
 from pathoseg.models.weights import load_model
+from pathoseg.models.precision import resolve_precision
 from pathoseg.pipeline import find_tissue
 from pathoseg.system import local_workers, model_mpx_per_second, runtimes_here, system_facts
 
@@ -73,15 +74,18 @@ def show_system(seconds: float, as_json: bool, model: str | None = None) -> None
     device = torch.device("cpu")
     facts["model"] = {"name": config.model.name, "mpp": loaded.metadata.mpp}
     facts["model_mpx_per_second_per_thread"] = {
-        f"{runtime}/{precision}": round(model_mpx_per_second(network, device, precision, runtime, seconds), 3)
-        for runtime in runtimes_here(device) for precision in ("fp32", "bf16")}
+        f"{runtime}/{precision}": round(model_mpx_per_second(network, device, precision, runtime, seconds,
+                                                             int8_ir=loaded.int8_ir), 3)
+        for runtime in runtimes_here(device) for precision in ("fp32", "bf16", "int8")
+        if precision != "int8" or (runtime == "openvino" and loaded.int8_ir is not None)}
     for index, gpu in enumerate(facts["cuda"]):
         gpu["model_mpx_per_second"] = round(model_mpx_per_second(network, torch.device("cuda", index), "auto",
                                                                  "torch", seconds), 3)
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return
-    auto = facts["cpu_auto"]
+    auto = facts["cpu_auto"] = {**facts["cpu_auto"], "precision": resolve_precision(
+        "auto", device, facts["cpu_auto"]["runtime"] == "openvino" and loaded.int8_ir is not None)}
     click.echo(f"cpu: {facts['cpu']} ({facts['cores']} cores)\n  PyTorch vector ISA: {facts['cpu_capability']}, "
                f"native bfloat16: {'yes' if facts['cpu_native_bf16'] else 'no'}\n  torch {facts['torch']}, "
                f"openvino {facts['openvino'] or 'not installed'}\n  auto picks: runtime {auto['runtime']}, "

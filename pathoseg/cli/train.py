@@ -15,8 +15,12 @@ from pathoseg.models.infer import Predictor, resolve_device
 from pathoseg.models.weights import load_model, publish_checkpoint
 from pathoseg.region import RegionSettings
 from pathoseg.train.data import load_dataset
-from pathoseg.train.loop import TrainConfig, train as train_model
+from pathoseg.models.quantize import calibration_patches, publish_int8
+from pathoseg.train.loop import TrainConfig, split_dataset, train as train_model
 from pathoseg.train.tune import postproc_grid, tune_postproc
+
+
+CALIBRATION_PATCHES = 64  # crops of 256 px, drawn over the training images by area
 
 
 @click.command()
@@ -31,9 +35,12 @@ from pathoseg.train.tune import postproc_grid, tune_postproc
 @click.option("--tune-postproc", is_flag=True,
               help="Skip training: sweep post-processing thresholds of the best checkpoint on the validation images "
                    "and print the best.")
+@click.option("--quantize", is_flag=True,
+              help="Skip training: make the shipped model of the config's name an int8 version (OpenVINO NNCF, "
+                   "calibrated on crops of the training images; needs pip install nncf) and register it.")
 @friendly_errors
 def train(config_path: str, steps: int | None, device: str | None, fresh: bool, resume_from: Path | None,
-          publish: bool, tune_postproc: bool) -> None:
+          publish: bool, tune_postproc: bool, quantize: bool) -> None:
     """Train the HoVer-Net-style model on dataset folders in the layout of shared/data (resumable)."""
     logging.getLogger("pathoseg").setLevel(logging.INFO)
     if not logging.getLogger().handlers:
@@ -45,6 +52,11 @@ def train(config_path: str, steps: int | None, device: str | None, fresh: bool, 
         config.device = device
     if tune_postproc:
         tune(config)
+        return
+    if quantize:
+        samples = [sample for spec in config.datasets if spec.weight > 0
+                   for sample in split_dataset(spec, config.mpp)[0]]
+        click.echo(f"int8 version: {publish_int8(config.name, calibration_patches(samples, CALIBRATION_PATCHES))}")
         return
     last = Path(config.output) / "last.pt"
     if resume_from and not fresh and not last.exists():

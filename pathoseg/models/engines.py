@@ -13,17 +13,20 @@ from __future__ import annotations
 import importlib.util
 import logging
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.export import Dim
 
 from pathoseg.models.precision import autocast
+from pathoseg.models.weights import check_int8_ir
 
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "openvino")
-_OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+_OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 # Probabilities stored as float16 are clamped to its smallest normal number: converting values below it
 # (subnormals) takes NumPy's slow path, measured 28x slower, over a second per region.
 FLOAT16_TINY = 2.0 ** -14
@@ -77,22 +80,39 @@ class TorchEngine:
             return self.graph(torch.from_numpy(patches).to(self.device)).float().cpu().numpy()
 
 
+def openvino_model(graph: InferenceGraph, batch_size: int, patch_px: int):
+    """The graph converted to an OpenVINO model for (batch_size, H, W, 3) uint8 input, H and W any multiple of 32
+    (traced at ``patch_px``): an int8 version calibrated on small crops is reshaped to a run's patches."""
+    import openvino as ov
+
+    example = torch.zeros(batch_size, patch_px, patch_px, 3, dtype=torch.uint8)
+    rows, cols = Dim("rows", min=1, max=256), Dim("cols", min=1, max=256)
+    with warnings.catch_warnings():  # torch.export's own deprecation notices, printed to users' terminals
+        warnings.simplefilter("ignore", FutureWarning)
+        program = torch.export.export(graph.eval(), (example,), dynamic_shapes=({1: 32 * rows, 2: 32 * cols},))
+        return ov.convert_model(program)
+
+
 class OpenVinoEngine:
-    """The graph compiled by OpenVINO for the CPU, for batches of ``batch_size`` patches of ``patch_px``.
+    """The graph compiled by OpenVINO for the CPU, for batches of ``batch_size`` patches of ``patch_px``; in int8,
+    the quantised IR ``int8_ir`` (made from the same weights by ``models.quantize``) instead.
 
     A shorter last batch is padded to the compiled shape (one static shape compiles to the fastest kernels).
     """
 
-    def __init__(self, graph: InferenceGraph, precision: str, batch_size: int, patch_px: int):
+    def __init__(self, graph: InferenceGraph, precision: str, batch_size: int, patch_px: int,
+                 int8_ir: Path | None = None):
         import openvino as ov
 
-        example = torch.zeros(batch_size, patch_px, patch_px, 3, dtype=torch.uint8)
-        with warnings.catch_warnings():  # torch.export's own deprecation notices, printed to users' terminals
-            warnings.simplefilter("ignore", FutureWarning)
-            model = ov.convert_model(torch.export.export(graph.eval(), (example,)))
+        if precision == "int8":
+            check_int8_ir(int8_ir)
+            model = ov.Core().read_model(int8_ir)
+        else:
+            model = openvino_model(graph, batch_size, patch_px)
         model.reshape([batch_size, patch_px, patch_px, 3])  # static: the fastest kernels
         threads = torch.get_num_threads()
         # No pinning: several worker processes share the cores, and pinned threads would pile onto the same ones.
+        # int8: the quantised operations run in int8 whatever the hint; the rest in fp32.
         config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False,
                   "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[precision]}
         self.compiled = ov.Core().compile_model(model, "CPU", config)
@@ -109,9 +129,9 @@ class OpenVinoEngine:
 
 
 def build_engine(network: nn.Module, device: torch.device, precision: str, runtime: str, batch_size: int,
-                 patch_px: int) -> TorchEngine | OpenVinoEngine:
+                 patch_px: int, int8_ir: Path | None = None) -> TorchEngine | OpenVinoEngine:
     """The engine for a resolved ``runtime`` (see ``choose_runtime``) and precision."""
     graph = InferenceGraph(network)
     if runtime == "openvino":
-        return OpenVinoEngine(graph, precision, batch_size, patch_px)
+        return OpenVinoEngine(graph, precision, batch_size, patch_px, int8_ir)
     return TorchEngine(graph, device, precision)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -57,21 +58,23 @@ class Predictor:
     precision : auto | fp32 | bf16 | fp16 (see ``models.precision``); the resolved one is ``self.precision``.
     runtime : auto | torch | openvino (see ``models.engines``); the resolved one is ``self.runtime``.
     tta : average the maps of the patch and its three flips (test-time augmentation; 4x the inference).
+    int8_ir : the network's int8 OpenVINO IR (``LoadedModel.int8_ir``), which precision int8 runs.
     """
 
     def __init__(self, network: torch.nn.Module, device: torch.device, patch_px: int = 512, context_px: int = 16,
-                 batch_size: int = 0, precision: str = "auto", runtime: str = "auto", tta: bool = False):
+                 batch_size: int = 0, precision: str = "auto", runtime: str = "auto", tta: bool = False,
+                 int8_ir: Path | None = None):
         if patch_px % 32 or patch_px <= 2 * context_px:
             raise ValueError(f"patch_px {patch_px} must be a multiple of 32 larger than twice context_px")
         self.device = device
         self.patch_px, self.context_px = patch_px, context_px
         self.batch_size = batch_size or (8 if device.type == "cuda" else 1)
-        self.precision = resolve_precision(precision, device)
         self.runtime = choose_runtime(runtime, device)
+        self.precision = resolve_precision(precision, device, self.runtime == "openvino" and int8_ir is not None)
         fused = fused_for_inference(network).to(memory_format=torch.channels_last)
         self.np_classes = fused.heads["np"][-1].out_channels
         self.n_classes = fused.heads["nc"][-1].out_channels
-        self.engine = build_engine(fused, device, self.precision, self.runtime, self.batch_size, patch_px)
+        self.engine = build_engine(fused, device, self.precision, self.runtime, self.batch_size, patch_px, int8_ir)
         self.tta = tta
         self.first_hv = 2 if self.np_classes == 3 else 1  # channel of the horizontal map in the engine's output
 
@@ -140,7 +143,8 @@ class Predictor:
                               None if interior_prob is None else interior_prob[keep])
 
 
-def predictor_for(network: torch.nn.Module, model: ModelConfig, device: str | None = None) -> Predictor:
+def predictor_for(network: torch.nn.Module, model: ModelConfig, device: str | None = None,
+                  int8_ir: Path | None = None) -> Predictor:
     """The predictor a run's model settings describe (``device`` overrides ``model.device``)."""
     return Predictor(network, resolve_device(device or model.device), model.patch_px, model.context_px,
-                     model.batch_size, model.precision, model.runtime, model.tta)
+                     model.batch_size, model.precision, model.runtime, model.tta, int8_ir)

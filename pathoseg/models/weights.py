@@ -47,6 +47,7 @@ class LoadedModel:
     network: HoVerNet
     metadata: ModelMetadata
     sha256: str
+    int8_ir: Path | None = None  # OpenVINO IR (.xml, .bin beside it) of the int8 version, where one ships
 
 
 class CheckpointError(ValueError):
@@ -118,6 +119,25 @@ def resolve_model(name_or_path: str) -> tuple[Path, str | None]:
     raise CheckpointError(f"{name_or_path}: no such model; shipped models: {', '.join(sorted(registry)) or 'none'}")
 
 
+def int8_ir_of(name_or_path: str) -> Path | None:
+    """The int8 OpenVINO IR (.xml) registered for a shipped model, None for others. Its checksum (of the .bin) is
+    checked when it is loaded (``read_int8_ir``)."""
+    entry = registered_models().get(name_or_path, {})
+    int8 = entry.get("int8")
+    return WEIGHTS_DIR / int8["xml"] if int8 and int8["checkpoint_sha256"] == entry["sha256"] else None
+
+
+def check_int8_ir(xml_path: Path) -> None:
+    """Refuse an int8 IR whose weights (.bin) do not match the registry's sha256."""
+    for entry in registered_models().values():
+        int8 = entry.get("int8")
+        if int8 and WEIGHTS_DIR / int8["xml"] == xml_path:
+            digest = sha256_of(xml_path.with_suffix(".bin"))
+            if digest != int8["bin_sha256"]:
+                raise CheckpointError(f"{xml_path.with_suffix('.bin')}: sha256 {digest[:12]}... does not match the "
+                                      f"registry's {int8['bin_sha256'][:12]}...")
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL) -> LoadedModel:
     """Build the network of a shipped model name or checkpoint path and load its weights (eval mode)."""
     path, expected = resolve_model(name_or_path)
@@ -126,7 +146,16 @@ def load_model(name_or_path: str = DEFAULT_MODEL) -> LoadedModel:
     network = build_network(metadata)
     network.load_state_dict(payload["state_dict"])
     network.eval()
-    return LoadedModel(network, metadata, payload["sha256"])
+    return LoadedModel(network, metadata, payload["sha256"], int8_ir_of(name_or_path))
+
+
+def register(name: str, entry: dict) -> None:
+    """Set a shipped model's registry entry (atomically)."""
+    registry = registered_models()
+    registry[name] = entry
+    temporary = REGISTRY.with_name(REGISTRY.name + ".partial")
+    temporary.write_text(json.dumps(registry, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, REGISTRY)
 
 
 def publish_checkpoint(source: str | Path, name: str | None = None, version: str | None = None) -> Path:
@@ -139,9 +168,5 @@ def publish_checkpoint(source: str | Path, name: str | None = None, version: str
     network.load_state_dict(payload["state_dict"])
     target = WEIGHTS_DIR / f"{metadata.name}.pt"
     digest = save_checkpoint(target, network, metadata)
-    registry = registered_models()
-    registry[metadata.name] = {"file": target.name, "sha256": digest}
-    temporary = REGISTRY.with_name(REGISTRY.name + ".partial")
-    temporary.write_text(json.dumps(registry, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, REGISTRY)
+    register(metadata.name, {"file": target.name, "sha256": digest})  # an int8 version of other weights is dropped
     return target
