@@ -14,7 +14,8 @@ import shapely
 import yaml
 
 from pathoseg.geometry import Box, SlideFrame
-from pathoseg.io.geojson import FeatureCollectionWriter, atomic_path, encode_fragment, features_text, nucleus_feature
+from pathoseg.io.geojson import (FeatureCollectionWriter, atomic_path, encode_fragment, features_text, nucleus_feature,
+                                 snap_rings)
 from pathoseg.io.overlay import draw_dots, draw_overlay, save_png
 from pathoseg.io.regions import load_region
 from pathoseg.measure.biomarkers import DAB_BIN_COLORS, DAB_BIN_NAMES, dab_bins
@@ -34,28 +35,33 @@ def nucleus_labels(result: RegionResult, class_names: list[str], class_colors: l
 
 def region_geojson_fragment(nuclei_dir: str, index: int, frame: SlideFrame, slide_key: str, class_names: list[str],
                             class_colors: list[list[int]], stain_mode: str, dab_thresholds: list[float],
-                            compress: bool) -> tuple[int, bytes]:
-    """A saved region's nuclei as QuPath detections in level-0 pixels, for ``FeatureCollectionWriter.write_fragment``:
-    (number of nuclei, ``encode_fragment`` of their Feature texts). Runs on a worker, or here without a cluster."""
+                            compress: bool) -> tuple[int, bytes, int, int]:
+    """A saved region's nuclei as QuPath detections in level-0 pixels, outlines snapped to QuPath's grid
+    (``snap_rings``), for ``FeatureCollectionWriter.write_fragment``: (number of nuclei written, ``encode_fragment``
+    of their Feature texts, outlines repaired, nuclei dropped). Runs on a worker, or here without a cluster."""
     result = load_region(Path(nuclei_dir), index)
     names, colors, _ = nucleus_labels(result, class_names, class_colors, stain_mode, dab_thresholds)
     centroids = frame.model_to_level0(result.centroids.reshape(-1, 2))
     measurements = {name: result.measurements[key] for key, name in MEASUREMENT_NAMES.items()}
     if stain_mode == "ihc":
         measurements["Model class"] = result.measurements["class_id"].astype(float)
-    features = (nucleus_feature(frame.model_to_level0(ring), names[i], colors[i],
-                                {name: values[i] for name, values in measurements.items()},
+    rings, repaired = snap_rings([frame.model_to_level0(ring) for ring in result.polygons])
+    features = [nucleus_feature(ring, names[i], colors[i], {name: values[i] for name, values in measurements.items()},
                                 f"{slide_key}:{centroids[i, 0]:.2f}:{centroids[i, 1]:.2f}")
-                for i, ring in enumerate(result.polygons))
-    return len(result.polygons), encode_fragment(features_text(features), compress)
+                for i, ring in enumerate(rings) if ring is not None]
+    return len(features), encode_fragment(features_text(features), compress), repaired, len(rings) - len(features)
 
 
-def write_geojson(path: Path, fragments: Iterable[tuple[int, bytes]]) -> int:
-    """The nuclei GeoJSON from every region's ``region_geojson_fragment``, in order; returns the number written."""
+def write_geojson(path: Path, fragments: Iterable[tuple[int, bytes, int, int]]) -> dict[str, int]:
+    """The nuclei GeoJSON from every region's ``region_geojson_fragment``, in order; returns how many nuclei were
+    written, and how many outlines snapping to QuPath's grid made invalid: repaired, or dropped where nothing
+    was left."""
+    repaired = dropped = 0
     with FeatureCollectionWriter(path) as writer:
-        for count, fragment in fragments:
+        for count, fragment, region_repaired, region_dropped in fragments:
             writer.write_fragment(fragment, count)
-        return writer.count
+            repaired, dropped = repaired + region_repaired, dropped + region_dropped
+    return {"written": writer.count, "repaired": repaired, "dropped": dropped}
 
 
 def write_nuclei_table(path: Path, results: Iterable[RegionResult], frame: SlideFrame, class_names: list[str],

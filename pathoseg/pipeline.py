@@ -30,6 +30,7 @@ from pathoseg.io.report import write_report
 from pathoseg.measure.areas import annotation_stats, positivity_hotspot, review_squares, tissue_region_stats
 from pathoseg.measure.biomarkers import (DAB_BIN_COLORS, DAB_BIN_NAMES, class_summary, dab_bins, positivity_certainty,
                                          positivity_summary)
+from pathoseg.measure.quality import MIN_SIDE_UM, input_quality
 from pathoseg.measure.stain import StainEstimate, estimate_hdab_vectors
 from pathoseg.models.weights import ModelMetadata, load_model
 from pathoseg.outputs import (draw_crop, region_geojson_fragment, write_config, write_geojson, write_json,
@@ -122,6 +123,7 @@ class SlidePlan:
     mpp_override: float | None = None
     stains: StainEstimate | None = None  # IHC with stain.estimate_vectors: the slide's own vectors
     roi: RegionOfInterest | None = None
+    quality: dict = dataclasses.field(default_factory=dict)  # measure.quality.input_quality of the tissue
 
     def tile_job(self) -> TileJob:
         """Absolute paths: workers may run in another directory (on a cluster, on a shared filesystem)."""
@@ -133,16 +135,19 @@ class SlidePlan:
         return self.store_path / "nuclei"
 
 
-def sample_tissue_pixels(slide: Slide, tissue: TissueMask, n_tiles: int = 16, tile_px: int = 256,
-                         mpp: float = 0.5) -> np.ndarray:
-    """(N, 3) uint8 pixels of up to ``n_tiles`` tiles spread over the tissue, read near ``mpp``."""
+def sample_tissue_tiles(slide: Slide, tissue: TissueMask, n_tiles: int = 16, tile_px: int = 256,
+                        mpp: float = 0.5) -> list[np.ndarray]:
+    """Up to ``n_tiles`` (tile_px, tile_px, 3) uint8 tiles spread over the tissue, read near ``mpp``, each inside the
+    slide (cut to it where it is smaller)."""
     rows, cols = np.nonzero(tissue.mask)
     level = slide.level_for_mpp(mpp)
+    bounds, downsample = slide.bounds, slide.level_downsamples[level]
+    side_x = min(tile_px, int(bounds.width / downsample))
+    side_y = min(tile_px, int(bounds.height / downsample))
     picks = np.linspace(0, len(rows) - 1, min(n_tiles, len(rows))).astype(int)
-    tiles = [slide.read_region(slide.bounds.x + cols[i] * tissue.level0_per_px,
-                               slide.bounds.y + rows[i] * tissue.level0_per_px, level, tile_px, tile_px)
-             for i in picks]
-    return np.concatenate([tile.reshape(-1, 3) for tile in tiles])
+    xs = np.clip(bounds.x + cols[picks] * tissue.level0_per_px, bounds.x, bounds.x1 - side_x * downsample)
+    ys = np.clip(bounds.y + rows[picks] * tissue.level0_per_px, bounds.y, bounds.y1 - side_y * downsample)
+    return [slide.read_region(int(x), int(y), level, side_x, side_y) for x, y in zip(xs, ys)]
 
 
 def slide_stains(slide: Slide, tissue: TissueMask, config: Config) -> StainEstimate | None:
@@ -150,7 +155,7 @@ def slide_stains(slide: Slide, tissue: TissueMask, config: Config) -> StainEstim
     or default matrix applies)."""
     if config.stain.mode != "ihc" or not config.stain.estimate_vectors or config.stain.stain_matrix is not None:
         return None
-    estimate = estimate_hdab_vectors(sample_tissue_pixels(slide, tissue))
+    estimate = estimate_hdab_vectors(np.concatenate([tile.reshape(-1, 3) for tile in sample_tissue_tiles(slide, tissue)]))
     if estimate.source == "default":
         log.warning("%s: default stain vectors kept: %s", slide.path, estimate.reason)
     return estimate
@@ -182,6 +187,10 @@ def plan_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp:
     roi = read_roi(roi_path, slide_box(slide)) if roi_path else None
     if slide.mpp is None:
         raise SlideError(f"{slide.path}: the file carries no pixel size; give it with --mpp")
+    side_um = min(slide.bounds.width, slide.bounds.height) * slide.mpp
+    if side_um < MIN_SIDE_UM:
+        raise SlideError(f"{slide.path}: {side_um:.1f} µm across, too small to hold nuclei with their surroundings "
+                         f"(at least {MIN_SIDE_UM:.0f} µm)")
     out_dir = prepare_output(out_dir)
     model = load_model(config.model.name)  # workers load their own copy; here for metadata and checksum
     bounds = slide.bounds
@@ -198,6 +207,9 @@ def plan_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp:
         log.warning("%s: a dark background, as in fluorescence: the model was trained on brightfield H&E and IHC, "
                     "so its nuclei here are unvalidated and its classes and stain measurements do not apply",
                     slide.path)
+    quality = input_quality(sample_tissue_tiles(slide, tissue, mpp=model.metadata.mpp), tissue.darkfield)
+    for warning in quality["warnings"]:
+        log.warning("%s: %s", slide.path, warning)
     width_px, height_px = frame.model_size_px(bounds.width, bounds.height)
     tiling = config.tiling
     grid = Grid(width_px, height_px, tiling.tile_px, tiling.region_px, tiling.margin_px)
@@ -207,7 +219,7 @@ def plan_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp:
                 "slide_mpp": slide.mpp, "model_mpp": model.metadata.mpp, "tile_px": tiling.tile_px,
                 "block_px": tiling.region_px, "roi": roi.digest if roi else None}
     return SlidePlan(slide, out_dir, model.metadata, model.sha256, frame, tissue, grid, regions, tiles,
-                     out_dir / "store.zarr", identity, mpp, slide_stains(slide, tissue, config), roi)
+                     out_dir / "store.zarr", identity, mpp, slide_stains(slide, tissue, config), roi, quality)
 
 
 def open_store(plan: SlidePlan) -> None:
@@ -352,8 +364,8 @@ def write_slide_outputs(plan: SlidePlan, config: Config, runner: RegionRunner) -
     render = functools.partial(region_geojson_fragment, str(plan.nuclei_dir.resolve()), frame=frame,
                                slide_key=slide.path.name, class_names=names, class_colors=colors,
                                stain_mode=stain_mode, dab_thresholds=thresholds, compress=config.output.gzip)
-    n_written = write_geojson(out_dir / f"nuclei{suffix}",
-                              runner.map_in_order(render, [region.index for region in plan.regions]))
+    geojson = write_geojson(out_dir / f"nuclei{suffix}",
+                            runner.map_in_order(render, [region.index for region in plan.regions]))
     if config.output.table:
         write_nuclei_table(out_dir / "nuclei.csv", results(), frame, names, colors, stain_mode, thresholds)
     bounds = slide.bounds
@@ -379,12 +391,14 @@ def write_slide_outputs(plan: SlidePlan, config: Config, runner: RegionRunner) -
                   "mpp": metadata.mpp, "classes": names[1:]},
         "tissue": {"area_mm2": round(tissue.area_mm2, 4), "fraction": round(tissue.fraction, 4),
                    "mask_mpp": round(tissue.mpp, 3), "darkfield": tissue.darkfield},
+        "quality": plan.quality,
         "stain_mode": stain_mode,
         "stain_vectors": plan.stains.as_dict() if plan.stains else {"source": "configured" if config.stain.stain_matrix
                                                                      else "default"},
-        "nuclei": n_written,
+        "nuclei": geojson["written"],
         "counts": class_summary(columns["class_id"], names, tissue.area_mm2),
-        "filtered_out": removed,
+        "filtered_out": {**removed, "outline_invalid_on_qupath_grid": geojson["dropped"]},
+        "outlines_repaired_on_qupath_grid": geojson["repaired"],
         "tissue_regions": tissue_region_stats(tissue, origin, centroids, columns["class_id"], names, bins),
         "review": review,
         "outputs": {"geojson": f"nuclei{suffix}", "overlay": "overlay.png", "report": "report.html",

@@ -69,3 +69,51 @@ def test_java_reads_the_gzip_members_as_qupath_would(tmp_path):
     read = subprocess.run([java, str(tmp_path / "Gunzip.java"), str(path)], capture_output=True, check=True,
                           timeout=120).stdout
     assert read == gzip.decompress(path.read_bytes()) and json.loads(read)["features"] == features
+
+
+def adversarial_rings() -> list[np.ndarray]:
+    """Outlines that QuPath's 0.01 px snapping breaks or that are broken already: a bow-tie, two lobes joined by a
+    neck narrower than the grid, a sliver, a near-touching fold, a spike, a ring smaller than the grid."""
+    return [np.array([[0, 0], [10, 10], [10, 0], [0, 10]], float),
+            np.array([[0, 0], [4, 0], [4, 1.998], [6, 1.998], [6, 0], [10, 0], [10, 4], [6, 4], [6, 2.002],
+                      [4, 2.002], [4, 4], [0, 4]], float),
+            np.array([[0, 0], [20, 0.003], [20, 0.006], [0, 0.004]], float),
+            np.array([[0, 0], [10, 0], [10, 10], [5.003, 10], [5.003, 2], [4.997, 2], [4.997, 10], [0, 10]], float),
+            np.array([[0, 0], [10, 0], [10, 5], [30, 5.001], [10, 5.002], [10, 10], [0, 10]], float),
+            np.array([[0, 0], [0.004, 0], [0.004, 0.004]], float)]
+
+
+def test_snapped_outlines_are_valid_on_qupaths_grid():
+    from qupath_rules import valid_on_qupath_grid
+    from shapely.geometry import Polygon
+
+    from pathoseg.io.geojson import snap_rings
+
+    rings = adversarial_rings()
+    assert not any(valid_on_qupath_grid(Polygon(ring)) for ring in rings[:2] + rings[3:]), "they do break QuPath"
+    snapped, repaired = snap_rings(rings)
+    assert repaired == 5  # all but the sliver, which stays valid when rounded
+    assert snapped[-1] is None  # nothing left of a ring smaller than the grid
+    for ring in snapped[:-1]:
+        assert ring is not None and valid_on_qupath_grid(Polygon(ring))
+        assert np.array_equal(ring, np.round(ring, 2))
+    assert Polygon(snapped[1]).area == pytest.approx(16, abs=0.1)  # the larger lobe of the pinched ring
+
+
+def test_real_outlines_stay_valid_at_any_offset_and_scale():
+    """Every nucleus of a real annotation (MoNuSeg, touching nuclei included), traced as segment traces them, stays
+    valid once snapped, placed at odd sub-pixel offsets and scales (0.25 and 0.5 µm/px models on 0.25-0.5 slides)."""
+    from PIL import Image
+    from qupath_rules import valid_on_qupath_grid
+    from shapely.geometry import Polygon
+
+    from conftest import shared
+    from pathoseg.io.geojson import snap_rings
+    from pathoseg.stitch.polygons import instance_polygons
+
+    labels = np.asarray(Image.open(shared("monuseg/train") / "labels" / "TCGA-21-5784-01Z-00-DX1.png")).astype(np.int32)
+    outlines = [np.asarray(p.exterior.coords)[:-1] for p in instance_polygons(labels) if p is not None]
+    assert len(outlines) > 300
+    for scale, offset in ((1.0, 0.0), (2.0, 1234.567), (0.5, 0.0051), (1.0 / 0.499 * 0.25, 77.777)):
+        snapped, _ = snap_rings([ring * scale + offset for ring in outlines])
+        assert all(ring is not None and valid_on_qupath_grid(Polygon(ring)) for ring in snapped)

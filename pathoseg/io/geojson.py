@@ -16,9 +16,42 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+import shapely
 
 # Stable namespace so that identical nuclei get identical ids across runs and schedulers.
 NUCLEUS_NAMESPACE = uuid.UUID("3f0c1c8e-7a4e-4f7e-9d55-6f1d2b0c9a11")
+# QuPath (0.6+) snaps every imported geometry to this grid, and rejects the whole file if one is then invalid.
+QUPATH_GRID_PX = 0.01
+
+
+def snap_rings(rings_xy: list[np.ndarray]) -> tuple[list[np.ndarray | None], int]:
+    """Outlines as QuPath will hold them: snapped to ``QUPATH_GRID_PX`` and valid there. Most only have their
+    coordinates rounded; one that rounding would make invalid (a neck narrower than the grid, a near-touching fold,
+    a spike, or invalid already) is snap-rounded into a valid shape instead and keeps its largest part; one that
+    collapses becomes None.
+
+    Parameters
+    ----------
+    rings_xy : list of (K, 2) float (x, y) rings in level-0 pixels, not closed.
+
+    Returns
+    -------
+    The (K', 2) snapped rings (not closed) or None, and how many would have been invalid on the grid (repaired).
+    """
+    polygons = np.array([shapely.Polygon(ring) if len(ring) >= 3 else shapely.Polygon() for ring in rings_xy], object)
+    rounded = shapely.set_precision(polygons, QUPATH_GRID_PX, mode="pointwise")
+    broken = ~(shapely.is_valid(polygons) & shapely.is_valid(rounded)) | (shapely.area(rounded) <= 0)
+    repaired = shapely.set_precision(shapely.make_valid(polygons[broken]), QUPATH_GRID_PX)  # valid output
+    rounded[broken] = [largest_polygon(geometry) for geometry in repaired]
+    snapped = [None if polygon is None or polygon.is_empty
+               else np.round(np.asarray(polygon.exterior.coords)[:-1], 2) for polygon in rounded]
+    return snapped, int(broken.sum())
+
+
+def largest_polygon(geometry) -> shapely.Polygon | None:
+    """The largest polygonal part of a geometry, without holes (QuPath's detections are single rings)."""
+    parts = [part for part in shapely.get_parts(geometry) if part.geom_type == "Polygon" and part.area > 0]
+    return shapely.Polygon(max(parts, key=lambda part: part.area).exterior) if parts else None
 
 
 def nucleus_feature(ring_xy: np.ndarray, class_name: str, class_color: list[int], measurements: dict[str, float],

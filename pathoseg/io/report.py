@@ -227,6 +227,9 @@ def write_report(path: Path, summary: dict, columns: dict[str, np.ndarray], over
                      f"({run.get('mpx_per_second_at_40x') or 0:.3f} Mpx/s at 0.25 µm/px) on "
                      f"{escape(str(run.get('device', '?')))} ({escape(str(run.get('runtime', '?')))}, "
                      f"{escape(str(run.get('precision', '?')))}, {run.get('workers', '?')} worker(s))"]]
+    warnings = summary.get("quality", {}).get("warnings", [])
+    if warnings:
+        facts.append(["input check", "<strong>" + escape("; ".join(warnings)) + "</strong>"])
     page = f"""<!DOCTYPE html>
 <html lang="en">
 <head><meta charset="utf-8"><title>pathoseg report: {escape(Path(slide["path"]).name)}</title>
