@@ -101,7 +101,8 @@ def archive_row(slide_key: str, summary: dict) -> dict:
     counts = summary["counts"]
     row = {"slide": slide_key, "nuclei": summary["nuclei"], "tissue_mm2": summary["tissue"]["area_mm2"],
            "density_per_mm2": round(counts["density_per_mm2"], 2), "stain_mode": summary["stain_mode"],
-           "precision": summary["run"].get("precision", ""), "tissue_mm2_per_second": summary["run"].get("tissue_mm2_per_second")}
+           "precision": summary["run"].get("precision", ""),
+           "tissue_mm2_per_second": summary["run"].get("tissue_mm2_per_second")}
     for name, values in counts["classes"].items():
         row[f"{name}_count"] = values["count"]
         row[f"{name}_per_mm2"] = round(values["density_per_mm2"], 2)

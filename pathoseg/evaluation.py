@@ -254,10 +254,11 @@ def evaluate_folder(pred_folder: str | Path, dataset: str | Path) -> dict:
     ihc = is_positivity_dataset(names)
     # IHC truth: segment's DAB bins (QuPath's names) are negative (1) or positive (2).
     class_ids = (dict(zip(DAB_BIN_NAMES, (1, 2, 2, 2))) if ihc else {name: int(i) for i, name in (names or {}).items()})
-    radius_px = MATCH_RADIUS_UM / float(np.median(list(read_manifest(dataset).values())))
+    manifest = read_manifest(dataset)
+    radius_px = MATCH_RADIUS_UM / float(np.median(list(manifest.values())))
     accumulator = Accumulator(None if ihc else sorted(class_ids.values()) or None, radius_px)
     positivity = PositivityAccumulator(radius_px) if ihc else None
-    for sample_id in read_manifest(dataset):
+    for sample_id in manifest:
         sample = load_dataset(dataset, None, [sample_id])[0]  # native resolution
         path = find_prediction(pred_folder, sample_id)
         if path.suffix in (".png", ".tif", ".tiff"):

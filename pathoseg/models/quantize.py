@@ -14,7 +14,7 @@ import numpy as np
 
 from pathoseg.models.engines import InferenceGraph, openvino_model
 from pathoseg.models.hovernet import fused_for_inference
-from pathoseg.models.weights import WEIGHTS_DIR, LoadedModel, register, registered_models, sha256_of
+from pathoseg.models.weights import WEIGHTS_DIR, LoadedModel, load_model, register, registered_models, sha256_of
 from pathoseg.train.data import Sample
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,6 @@ def quantize(loaded: LoadedModel, patches: list[np.ndarray], xml_path: Path) -> 
 def publish_int8(name: str, patches: list[np.ndarray]) -> Path:
     """Quantise the shipped model ``name`` into the package (``<name>.int8.xml/.bin``) and register it, tied to the
     checkpoint's sha256 (publishing new weights drops it)."""
-    from pathoseg.models.weights import load_model
-
     loaded = load_model(name)
     xml_path = quantize(loaded, patches, WEIGHTS_DIR / f"{name}.int8.xml")
     entry = registered_models()[name]
