@@ -13,11 +13,11 @@ from typing import Callable
 
 from pathoseg.config import Config
 from pathoseg.distributed import RegionRunner
-from pathoseg.io.geojson import atomic_path
+from pathoseg.io.files import DiskFullError, OutputError, atomic_path
 from pathoseg.io.slide import SlideError, dicom_series
 from pathoseg.models.weights import CheckpointError
 from pathoseg.outputs import flatten
-from pathoseg.pipeline import OutputError, segment_slide
+from pathoseg.pipeline import segment_slide
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,8 @@ def run_batch(archive: Path, out_root: Path, config: Config, runner: RegionRunne
                 summary = segment_slide(slide, out_dir, config, progress=progress, runner=runner, roi_path=roi)
                 rows[key] = {**row, "status": "ok", "nuclei": summary["nuclei"],
                              "seconds": round(time.time() - started, 1), "error": ""}
+            except DiskFullError:
+                raise  # every later slide would fail the same way
             except SLIDE_ERRORS as error:
                 log.warning("%s failed: %s", key, error)
                 rows[key] = {**row, "status": "failed", "nuclei": "", "seconds": round(time.time() - started, 1),

@@ -14,7 +14,8 @@ import shapely
 import yaml
 
 from pathoseg.geometry import Box, SlideFrame
-from pathoseg.io.geojson import (FeatureCollectionWriter, atomic_path, encode_fragment, features_text, nucleus_feature,
+from pathoseg.io.files import atomic_path
+from pathoseg.io.geojson import (FeatureCollectionWriter, encode_fragment, features_text, nucleus_feature,
                                  snap_rings)
 from pathoseg.io.overlay import draw_dots, draw_overlay, save_png
 from pathoseg.io.regions import load_region

@@ -6,10 +6,9 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import shutil
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +23,8 @@ from pathoseg.distributed import RegionRunner, open_runner, peak_rss_bytes
 from pathoseg.geometry import Box, SlideFrame, area_throughput
 from pathoseg.io import ngff
 from pathoseg.io.annotations import RegionOfInterest, read_roi
-from pathoseg.io.regions import finished_regions, load_region, save_region
+from pathoseg.io.files import full_disk_reported, output_lock, prepare_output
+from pathoseg.io.regions import intact_regions, load_region, save_region
 from pathoseg.io.slide import Slide, SlideError, open_slide
 from pathoseg.io.report import write_report
 from pathoseg.measure.areas import annotation_stats, positivity_hotspot, review_squares, tissue_region_stats
@@ -43,23 +43,6 @@ from pathoseg.tiling.tissue import TissueMask, detect_tissue, is_darkfield
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (stage, done_increment, total)
-
-
-class OutputError(ValueError):
-    """An output folder that cannot be written."""
-
-
-def prepare_output(out_dir: str | Path) -> Path:
-    """Create ``out_dir`` and check it is writable."""
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise OutputError(f"{out_dir}: output folder is not writable ({error.strerror or error})") from None
-    return out_dir
 
 
 def find_tissue(slide: Slide, config: Config) -> tuple[TissueMask, np.ndarray]:
@@ -245,12 +228,12 @@ def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: Reg
     _reset_stale_results(plan.nuclei_dir, {"model_sha256": plan.model_sha256, "settings": repr(settings),
                                            "region_px": plan.grid.region_px, "margin_px": plan.grid.margin_px,
                                            "store": plan.store_identity})
-    done = finished_regions(plan.nuclei_dir)
+    done = intact_regions(plan.nuclei_dir)
     todo = [region for region in plan.regions if region.index not in done]
     grid = plan.grid
     needed = {block for region in todo for block in grid.blocks_in(region.window)}
     block_tiles = {block: tiles for block, tiles in tiles_by_block(grid, plan.tiles).items()
-                   if block in needed and not ngff.block_done(plan.store_path, block)}
+                   if block in needed and not ngff.block_intact(plan.store_path, block, grid.block_box(block))}
     n_tiles = sum(len(tiles) for tiles in block_tiles.values())
     progress("tiles", 0, n_tiles)
     progress("regions", len(plan.regions) - len(todo), len(plan.regions))
@@ -284,7 +267,8 @@ def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, m
     writes the outputs into ``out_dir`` and returns the summary.
 
     ``runner`` lets a batch share one cluster across slides (default: open one for ``config.cluster``).
-    Raises SlideError (bad slide, no pixel size, no tissue), AnnotationError, OutputError, CheckpointError.
+    Raises SlideError (bad slide, no pixel size, no tissue), AnnotationError, OutputError (DiskFullError when the
+    disk fills up), CheckpointError.
     """
     started = time.time()
     progress = progress or (lambda stage, n, total: None)
@@ -292,6 +276,13 @@ def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, m
     seconds: dict[str, float] = {}
     with timed(seconds, "plan"):
         plan = plan_slide(slide_path, out_dir, config, mpp, roi_path)
+    with closing(plan.slide), output_lock(plan.out_dir), full_disk_reported(plan.out_dir):
+        return finish_slide(plan, config, started, seconds, progress, runner)
+
+
+def finish_slide(plan: SlidePlan, config: Config, started: float, seconds: dict[str, float], progress: Progress,
+                 runner: RegionRunner | None) -> dict:
+    """``segment_slide`` once planned and its output folder locked: regions, then every output."""
     with ExitStack() as stack:
         with timed(seconds, "cluster"):
             active = runner or stack.enter_context(open_runner(config.cluster, config.model, len(plan.regions)))
@@ -318,7 +309,6 @@ def segment_slide(slide_path: str | Path, out_dir: str | Path, config: Config, m
     write_slide_report(plan, config, summary, columns)
     write_summary_csv(plan.out_dir / "summary.csv", summary)
     write_json(plan.out_dir / "summary.json", summary)  # last: its presence marks a finished slide
-    plan.slide.close()
     return summary
 
 

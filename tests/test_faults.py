@@ -90,3 +90,123 @@ def test_killed_client_leaves_no_complete_looking_output_and_resumes(svs_slide, 
     assert summary["run"]["regions_reused"] >= done_before >= 2
     ids = geojson_ids(out / "nuclei.geojson.gz")
     assert len(ids) == len(set(ids)) == summary["nuclei"]
+
+
+def small_slide(folder) -> "os.PathLike":
+    return write_synthetic_slide(folder / "small.svs", 1280, 1024, tile_px=256, min_level_px=256, seed=5)
+
+
+def segment_command(slide, out, *extra):
+    return [sys.executable, "-m", "pathoseg.cli", "segment", str(slide), "-o", str(out), "--scheduler", "inprocess",
+            "--quiet", *extra]
+
+
+def region_npz(out):
+    return sorted((out / "store.zarr" / "nuclei").glob("region_*.npz"))
+
+
+def nuclei_text(out):
+    return gzip.decompress((out / "nuclei.geojson.gz").read_bytes())
+
+
+def flip_byte(path, position: float = 0.5):
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * position)] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.timeout(600)
+def test_damaged_region_files_and_chunks_are_recomputed_not_read(tmp_path, caplog):
+    from pathoseg.pipeline import segment_slide
+
+    slide, out = small_slide(tmp_path), tmp_path / "out"
+    config = small_regions_config("inprocess")
+    first = segment_slide(slide, out, config)
+    before = nuclei_text(out)
+    regions = region_npz(out)
+    assert len(regions) == first["grid"]["regions"] >= 4
+    for number, path in enumerate(regions):  # every region file damaged: half truncated, half with a flipped bit
+        if number % 2:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        else:
+            flip_byte(path)
+    chunk = max((out / "store.zarr" / "0").glob("0.*.*"), key=lambda p: p.stat().st_size)
+    original_chunk = chunk.read_bytes()
+    flip_byte(chunk, 0.6)
+    caplog.set_level("WARNING")
+    second = segment_slide(slide, out, config)
+    assert second["run"]["regions_computed"] == len(regions) and second["run"]["regions_reused"] == 0
+    assert chunk.read_bytes() == original_chunk  # the damaged block was tiled again, not read as tissue
+    assert sum("does not read back" in record.getMessage() for record in caplog.records) == len(regions)
+    assert any("changed since it was written" in record.getMessage() for record in caplog.records)
+    assert nuclei_text(out) == before
+
+
+@pytest.mark.timeout(600)
+def test_a_second_run_on_the_same_output_folder_refuses(tmp_path):
+    slide = write_synthetic_slide(tmp_path / "wide.svs", 2560, 2048, tile_px=256, min_level_px=256, seed=6)
+    config_file, out = tmp_path / "small.yaml", tmp_path / "out"
+    config_file.write_text("tiling: {region_px: 512, margin_px: 96}\n")
+    first = subprocess.Popen(segment_command(slide, out, "-c", str(config_file)))
+    try:
+        wait_for(lambda: len(region_npz(out)) >= 1)
+        second = subprocess.run(segment_command(slide, out), capture_output=True, text=True, timeout=300)
+        first_still_running = first.poll() is None
+    finally:
+        assert first.wait(timeout=500) == 0
+    assert first_still_running, "the first run ended before the second was refused: the test needs a longer run"
+    assert second.returncode == 2
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another pathoseg run is writing here" in lines[0] and str(first.pid) in lines[0]
+    summary = json.loads((out / "summary.json").read_text())
+    ids = geojson_ids(out / "nuclei.geojson.gz")
+    assert len(ids) == len(set(ids)) == summary["nuclei"] > 20
+    assert summary["run"]["regions_computed"] == summary["grid"]["regions"]  # the second run wrote nothing
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 24 MB filesystem (tmpfs), to fill up; skipped where mounting is not allowed."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill_disk(disk, leave_bytes: int):
+    """Fill ``disk`` up, then free ``leave_bytes``; returns the filler file."""
+    filler = disk / "filler"
+    with open(filler, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    os.truncate(filler, max(0, filler.stat().st_size - leave_bytes))
+    return filler
+
+
+@pytest.mark.timeout(600)
+def test_a_full_disk_is_one_line_keeps_the_outputs_and_a_rerun_completes(tmp_path, small_disk):
+    slide, out = small_slide(tmp_path), small_disk / "out"
+    assert subprocess.run(segment_command(slide, out), capture_output=True, timeout=500).returncode == 0
+    kept = {name: (out / name).read_bytes() for name in ("summary.json", "nuclei.geojson.gz", "report.html")}
+    filler = fill_disk(small_disk, len(kept["nuclei.geojson.gz"]) // 2)  # the new GeoJSON fails halfway
+    full = subprocess.run(segment_command(slide, out, "--table", "--no-gzip"), capture_output=True, text=True,
+                          timeout=500)
+    assert full.returncode == 3
+    lines = full.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no space left on the disk" in lines[0] and str(out) in lines[0], full.stderr
+    assert {name: (out / name).read_bytes() for name in kept} == kept
+    assert not list(out.glob(".*.partial")) and not (out / "nuclei.geojson").exists()
+    filler.unlink()
+    rerun = subprocess.run(segment_command(slide, out, "--table", "--no-gzip"), capture_output=True, text=True,
+                           timeout=500)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["run"]["regions_computed"] == 0 and (out / "nuclei.csv").is_file()
+    assert len(json.loads((out / "nuclei.geojson").read_text())["features"]) == summary["nuclei"]

@@ -13,7 +13,7 @@ from pathoseg.config import ConfigError
 from pathoseg.distributed import ClusterError
 from pathoseg.io.slide import SlideError
 from pathoseg.models.weights import CheckpointError
-from pathoseg.pipeline import OutputError
+from pathoseg.io.files import DiskFullError, OutputError
 
 USER_ERRORS = (SlideError, OutputError, CheckpointError, ConfigError, ClusterError, FileNotFoundError, ValueError)
 
@@ -24,12 +24,15 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def friendly_errors(command):
-    """Turn expected failures into ``error: <file>: <problem>`` on one line and exit 2 (1 for the unexpected)."""
+    """Turn expected failures into ``error: <file>: <problem>`` on one line and exit 2 (3 for a full disk, 1 for the
+    unexpected)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except DiskFullError as error:
+            fail(str(error), 3)
         except USER_ERRORS as error:
             fail(str(error).splitlines()[0] if str(error) else error.__class__.__name__)
         except KeyboardInterrupt:

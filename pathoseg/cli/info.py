@@ -64,15 +64,25 @@ def info(slide_path: str | None, mpp: float | None, system: bool, seconds: float
 
 
 def show_system(seconds: float, as_json: bool, model: str | None = None) -> None:
-    """Print the machine's facts and the model-only throughput per runtime and precision, on one thread per
-    core as a default run uses them (worker processes x 1 thread), and on each GPU in its auto precision."""
+    """Print the machine's facts and the model-only throughput per runtime and precision (``measure_system``)."""
+    facts = measure_system(seconds, model)
+    click.echo(json.dumps(facts, indent=2) if as_json else "\n".join(system_lines(facts)))
+
+
+def measure_system(seconds: float, model: str | None = None) -> dict:
+    """The machine's facts, what ``auto`` picks for the model, and the model-only throughput per runtime and
+    precision, on one thread per core as a default run uses them (worker processes x 1 thread), and on each GPU in
+    its auto precision."""
     facts = system_facts()
     config = load_config(overrides={"model": {"name": model}} if model else None)
     loaded = load_model(config.model.name)
-    network, mm2_per_mpx = loaded.network, loaded.metadata.mpp ** 2
+    network = loaded.network
     torch.set_num_threads(config.cluster.threads_per_worker)
     device = torch.device("cpu")
-    facts["model"] = {"name": config.model.name, "mpp": loaded.metadata.mpp}
+    facts["model"] = {"name": config.model.name, "mpp": loaded.metadata.mpp,
+                      "default_workers": local_workers(config.cluster)}
+    facts["cpu_auto"]["precision"] = resolve_precision(
+        "auto", device, facts["cpu_auto"]["runtime"] == "openvino" and loaded.int8_ir is not None)
     facts["model_mpx_per_second_per_thread"] = {
         f"{runtime}/{precision}": round(model_mpx_per_second(network, device, precision, runtime, seconds,
                                                              int8_ir=loaded.int8_ir), 3)
@@ -81,24 +91,28 @@ def show_system(seconds: float, as_json: bool, model: str | None = None) -> None
     for index, gpu in enumerate(facts["cuda"]):
         gpu["model_mpx_per_second"] = round(model_mpx_per_second(network, torch.device("cuda", index), "auto",
                                                                  "torch", seconds), 3)
-    if as_json:
-        click.echo(json.dumps(facts, indent=2))
-        return
-    auto = facts["cpu_auto"] = {**facts["cpu_auto"], "precision": resolve_precision(
-        "auto", device, facts["cpu_auto"]["runtime"] == "openvino" and loaded.int8_ir is not None)}
-    click.echo(f"cpu: {facts['cpu']} ({facts['cores']} cores)\n  PyTorch vector ISA: {facts['cpu_capability']}, "
-               f"native bfloat16: {'yes' if facts['cpu_native_bf16'] else 'no'}\n  torch {facts['torch']}, "
-               f"openvino {facts['openvino'] or 'not installed'}\n  auto picks: runtime {auto['runtime']}, "
-               f"precision {auto['precision']}")
-    for gpu in facts["cuda"]:
-        click.echo(f"cuda: {gpu['name']} (compute capability {gpu['capability']}), auto precision "
-                   f"{gpu['auto_precision']}, model only {gpu['model_mpx_per_second']:.3f} Mpx/s, "
-                   f"{gpu['model_mpx_per_second'] * mm2_per_mpx:.4f} mm²/s (8 patches per "
-                   f"pass; a run reaches a fraction of it, set by the worker processes' post-processing)")
-    click.echo(f"model {config.model.name} at {loaded.metadata.mpp} µm/px, one thread, model only (Mpx/s at its "
-               f"mpp, mm²/s of tissue; a default run has {local_workers(config.cluster)} worker processes here):")
-    best = max(facts["model_mpx_per_second_per_thread"].values())
-    for key, value in facts["model_mpx_per_second_per_thread"].items():
+    return facts
+
+
+def system_lines(facts: dict) -> list[str]:
+    """``measure_system``'s facts as the text ``info --system`` prints."""
+    auto, model = facts["cpu_auto"], facts["model"]
+    mm2_per_mpx = model["mpp"] ** 2
+    lines = [f"cpu: {facts['cpu']} ({facts['cores']} cores)", f"  PyTorch vector ISA: {facts['cpu_capability']}, "
+             f"native bfloat16: {'yes' if facts['cpu_native_bf16'] else 'no'}",
+             f"  torch {facts['torch']}, openvino {facts['openvino'] or 'not installed'}",
+             f"  auto picks: runtime {auto['runtime']}, precision {auto['precision']}"]
+    lines += [f"cuda: {gpu['name']} (compute capability {gpu['capability']}), auto precision "
+              f"{gpu['auto_precision']}, model only {gpu['model_mpx_per_second']:.3f} Mpx/s, "
+              f"{gpu['model_mpx_per_second'] * mm2_per_mpx:.4f} mm²/s (8 patches per "
+              f"pass; a run reaches a fraction of it, set by the worker processes' post-processing)"
+              for gpu in facts["cuda"]]
+    lines.append(f"model {model['name']} at {model['mpp']} µm/px, one thread, model only (Mpx/s at its mpp, mm²/s "
+                 f"of tissue; a default run has {model['default_workers']} worker processes here):")
+    speeds = facts["model_mpx_per_second_per_thread"]
+    best = max(speeds.values())
+    for key, value in speeds.items():
         marker = "  <- auto" if key == f"{auto['runtime']}/{auto['precision']}" else ""
-        click.echo(f"  {key:<16} {value:7.3f} Mpx/s  {value * mm2_per_mpx:.4f} mm²/s  ({value / best:.2f}x the "
-                   f"fastest){marker}")
+        lines.append(f"  {key:<16} {value:7.3f} Mpx/s  {value * mm2_per_mpx:.4f} mm²/s  ({value / best:.2f}x the "
+                     f"fastest){marker}")
+    return lines

@@ -8,7 +8,8 @@ import click
 
 from pathoseg.cli.common import StageProgress, friendly_errors
 from pathoseg.config import is_worker_count, load_config
-from pathoseg.pipeline import prepare_output, segment_slide
+from pathoseg.io.files import prepare_output
+from pathoseg.pipeline import segment_slide
 from pathoseg.synthetic import write_synthetic_slide
 
 

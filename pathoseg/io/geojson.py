@@ -9,14 +9,14 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import os
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import shapely
+
+from pathoseg.io.files import atomic_path
 
 # Stable namespace so that identical nuclei get identical ids across runs and schedulers.
 NUCLEUS_NAMESPACE = uuid.UUID("3f0c1c8e-7a4e-4f7e-9d55-6f1d2b0c9a11")
@@ -69,19 +69,6 @@ def nucleus_feature(ring_xy: np.ndarray, class_name: str, class_color: list[int]
         properties["name"] = name
     return {"type": "Feature", "id": str(uuid.uuid5(NUCLEUS_NAMESPACE, id_seed)),
             "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": properties}
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yields a temporary sibling path; renames it to ``path`` only if the block finishes."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.partial")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 def encode_fragment(text: str, compress: bool) -> bytes:

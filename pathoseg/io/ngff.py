@@ -3,17 +3,26 @@
 Level ``0`` is the model-resolution image; levels ``1`` and ``2`` are 4x and 16x coarser (for overviews). Chunks
 never written read as white (glass). The image is written in blocks (``block_px`` squares, a multiple of 16): every
 chunk of every level lies in one block, so blocks can be written by different processes at once. ``blocks.done/``
-beside the arrays holds an empty file per finished block, so an interrupted tiling resumes where it stopped.
+beside the arrays holds a file per finished block with the CRC-32 of each of its chunk files (None: not stored,
+white), so an interrupted tiling resumes where it stopped and a chunk damaged or deleted since is found
+(``block_intact``) and tiled again instead of being read as tissue.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
+import zlib
 from pathlib import Path
 
 import numcodecs
 import numpy as np
 import zarr
+
+from pathoseg.geometry import Box
+
+log = logging.getLogger(__name__)
 
 PYRAMID_FACTORS = (1, 4, 16)
 BLOCKS_DONE = "blocks.done"
@@ -93,10 +102,48 @@ def block_done(path: str | Path, block: tuple[int, int]) -> bool:
     return _block_marker(path, block).is_file()
 
 
-def mark_block_done(path: str | Path, block: tuple[int, int]) -> None:
+def block_chunk_checksums(path: str | Path, box: Box) -> dict[str, int | None]:
+    """CRC-32 of each stored chunk file, on every level, of the block whose level-0 box is ``box`` (keys like
+    ``"1/0.3.4"``; None for a chunk not stored)."""
+    path = Path(path)
+    checksums: dict[str, int | None] = {}
+    for level, factor in enumerate(PYRAMID_FACTORS):
+        meta = json.loads((path / str(level) / ".zarray").read_text())
+        chunk_px, (rows, cols) = meta["chunks"][1], meta["shape"][1:]
+        top, left = box.y // factor, box.x // factor
+        bottom, right = min(rows, -(-box.y1 // factor)), min(cols, -(-box.x1 // factor))
+        for cy in range(top // chunk_px, -(-bottom // chunk_px)):
+            for cx in range(left // chunk_px, -(-right // chunk_px)):
+                key = f"{level}/0.{cy}.{cx}"
+                chunk = path / key
+                checksums[key] = zlib.crc32(chunk.read_bytes()) if chunk.is_file() else None
+    return checksums
+
+
+def mark_block_done(path: str | Path, block: tuple[int, int], checksums: dict[str, int | None]) -> None:
     marker = _block_marker(path, block)
     marker.parent.mkdir(exist_ok=True)
-    marker.touch()
+    partial = marker.with_name(f".{marker.name}.partial")
+    partial.write_text(json.dumps(checksums))
+    partial.replace(marker)
+
+
+def block_intact(path: str | Path, block: tuple[int, int], box: Box) -> bool:
+    """Whether a block is done and its chunk files are as written; if it is marked done but they are not (or its
+    marker is from an older version, without checksums), the mark is removed so that the block is tiled again."""
+    marker = _block_marker(path, block)
+    if not marker.is_file():
+        return False
+    try:
+        expected = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        expected = None
+    if isinstance(expected, dict) and expected == block_chunk_checksums(path, box):
+        return True
+    log.warning("%s: block %s of the store changed since it was written (damaged or deleted chunk); tiling it "
+                "again", path, block)
+    marker.unlink()
+    return False
 
 
 def write_block(root: zarr.Group, x0: int, y0: int, rgb: np.ndarray) -> None:

@@ -8,7 +8,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pathoseg.io.geojson import atomic_path
+from pathoseg.io.files import atomic_path
 
 
 def draw_overlay(thumbnail: np.ndarray, outlines: Iterable[tuple[np.ndarray, tuple[int, int, int]]],

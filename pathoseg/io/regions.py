@@ -1,16 +1,21 @@
 """Per-region results on disk (``<store>/nuclei/region_<index>.npz``): what makes a run resumable.
 
-Each file is written to a temporary name and renamed, so a file that exists is complete.
+Each file is written to a temporary name and renamed, so a file that exists was complete when written; a file
+damaged since (a truncated copy, a flipped bit) fails its zip CRC-32 check when read in full (``intact_regions``).
 """
 
 from __future__ import annotations
 
-import os
+import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from pathoseg.io.files import atomic_path
 from pathoseg.region import RegionResult
+
+log = logging.getLogger(__name__)
 
 REMOVED_KEYS = ("too_small", "too_large", "irregular", "degenerate")
 
@@ -27,10 +32,8 @@ def save_region(folder: Path, result: RegionResult) -> None:
     arrays = {"coords": coords.astype(np.float64), "lengths": lengths, "centroids": result.centroids,
               "removed": np.array([result.removed.get(k, 0) for k in REMOVED_KEYS], np.int64),
               **{f"m_{key}": np.asarray(values) for key, values in result.measurements.items()}}
-    target = region_path(folder, result.index)
-    temporary = target.with_name(f".{target.name}.partial.npz")
-    np.savez(temporary, **arrays)
-    os.replace(temporary, target)
+    with atomic_path(region_path(folder, result.index)) as temporary, open(temporary, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 def load_region(folder: Path, index: int) -> RegionResult:
@@ -47,3 +50,28 @@ def finished_regions(folder: Path) -> set[int]:
     if not folder.is_dir():
         return set()
     return {int(p.stem.split("_")[1]) for p in folder.glob("region_*.npz") if p.stem.split("_")[1].isdigit()}
+
+
+def region_readable(folder: Path, index: int) -> bool:
+    """Whether a region file reads in full: every array decoded and its CRC-32 checked."""
+    try:
+        with np.load(region_path(folder, index), allow_pickle=False) as data:
+            for key in data.files:
+                data[key]
+        return True
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+        return False
+
+
+def intact_regions(folder: Path) -> set[int]:
+    """``finished_regions`` whose files read in full; damaged ones are deleted (so they are computed again) and
+    logged."""
+    intact = set()
+    for index in sorted(finished_regions(folder)):
+        if region_readable(folder, index):
+            intact.add(index)
+        else:
+            log.warning("%s: damaged (does not read back); deleted, the region is computed again",
+                        region_path(folder, index))
+            region_path(folder, index).unlink()
+    return intact

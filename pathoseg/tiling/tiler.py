@@ -84,5 +84,5 @@ def tile_block(job: TileJob, block: tuple[int, int], tiles: list[tuple[int, int]
             read_model_box(slide, job.frame, box)
     root = zarr.open_group(job.store_path, mode="r+", zarr_format=2)
     ngff.write_block(root, block_box.x, block_box.y, rgb)
-    ngff.mark_block_done(job.store_path, block)
+    ngff.mark_block_done(job.store_path, block, ngff.block_chunk_checksums(job.store_path, block_box))
     return len(tiles)
