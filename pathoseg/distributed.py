@@ -78,16 +78,16 @@ class ModelPlugin(WorkerPlugin):
 
 def region_task(store_path: str, region: Region, settings: RegionSettings, model: ModelConfig,
                 *tiled_blocks: int) -> RegionResult:
-    """Read a region's window from the zarr store and segment it (runs on a worker).
+    """Read the pixels a region's inference sees from the zarr store and segment it (runs on a worker).
 
     ``tiled_blocks`` are the results of the tiling tasks it waits for (unused).
     """
     seconds: dict[str, float] = {}
-    window = region.window
+    reads = region.reads
     with timed(seconds, "read"):
         root = zarr.open_group(store_path, mode="r", zarr_format=2)
-        rgb = ngff.read_window(root, window.y, window.x, window.height, window.width)
-    return segment_region(region.index, rgb, window, region.core, get_predictor(model), settings, seconds)
+        pixels = ngff.read_window(root, reads.y, reads.x, reads.height, reads.width)
+    return segment_region(region, pixels, ngff.frame_of(root), get_predictor(model), settings, seconds)
 
 
 def peak_rss_bytes() -> int:
@@ -134,7 +134,7 @@ class RegionRunner:
         the number of tiles each tiling task wrote, ``on_result`` each region's result, as soon as they are done.
         """
         def needs(region: Region) -> list[Block]:
-            return [block for block in job.grid.blocks_in(region.window) if block in block_tiles]
+            return [block for block in job.grid.blocks_in(region.reads) if block in block_tiles]
 
         if self.client is not None and regions and not self._workers_load_the_model:
             # only now: a slide whose regions are all done (outputs rendered again) needs no model on the workers

@@ -50,6 +50,50 @@ class Box:
         return (xs >= self.x) & (xs < self.x1) & (ys >= self.y) & (ys < self.y1)
 
 
+def reflect_index(index: np.ndarray, size: int) -> np.ndarray:
+    """Indices into ``[0, size)`` of positions mirrored at the edges without repeating them (NumPy's
+    ``reflect`` padding, for any distance)."""
+    if size == 1:
+        return np.zeros_like(index)
+    period = 2 * (size - 1)
+    folded = np.abs(index) % period
+    return np.where(folded >= size, period - folded, folded)
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """Inference patches of ``patch_px`` laid every ``patch_px - 2 * context_px`` from a frame's origin; each keeps
+    its centre ``step`` and throws away ``context_px`` on every side. Beyond the frame's edges a patch sees the
+    frame mirrored.
+
+    A pixel's patch, and so its prediction, is then the same whichever window of the frame it is predicted in,
+    provided the pixels of ``reads(window)`` are read: that is what makes tiled inference equal one-piece
+    inference bit for bit.
+    """
+
+    patch_px: int
+    context_px: int
+
+    @property
+    def step(self) -> int:
+        return self.patch_px - 2 * self.context_px
+
+    def span(self, start: int, stop: int) -> tuple[int, int]:
+        """Frame positions ``[lo, hi)`` the patches covering ``[start, stop)`` see (may lie outside the frame)."""
+        return (start // self.step * self.step - self.context_px,
+                -(-stop // self.step) * self.step + self.context_px)
+
+    def seen(self, start: int, stop: int, size: int) -> np.ndarray:
+        """(hi - lo,) frame indices, in ``[0, size)``, of the positions the patches covering ``[start, stop)`` see."""
+        return reflect_index(np.arange(*self.span(start, stop)), size)
+
+    def reads(self, window: Box, frame: Box) -> Box:
+        """The box of ``frame`` pixels the patches covering ``window`` see (mirrored positions resolved)."""
+        rows, cols = self.seen(window.y, window.y1, frame.height), self.seen(window.x, window.x1, frame.width)
+        return Box(int(cols.min()), int(rows.min()), int(cols.max()) + 1 - int(cols.min()),
+                   int(rows.max()) + 1 - int(rows.min()))
+
+
 @dataclass(frozen=True)
 class SlideFrame:
     """Maps model pixels to level-0 pixels.

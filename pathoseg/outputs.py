@@ -12,15 +12,17 @@ from typing import Iterable, Iterator
 import numpy as np
 import shapely
 import yaml
+from PIL import Image
 
 from pathoseg.geometry import Box, SlideFrame
 from pathoseg.io.files import atomic_path
-from pathoseg.io.geojson import (FeatureCollectionWriter, encode_fragment, features_text, nucleus_feature,
-                                 snap_rings)
+from pathoseg.io.geojson import (FeatureCollectionWriter, annotation_feature, encode_fragment, features_text,
+                                 nucleus_feature, snap_rings)
 from pathoseg.io.overlay import draw_dots, draw_overlay, save_png
 from pathoseg.io.regions import load_region
 from pathoseg.measure.biomarkers import DAB_BIN_COLORS, DAB_BIN_NAMES, dab_bins
 from pathoseg.measure.nuclei import MEASUREMENT_NAMES
+from pathoseg.measure.quality import FLAG_COLORS, QualityMap
 from pathoseg.region import RegionResult
 
 
@@ -187,31 +189,82 @@ def write_overlay(path: Path, thumbnail: np.ndarray, level0_per_thumb_px: float,
 HOTSPOT_COLOR = [200, 0, 0]
 
 
-def _square_ring(bbox_level0: list[int]) -> np.ndarray:
+QC_NAMES = {"blur": "Out of focus", "ink": "Pen ink", "dark": "Dark or fold", "not_tissue": "Not tissue"}
+
+
+def flagged_areas(quality: QualityMap, frame: SlideFrame, width_px: int, height_px: int) -> dict[str, shapely.Geometry]:
+    """Per check that flags any tile: the flagged tiles merged into one (Multi)Polygon in level-0 pixels, cut to the
+    ``width_px`` x ``height_px`` model-space image."""
+    tile_px, areas = quality.tile_px, {}
+    image = shapely.box(0, 0, width_px, height_px)
+    for name, mask in quality.flags.items():
+        rows, cols = np.nonzero(mask)
+        if len(rows):
+            tiles = shapely.box(cols * tile_px, rows * tile_px, (cols + 1) * tile_px, (rows + 1) * tile_px)
+            merged = shapely.intersection(shapely.union_all(tiles), image)
+            areas[name] = shapely.transform(merged, frame.model_to_level0)
+    return areas
+
+
+def _square(bbox_level0: list[int]) -> shapely.Polygon:
     x, y, w, h = bbox_level0
-    return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], float)
+    return shapely.box(x, y, x + w, y + h)
 
 
-def write_review_geojson(path: Path, squares: list[dict], slide_key: str, hotspot: dict | None = None) -> None:
-    """The review squares as QuPath annotations named by rank and mean confidence, and the IHC positivity hotspot
-    (``measure.areas.positivity_hotspot``) where there is one."""
+def write_review_geojson(path: Path, squares: list[dict], slide_key: str, bounds_level0: Box,
+                         hotspot: dict | None = None, quality_areas: dict[str, shapely.Geometry] | None = None,
+                         quality: QualityMap | None = None) -> dict[str, int]:
+    """QuPath annotations to look at: the review squares named by rank and mean confidence, the IHC positivity
+    hotspot (``measure.areas.positivity_hotspot``) where there is one, and the areas input QC flagged
+    (``flagged_areas``, with ``quality``'s figures), each cut to the slide's ``bounds_level0`` (grid squares run
+    past its edge). Every geometry valid on QuPath's grid; returns how many were ``written`` and ``dropped``
+    (nothing left after snapping)."""
+    inside = shapely.box(bounds_level0.x, bounds_level0.y, bounds_level0.x1, bounds_level0.y1)
+
+    def annotation(geometry: shapely.Geometry, *args) -> dict | None:
+        return annotation_feature(shapely.intersection(geometry, inside), *args)
+
+    features = []
+    if hotspot is not None:
+        x, y = hotspot["bbox_level0"][:2]
+        measurements = {"Nuclei": hotspot["n_nuclei"], "Positive": hotspot["positive"],
+                        "Positive %": round(hotspot["positive_percent"], 2)}
+        features.append(annotation(_square(hotspot["bbox_level0"]), "Hotspot", HOTSPOT_COLOR, measurements,
+                                   f"{slide_key}:hotspot:{x}:{y}",
+                                   f"Hotspot: {hotspot['positive_percent']:.1f}% positive "
+                                   f"({hotspot['positive']}/{hotspot['n_nuclei']})"))
+    for rank, square in enumerate(squares, start=1):
+        x, y = square["bbox_level0"][:2]
+        measurements = {"Nuclei": square["nuclei"], "Mean confidence": square["mean_confidence"],
+                        "Low-confidence %": square["low_confidence_percent"]}
+        features.append(annotation(_square(square["bbox_level0"]), "Review", [255, 0, 255], measurements,
+                                   f"{slide_key}:review:{x}:{y}",
+                                   f"Review {rank}: mean confidence {square['mean_confidence']:.2f}"))
+    flagged = quality.summary()["flagged"] if quality is not None else {}
+    for check, area in (quality_areas or {}).items():
+        figures = flagged.get(check, {})
+        measurements = {"Tiles": figures.get("tiles"), "Area mm^2": figures.get("area_mm2"),
+                        "Tissue tiles %": 100 * figures.get("fraction", float("nan"))}
+        features.append(annotation(area, f"QC: {QC_NAMES[check]}", FLAG_COLORS[check], measurements,
+                                   f"{slide_key}:qc:{check}", f"QC: {QC_NAMES[check]}"))
     with FeatureCollectionWriter(path) as writer:
-        if hotspot is not None:
-            x, y = hotspot["bbox_level0"][:2]
-            measurements = {"Nuclei": hotspot["n_nuclei"], "Positive": hotspot["positive"],
-                            "Positive %": round(hotspot["positive_percent"], 2)}
-            writer.write(nucleus_feature(_square_ring(hotspot["bbox_level0"]), "Hotspot", HOTSPOT_COLOR, measurements,
-                                         f"{slide_key}:hotspot:{x}:{y}", object_type="annotation",
-                                         name=f"Hotspot: {hotspot['positive_percent']:.1f}% positive "
-                                              f"({hotspot['positive']}/{hotspot['n_nuclei']})"))
-        for rank, square in enumerate(squares, start=1):
-            x, y = square["bbox_level0"][:2]
-            ring = _square_ring(square["bbox_level0"])
-            measurements = {"Nuclei": square["nuclei"], "Mean confidence": square["mean_confidence"],
-                            "Low-confidence %": square["low_confidence_percent"]}
-            writer.write(nucleus_feature(ring, "Review", [255, 0, 255], measurements, f"{slide_key}:review:{x}:{y}",
-                                         object_type="annotation",
-                                         name=f"Review {rank}: mean confidence {square['mean_confidence']:.2f}"))
+        for feature in features:
+            if feature is not None:
+                writer.write(feature)
+    return {"written": writer.count, "dropped": len(features) - writer.count}
+
+
+def write_quality_map(path: Path, thumbnail: np.ndarray, level0_per_thumb_px: float, quality: QualityMap,
+                      frame: SlideFrame) -> None:
+    """quality.png: the thumbnail with the tiles each check flagged tinted in the check's ``FLAG_COLORS`` colour."""
+    image = np.asarray(thumbnail, np.float32).copy()
+    thumb_per_tile = quality.tile_px * frame.level0_per_model_px / level0_per_thumb_px
+    for check, mask in quality.flags.items():
+        for row, col in zip(*np.nonzero(mask)):
+            cells = (slice(int(row * thumb_per_tile), int(np.ceil((row + 1) * thumb_per_tile))),
+                     slice(int(col * thumb_per_tile), int(np.ceil((col + 1) * thumb_per_tile))))
+            image[cells] = 0.45 * image[cells] + 0.55 * np.array(FLAG_COLORS[check], np.float32)
+    save_png(Image.fromarray(image.clip(0, 255).astype(np.uint8)), path)
 
 
 def draw_crop(slide, box_level0: Box, results: Iterable[RegionResult], frame: SlideFrame, class_names: list[str],

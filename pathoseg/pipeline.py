@@ -20,7 +20,7 @@ from scipy import ndimage
 from pathoseg import __version__
 from pathoseg.config import Config, as_dict
 from pathoseg.distributed import RegionRunner, open_runner, peak_rss_bytes
-from pathoseg.geometry import Box, SlideFrame, area_throughput
+from pathoseg.geometry import Box, PatchGrid, SlideFrame, area_throughput
 from pathoseg.io import ngff
 from pathoseg.io.annotations import RegionOfInterest, read_roi
 from pathoseg.io.files import full_disk_reported, output_lock, prepare_output
@@ -30,11 +30,12 @@ from pathoseg.io.report import write_report
 from pathoseg.measure.areas import annotation_stats, positivity_hotspot, review_squares, tissue_region_stats
 from pathoseg.measure.biomarkers import (DAB_BIN_COLORS, DAB_BIN_NAMES, class_summary, dab_bins, positivity_certainty,
                                          positivity_summary)
-from pathoseg.measure.quality import MIN_SIDE_UM, input_quality
+from pathoseg.measure.quality import FLAG_COLORS, MIN_SIDE_UM, QualityMap, input_quality
 from pathoseg.measure.stain import StainEstimate, estimate_hdab_vectors
 from pathoseg.models.weights import ModelMetadata, load_model
-from pathoseg.outputs import (draw_crop, region_geojson_fragment, write_config, write_geojson, write_json,
-                              write_nuclei_table, write_overlay, write_review_geojson, write_summary_csv)
+from pathoseg.outputs import (draw_crop, flagged_areas, region_geojson_fragment, write_config, write_geojson, write_json,
+                              write_nuclei_table, write_overlay, write_quality_map, write_review_geojson,
+                              write_summary_csv)
 from pathoseg.region import RegionSettings, timed
 from pathoseg.tiling.grid import Grid, plan_work, tiles_by_block, tissue_tiles
 from pathoseg.tiling.tiler import TileJob, tile_block
@@ -101,6 +102,7 @@ class SlidePlan:
     grid: Grid
     regions: list
     tiles: list
+    has_tissue: np.ndarray  # (tile rows, tile cols) bool: tiles the tissue mask touches (``tissue_tiles``)
     store_path: Path
     store_identity: dict
     mpp_override: float | None = None
@@ -195,13 +197,15 @@ def plan_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp:
         log.warning("%s: %s", slide.path, warning)
     width_px, height_px = frame.model_size_px(bounds.width, bounds.height)
     tiling = config.tiling
-    grid = Grid(width_px, height_px, tiling.tile_px, tiling.region_px, tiling.margin_px)
-    regions, tiles = plan_work(grid, tissue_tiles(grid, work_mask, frame.level0_per_model_px / tissue.level0_per_px))
+    patches = PatchGrid(config.model.patch_px, config.model.context_px)
+    grid = Grid(width_px, height_px, tiling.tile_px, tiling.region_px, tiling.margin_px, patches)
+    has_tissue = tissue_tiles(grid, work_mask, frame.level0_per_model_px / tissue.level0_per_px)
+    regions, tiles = plan_work(grid, has_tissue)
     stat = slide.path.stat()
     identity = {"slide": slide.path.name, "size": stat.st_size, "mtime": int(stat.st_mtime),
                 "slide_mpp": slide.mpp, "model_mpp": model.metadata.mpp, "tile_px": tiling.tile_px,
                 "block_px": tiling.region_px, "roi": roi.digest if roi else None}
-    return SlidePlan(slide, out_dir, model.metadata, model.sha256, frame, tissue, grid, regions, tiles,
+    return SlidePlan(slide, out_dir, model.metadata, model.sha256, frame, tissue, grid, regions, tiles, has_tissue,
                      out_dir / "store.zarr", identity, mpp, slide_stains(slide, tissue, config), roi, quality)
 
 
@@ -227,11 +231,12 @@ def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: Reg
         settings = settings.with_roi(shapely.transform(plan.roi.region, plan.frame.level0_to_model))
     _reset_stale_results(plan.nuclei_dir, {"model_sha256": plan.model_sha256, "settings": repr(settings),
                                            "region_px": plan.grid.region_px, "margin_px": plan.grid.margin_px,
+                                           "patches": repr(plan.grid.patches),
                                            "store": plan.store_identity})
     done = intact_regions(plan.nuclei_dir)
     todo = [region for region in plan.regions if region.index not in done]
     grid = plan.grid
-    needed = {block for region in todo for block in grid.blocks_in(region.window)}
+    needed = {block for region in todo for block in grid.blocks_in(region.reads)}
     block_tiles = {block: tiles for block, tiles in tiles_by_block(grid, plan.tiles).items()
                    if block in needed and not ngff.block_intact(plan.store_path, block, grid.block_box(block))}
     n_tiles = sum(len(tiles) for tiles in block_tiles.values())
@@ -316,13 +321,15 @@ COLUMNS = ("class_id", "area_um2", "hematoxylin_od_mean", "eosin_od_mean", "dab_
            "class_probability")
 
 
-def collect_columns(plan: SlidePlan) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+def collect_columns(plan: SlidePlan) -> tuple[dict[str, np.ndarray], dict[str, int], QualityMap]:
     """One pass over the region files: the (N,) per-nucleus columns the summary and report need (and
-    ``centroids_level0``, (N, 2)), and the plausibility filters' counts."""
+    ``centroids_level0``, (N, 2)), the plausibility filters' counts and the tile QC map."""
     parts: dict[str, list[np.ndarray]] = {key: [] for key in (*COLUMNS, "centroids")}
     removed: dict[str, int] = {}
+    quality_rows = []
     for region in plan.regions:
         result = load_region(plan.nuclei_dir, region.index)
+        quality_rows.append(result.quality)
         for key in COLUMNS:
             parts[key].append(result.measurements.get(key, np.zeros(0)))
         parts["centroids"].append(result.centroids.reshape(-1, 2))
@@ -332,7 +339,9 @@ def collect_columns(plan: SlidePlan) -> tuple[dict[str, np.ndarray], dict[str, i
     centroids = columns.pop("centroids").reshape(-1, 2)
     columns["centroids_level0"] = plan.frame.model_to_level0(centroids)
     columns["class_id"] = columns["class_id"].astype(int)
-    return columns, removed
+    quality = QualityMap.from_regions(quality_rows, plan.has_tissue, plan.grid.tile_px, plan.metadata.mpp,
+                                      plan.tissue.darkfield)
+    return columns, removed, quality
 
 
 def write_slide_outputs(plan: SlidePlan, config: Config, runner: RegionRunner) -> tuple[dict, dict[str, np.ndarray]]:
@@ -346,7 +355,7 @@ def write_slide_outputs(plan: SlidePlan, config: Config, runner: RegionRunner) -
     def results():
         return (load_region(plan.nuclei_dir, region.index) for region in plan.regions)
 
-    columns, removed = collect_columns(plan)
+    columns, removed, quality = collect_columns(plan)
     stain_mode = choose_stain_mode(config, columns["eosin_od_mean"])
     names, colors = metadata.class_names, metadata.class_colors
     thresholds = config.stain.dab_thresholds
@@ -374,25 +383,33 @@ def write_slide_outputs(plan: SlidePlan, config: Config, runner: RegionRunner) -
     hotspot = None if bins is None else positivity_hotspot(centroids, bins > 0, slide.mpp, origin,
                                                            config.stain.hotspot_field_um,
                                                            config.stain.hotspot_min_nuclei)
-    write_review_geojson(out_dir / "review.geojson", review["squares"], slide.path.name, hotspot)
+    quality_areas = flagged_areas(quality, frame, plan.grid.width_px, plan.grid.height_px)
+    review_written = write_review_geojson(out_dir / "review.geojson", review["squares"], slide.path.name,
+                                          slide.bounds, hotspot, quality_areas, quality)
+    write_quality_map(out_dir / "quality.png", thumbnail, level0_per_thumb_px, quality, frame)
+    tile_warnings = quality.warnings()
+    for warning in tile_warnings:
+        log.warning("%s: %s", slide.path, warning)
     summary = {
         "slide": _slide_info(slide),
         "model": {"name": metadata.name, "sha256": plan.model_sha256, "encoder": metadata.encoder,
                   "mpp": metadata.mpp, "classes": names[1:]},
         "tissue": {"area_mm2": round(tissue.area_mm2, 4), "fraction": round(tissue.fraction, 4),
                    "mask_mpp": round(tissue.mpp, 3), "darkfield": tissue.darkfield},
-        "quality": plan.quality,
+        "quality": {**plan.quality, "warnings": plan.quality["warnings"] + tile_warnings, "tiles": quality.summary()},
         "stain_mode": stain_mode,
         "stain_vectors": plan.stains.as_dict() if plan.stains else {"source": "configured" if config.stain.stain_matrix
                                                                      else "default"},
         "nuclei": geojson["written"],
         "counts": class_summary(columns["class_id"], names, tissue.area_mm2),
-        "filtered_out": {**removed, "outline_invalid_on_qupath_grid": geojson["dropped"]},
+        "filtered_out": {**removed, "outline_invalid_on_qupath_grid": geojson["dropped"],
+                         "review_areas_invalid_on_qupath_grid": review_written["dropped"]},
         "outlines_repaired_on_qupath_grid": geojson["repaired"],
         "tissue_regions": tissue_region_stats(tissue, origin, centroids, columns["class_id"], names, bins),
         "review": review,
         "outputs": {"geojson": f"nuclei{suffix}", "overlay": "overlay.png", "report": "report.html",
-                    "review": "review.geojson", "store": "store.zarr"},
+                    "review": "review.geojson", "quality_map": "quality.png",
+                    "store": "store.zarr"},
     }
     if plan.roi is not None:
         summary["roi"] = {"file": str(plan.roi.path),
@@ -421,6 +438,8 @@ def write_slide_report(plan: SlidePlan, config: Config, summary: dict, columns: 
         touching = [region.index for region in plan.regions if region.window.intersects(model_box)]
         crop = draw_crop(plan.slide, box, (load_region(plan.nuclei_dir, i) for i in touching), frame, names, colors,
                          summary["stain_mode"], config.stain.dab_thresholds)
-    swatches = {**dict(zip(names, colors)), **dict(zip(DAB_BIN_NAMES, DAB_BIN_COLORS))}
-    with Image.open(plan.out_dir / "overlay.png") as overlay:
-        write_report(plan.out_dir / "report.html", summary, columns, overlay.copy(), crop, swatches)
+    swatches = {**dict(zip(names, colors)), **dict(zip(DAB_BIN_NAMES, DAB_BIN_COLORS)),
+                **{f"qc:{check}": color for check, color in FLAG_COLORS.items()}}
+    with Image.open(plan.out_dir / "overlay.png") as overlay, Image.open(plan.out_dir / "quality.png") as quality_map:
+        write_report(plan.out_dir / "report.html", summary, columns, overlay.copy(), crop, swatches,
+                     quality_map.copy())

@@ -17,10 +17,12 @@ import shapely
 from pathoseg.config import Config, FilterConfig, PostprocConfig
 from pathoseg.geometry import Box
 from pathoseg.measure.nuclei import measure_nuclei, plausible
+from pathoseg.measure.quality import TILE_METRICS, region_quality
 from pathoseg.models.infer import PredictionMaps, Predictor
 from pathoseg.models.postproc import instances_from_maps
 from pathoseg.stitch.merge import keep_labels, owned_labels
 from pathoseg.stitch.polygons import instance_polygons
+from pathoseg.tiling.grid import Region
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class RegionSettings:
     """What a region task needs besides its pixels."""
 
     mpp: float
+    tile_px: int = 256  # the grid's tiles: the cells of input QC
     postproc: PostprocConfig = PostprocConfig()
     filters: FilterConfig = FilterConfig()
     simplify_px: float = 0.3
@@ -38,7 +41,7 @@ class RegionSettings:
     def from_config(cls, config: Config, mpp: float) -> "RegionSettings":
         """Settings of a run's configuration, for a model working at ``mpp``."""
         stain_matrix = config.stain.stain_matrix
-        return cls(mpp=mpp, postproc=config.postproc, filters=config.filters, simplify_px=config.output.simplify_px,
+        return cls(mpp=mpp, tile_px=config.tiling.tile_px, postproc=config.postproc, filters=config.filters, simplify_px=config.output.simplify_px,
                    stain_matrix=None if stain_matrix is None else tuple(map(tuple, stain_matrix)))
 
     def with_stain_matrix(self, matrix) -> "RegionSettings":
@@ -66,6 +69,7 @@ class RegionResult:
     centroids : (N, 2) float (x, y).
     measurements : dict of (N,) arrays (MEASUREMENT_NAMES keys and ``class_id``).
     removed : counts of owned instances dropped by each plausibility filter.
+    quality : (T, 2 + len(TILE_METRICS)) float32, ``measure.quality.region_quality`` of the core's tiles.
     seconds : wall time of each stage of the task (read, inference, postproc, measure, outlines).
     """
 
@@ -74,6 +78,7 @@ class RegionResult:
     centroids: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     measurements: dict[str, np.ndarray] = field(default_factory=dict)
     removed: dict[str, int] = field(default_factory=dict)
+    quality: np.ndarray = field(default_factory=lambda: np.zeros((0, 2 + len(TILE_METRICS)), np.float32))
     seconds: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -107,8 +112,10 @@ def nuclei_from_maps(index: int, rgb: np.ndarray, maps: PredictionMaps, window: 
     keep, centroids = plausible_ids[in_roi], centroids[in_roi]
     polygons = [np.asarray(outlines[i].exterior.coords)[:-1] + offset for i in keep]
     removed = {name: int(filters[name].sum()) for name in ("too_small", "too_large", "irregular", "degenerate")}
+    with timed(seconds, "quality"):
+        quality = region_quality(rgb, window, core, settings.tile_px, settings.mpp)
     return RegionResult(index, polygons, centroids, {key: values[keep] for key, values in measurements.items()},
-                        removed, seconds)
+                        removed, quality, seconds)
 
 
 def plausible_nuclei(labels: np.ndarray, outlines: list, rgb: np.ndarray, maps: PredictionMaps,
@@ -131,12 +138,13 @@ def plausible_nuclei(labels: np.ndarray, outlines: list, rgb: np.ndarray, maps: 
     return measurements, plausible(measurements, settings.filters)
 
 
-def segment_region(index: int, rgb: np.ndarray, window: Box, core: Box, predictor: Predictor,
-                   settings: RegionSettings, seconds: dict[str, float] | None = None) -> RegionResult:
-    """Model + post-processing + ownership on one region's window pixels (h, w, 3) uint8."""
+def segment_region(region: Region, pixels: np.ndarray, frame: Box, predictor: Predictor, settings: RegionSettings,
+                   seconds: dict[str, float] | None = None) -> RegionResult:
+    """Model + post-processing + ownership on one region; ``pixels`` (h, w, 3) uint8 are the frame's pixels in
+    ``region.reads``."""
     seconds = {} if seconds is None else seconds
+    window, reads = region.window, region.reads
     with timed(seconds, "inference"):
-        maps = predictor.predict(rgb, origin_xy=(window.x, window.y))
-    return nuclei_from_maps(index, rgb, maps, window, core, settings, seconds)
-
-
+        maps = predictor.predict_window(pixels, reads, window, frame)
+    rgb = pixels[window.y - reads.y:window.y1 - reads.y, window.x - reads.x:window.x1 - reads.x]
+    return nuclei_from_maps(region.index, rgb, maps, window, region.core, settings, seconds)

@@ -117,3 +117,77 @@ def test_real_outlines_stay_valid_at_any_offset_and_scale():
     for scale, offset in ((1.0, 0.0), (2.0, 1234.567), (0.5, 0.0051), (1.0 / 0.499 * 0.25, 77.777)):
         snapped, _ = snap_rings([ring * scale + offset for ring in outlines])
         assert all(ring is not None and valid_on_qupath_grid(Polygon(ring)) for ring in snapped)
+
+
+def good_annotation() -> dict:
+    from shapely.geometry import MultiPolygon, box
+
+    from pathoseg.io.geojson import annotation_feature
+
+    return annotation_feature(MultiPolygon([box(0, 0, 10, 10), box(20, 0, 30, 10)]), "QC: Pen ink", [0, 160, 0],
+                              {"Tiles": 2}, "slide:qc:ink", "QC: Pen ink")
+
+
+# Each breaks one of QuPath's import rules (REFERENCE.md): the whole file is rejected, or objects are silently
+# changed or dropped.
+BREAKS = {
+    "colour as a string": lambda f: f["properties"]["classification"].update(color="#ff0000"),
+    "no colour": lambda f: f["properties"]["classification"].pop("color"),
+    "null geometry": lambda f: f.update(geometry=None),
+    "text measurement": lambda f: f["properties"]["measurements"].update(Area="12"),
+    "null measurement": lambda f: f["properties"]["measurements"].update(Area=None),
+    "boolean measurement": lambda f: f["properties"]["measurements"].update(Area=True),
+    "beyond float32": lambda f: f["properties"]["measurements"].update(Area=1e39),
+    "nested metadata": lambda f: f["properties"].update(metadata={"model": "x"}),
+    "capital objectType": lambda f: f["properties"].update(objectType="Detection"),
+    "no objectType": lambda f: f["properties"].pop("objectType"),
+    "unclosed ring": lambda f: f["geometry"].update(coordinates=[[[0, 0], [4, 0], [4, 4], [0, 4]]]),
+    "bow-tie": lambda f: f["geometry"].update(coordinates=[[[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]]),
+    "hole outside its shell": lambda f: f["geometry"].update(coordinates=[
+        [[0, 0], [4, 0], [4, 4], [0, 4], [0, 0]], [[10, 10], [12, 10], [12, 12], [10, 12], [10, 10]]]),
+    "overlapping parts": lambda f: f.update(geometry={"type": "MultiPolygon", "coordinates": [
+        [[[0, 0], [4, 0], [4, 4], [0, 4], [0, 0]]], [[[2, 2], [6, 2], [6, 6], [2, 6], [2, 2]]]]}),
+    "pinched apart by the snapping": lambda f: f["geometry"].update(coordinates=[
+        [[0, 0], [4, 0], [4, 1.998], [6, 1.998], [6, 0], [10, 0], [10, 4], [6, 4], [6, 2.002], [4, 2.002], [4, 4],
+         [0, 4], [0, 0]]]),
+}
+
+
+@pytest.mark.parametrize("breaks", list(BREAKS))
+def test_the_qupath_checker_catches_each_rule(tmp_path, breaks):
+    """The checker the pipeline tests use fails on each way a file breaks QuPath's import (it can fail)."""
+    from qupath_rules import check_qupath_geojson
+
+    features = [square_feature(1), good_annotation()]
+    path = tmp_path / "objects.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    check_qupath_geojson(path, 100, 100, ("detection", "annotation"))
+    BREAKS[breaks](features[0])
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    with pytest.raises((AssertionError, KeyError, TypeError, ValueError)):
+        check_qupath_geojson(path, 100, 100, ("detection", "annotation"))
+
+
+def test_a_file_named_only_gz_is_refused(tmp_path):
+    from qupath_rules import check_qupath_geojson
+
+    path = tmp_path / "nuclei.gz"
+    path.write_bytes(gzip.compress(b'{"type": "FeatureCollection", "features": []}'))
+    with pytest.raises(AssertionError, match="only .gz"):
+        check_qupath_geojson(path, 10, 10)
+
+
+def test_annotations_are_repaired_onto_qupaths_grid_or_dropped():
+    """A bow-tie becomes its two valid triangles, parts narrower than the grid disappear, and a shape smaller than
+    the grid gives no feature at all (the writer counts it as dropped)."""
+    from qupath_rules import valid_on_qupath_grid
+    from shapely.geometry import Polygon, shape
+
+    from pathoseg.io.geojson import annotation_feature
+
+    bow_tie = annotation_feature(Polygon([[0, 0], [10, 10], [10, 0], [0, 10]]), "QC", [0, 0, 0], {"Tiles": 1}, "a",
+                                 "bow-tie")
+    repaired = shape(bow_tie["geometry"])
+    assert repaired.geom_type == "MultiPolygon" and valid_on_qupath_grid(repaired)
+    assert repaired.area == pytest.approx(50)
+    assert annotation_feature(Polygon([[0, 0], [0.004, 0], [0.004, 0.004]]), "QC", [0, 0, 0], {}, "b", "tiny") is None

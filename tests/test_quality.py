@@ -8,14 +8,18 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from scipy import ndimage
+from shapely.geometry import box, shape
 
 from pathoseg.cli import main
 from pathoseg.config import load_config
 from pathoseg.io.slide import open_slide
-from pathoseg.measure.quality import input_quality
+from pathoseg.geometry import Box
+from pathoseg.measure.quality import TILE_FLAGS, input_quality, region_quality, tile_flags
 from pathoseg.pipeline import find_tissue, sample_tissue_tiles
 
 from conftest import shared
+from qupath_rules import check_qupath_geojson
 
 REAL_INPUTS = [("examples/he-tcga-tile.png", 0.25), ("examples/ihc-dab-roi.png", 0.25), ("examples/he-small.jpg", 0.5),
                ("examples/he-0.5mpp.ome.tif", None), ("slides/CMU-1-Small-Region.svs", None),
@@ -41,7 +45,9 @@ def test_noise_is_called_out_in_the_summary_and_report(tmp_path):
     assert result.exit_code == 0, result.output
     quality = json.loads((tmp_path / "out" / "summary.json").read_text())["quality"]
     assert quality["neighbour_correlation"] < 0.1
-    assert len(quality["warnings"]) == 1 and "noise" in quality["warnings"][0]
+    assert len(quality["warnings"]) == 2 and all("noise" in warning for warning in quality["warnings"])
+    assert quality["tiles"]["flagged"]["not_tissue"]["fraction"] == 1.0
+    assert "these figures are not to be trusted" in result.output  # stderr, after the summary line
     assert "input check" in (tmp_path / "out" / "report.html").read_text()
 
 
@@ -62,3 +68,87 @@ def test_an_image_too_small_for_nuclei_is_one_line(tmp_path):
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [f"error: {tmp_path / 'tiny.png'}: 2.5 µm across, too small to hold "
                                                   "nuclei with their surroundings (at least 32 µm)"]
+
+
+def tiles_of(rgb: np.ndarray, mpp: float, tile_um: float = 128.0) -> dict[str, np.ndarray]:
+    """The tile checks' flags over an image cut into tiles of ``tile_um`` (one tile when smaller)."""
+    height, width = rgb.shape[:2]
+    tile_px = min(int(round(tile_um / mpp)), height, width)
+    core = Box(0, 0, width // tile_px * tile_px, height // tile_px * tile_px)
+    rows = region_quality(rgb, Box(0, 0, width, height), core, tile_px, mpp)
+    return tile_flags(rows[:, 2:], np.ones(len(rows), bool))
+
+
+def manifest_images(relative: str):
+    folder = shared(relative)
+    for line in (folder / "MANIFEST.csv").read_text().splitlines()[1:]:
+        image_id, mpp = line.split(",")[:2]
+        yield np.asarray(Image.open(next((folder / "images").glob(f"{image_id}.*"))).convert("RGB")), float(mpp)
+
+
+@pytest.mark.parametrize("relative", ["monuseg/train", "consep/train", "nucls/test", "dsb2018-histo/train",
+                                      "deepliif-ihc/train"])
+def test_no_real_tile_is_flagged(relative):
+    """Every image of a real data set, in tiles of 128 µm: no check flags any of them (the thresholds' margins are
+    in the module docstring, from benchmarks/bench_quality.py)."""
+    for rgb, mpp in manifest_images(relative):
+        flagged = {name: int(mask.sum()) for name, mask in tiles_of(rgb, mpp).items() if mask.any()}
+        assert not flagged
+
+
+def blurred(rgb: np.ndarray, sigma_um: float, mpp: float) -> np.ndarray:
+    return np.stack([ndimage.gaussian_filter(rgb[..., c], sigma_um / mpp) for c in range(3)], axis=2)
+
+
+def green_ink(rgb: np.ndarray, columns: slice = slice(None)) -> np.ndarray:
+    marked = rgb.copy()
+    marked[:, columns] = (marked[:, columns] * np.array([0.35, 0.75, 0.5])).astype(np.uint8)
+    return marked
+
+
+def folded(rgb: np.ndarray, layers: float) -> np.ndarray:
+    return (255 * (np.clip(rgb, 1, 255) / 255.0) ** layers).astype(np.uint8)
+
+
+DEGRADED = {"blur": lambda rgb, mpp: blurred(rgb, 2.0, mpp), "ink": lambda rgb, mpp: green_ink(rgb),
+            "dark": lambda rgb, mpp: folded(rgb, 3.0),
+            "not_tissue": lambda rgb, mpp: np.random.default_rng(0).integers(0, 256, rgb.shape).astype(np.uint8)}
+MIN_SHARE = {"blur": 0.9, "ink": 0.8, "dark": 0.25, "not_tissue": 1.0}  # a fold is caught only when darker than
+# any real tile: OD x3 flags ~40% (benchmarks/bench_quality.py)
+
+
+@pytest.mark.parametrize("check", TILE_FLAGS)
+def test_degraded_tiles_are_flagged_by_their_check(check):
+    """Real MoNuSeg tiles blurred by 2 µm, covered in green marker, folded (three layers) or replaced by noise."""
+    tiles = flagged = 0
+    for rgb, mpp in list(manifest_images("monuseg/train"))[:10]:
+        flags = tiles_of(DEGRADED[check](rgb, mpp), mpp)
+        tiles += flags[check].size
+        flagged += int(flags[check].sum())
+        assert not any(flags[other].any() for other in TILE_FLAGS if other not in (check, "dark"))
+    assert flagged / tiles >= MIN_SHARE[check]
+
+
+def test_blur_and_ink_are_mapped_in_the_summary_review_file_and_report(tmp_path):
+    """Two MoNuSeg images side by side, the left out of focus and the right's far half under green marker: the
+    flagged tiles are where the faults are, as QuPath annotations that import cleanly, and on the QC map."""
+    images = [rgb[:1000, :1000] for rgb, _ in list(manifest_images("monuseg/train"))[:2]]
+    image = np.concatenate([blurred(images[0], 2.0, 0.25), green_ink(images[1], slice(500, None))], axis=1)
+    Image.fromarray(image).save(tmp_path / "faults.png")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["segment", str(tmp_path / "faults.png"), "--mpp", "0.25", "-o", str(out),
+                                       "--scheduler", "inprocess", "--quiet"])
+    assert result.exit_code == 0, result.output
+    quality = json.loads((out / "summary.json").read_text())["quality"]
+    flagged = quality["tiles"]["flagged"]
+    assert flagged["blur"]["tiles"] >= 2 and flagged["ink"]["tiles"] >= 2
+    assert flagged["dark"]["tiles"] == flagged["not_tissue"]["tiles"] == 0
+    assert any("out of focus" in warning for warning in quality["warnings"])
+    assert any("pen ink" in warning for warning in quality["warnings"])
+    features = check_qupath_geojson(out / "review.geojson", 2000, 1000, ("annotation",))
+    areas = {f["properties"]["classification"]["name"]: shape(f["geometry"]) for f in features}
+    assert areas["QC: Out of focus"].intersection(box(0, 0, 1000, 1000)).area > 0.9 * areas["QC: Out of focus"].area
+    assert areas["QC: Pen ink"].intersection(box(1500, 0, 2000, 1000)).area > 0.5 * areas["QC: Pen ink"].area
+    assert Image.open(out / "quality.png").size[0] > 0
+    report = (out / "report.html").read_text()
+    assert "Input quality" in report and "out of focus" in report and "input quality map" in report

@@ -12,6 +12,7 @@ from pathoseg.models.infer import Predictor, resolve_device
 from pathoseg.models.postproc import instances_from_maps
 from pathoseg.models.weights import load_model, registered_models
 from pathoseg.stitch.merge import keep_labels, owned_labels
+from pathoseg.geometry import Box, PatchGrid
 from pathoseg.tiling.grid import Grid
 from pathoseg.train.data import resample_image
 from pathoseg.train.targets import hv_targets
@@ -35,7 +36,8 @@ def pixel_sets(labels: np.ndarray, offset_xy: tuple[int, int], full_width: int) 
 def tiled_nuclei(np_prob, hv, region_px, margin_px):
     """Post-process region by region; keep what each region owns; nuclei as pixel sets of the whole image."""
     height, width = np_prob.shape
-    grid = Grid(width, height, tile_px=region_px, region_px=region_px, margin_px=margin_px)
+    grid = Grid(width, height, tile_px=region_px, region_px=region_px, margin_px=margin_px,
+                patches=PatchGrid(512, 16))
     nuclei, owned_total = set(), 0
     for region in grid.regions():
         window = region.window
@@ -125,3 +127,33 @@ def test_too_small_margin_is_detectably_wrong(monuseg_maps):
     expected, _ = untiled_nuclei(np_prob, hv)
     found, _ = tiled_nuclei(np_prob, hv, 256, margin_px=0)
     assert found != expected
+
+
+@pytest.mark.parametrize("window", [Box(0, 0, 130, 170), Box(200, 333, 300, 211), Box(611, 380, 289, 300),
+                                    Box(17, 450, 900, 150)])
+def test_a_window_gets_the_maps_of_the_whole_image_bit_for_bit(window):
+    """Inference patches see the same pixels in any window (those of ``PatchGrid.reads``), so a window's maps are
+    the whole image's, exactly: no reflection at a window's edge reaches its pixels."""
+    loaded = load_model("pathoseg-light")
+    predictor = Predictor(loaded.network, resolve_device("cpu"), patch_px=256, context_px=16)
+    rgb = np.asarray(Image.open(shared("examples/he-tcga-tile.png")).convert("RGB"))[:530, :900]
+    frame = Box(0, 0, rgb.shape[1], rgb.shape[0])
+    window = window.clip(frame.width, frame.height)
+    whole = predictor.predict(rgb)
+    reads = predictor.patches.reads(window, frame)
+    assert reads != frame, "the window must not need the whole image"
+    part = predictor.predict_window(rgb[reads.slices], reads, window, frame)
+    assert np.array_equal(part.np_prob, whole.np_prob[window.slices])
+    assert np.array_equal(part.hv, whole.hv[(slice(None), *window.slices)])
+    assert np.array_equal(part.nc_prob, whole.nc_prob[(slice(None), *window.slices)])
+
+
+def test_patch_grid_reads_mirror_the_frame_edges():
+    patches = PatchGrid(patch_px=64, context_px=8)  # step 48
+    frame = Box(0, 0, 100, 70)
+    assert patches.span(50, 60) == (40, 104)
+    assert patches.reads(Box(50, 10, 10, 10), frame) == Box(40, 0, 60, 56)  # rows -8..55: -8..-1 mirror to 8..1
+    assert patches.seen(0, 5, 70)[:10].tolist() == [8, 7, 6, 5, 4, 3, 2, 1, 0, 1]
+    assert patches.seen(60, 70, 70)[-10:].tolist() == list(range(44, 34, -1))  # 94..103 mirror at 69 to 44..35
+    padded = np.pad(np.arange(70), (8, 34), mode="reflect")
+    assert np.array_equal(patches.seen(0, 70, 70), padded)

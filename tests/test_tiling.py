@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pathoseg.config import load_config
-from pathoseg.geometry import Box, SlideFrame
+from pathoseg.geometry import Box, PatchGrid, SlideFrame
 from pathoseg.io import ngff
 from pathoseg.io.slide import open_slide
 from pathoseg.pipeline import find_tissue
@@ -66,7 +66,7 @@ def test_upsampled_read_matches_the_slide(tiff_slide):
 def test_tiler_writes_blocks_once_and_resumes(svs_slide, tmp_path):
     slide = open_slide(svs_slide)
     frame = SlideFrame(slide.mpp, 0.25)
-    grid = Grid(2600, 1800, tile_px=512, region_px=1024, margin_px=64)
+    grid = Grid(2600, 1800, tile_px=512, region_px=1024, margin_px=64, patches=PatchGrid(512, 16))
     tissue, _ = find_tissue(slide, load_config())
     regions, tiles = plan_work(grid, tissue_tiles(grid, tissue.mask, 1 / tissue.level0_per_px))
     assert 0 < len(tiles) <= 4 * 6 and regions

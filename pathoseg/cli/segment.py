@@ -82,6 +82,10 @@ def report(summary: dict, out_dir: Path) -> None:
     for annotation in summary.get("roi", {}).get("annotations", []):
         line = f"  {annotation['name']}: {annotation['n_nuclei']} nuclei in {annotation['tissue_area_mm2']:.3f} mm²"
         click.echo(line + (f"; {positivity_line(annotation['ihc'])}" if "ihc" in annotation else ""))
+    warnings = summary["quality"]["warnings"]
+    if warnings:  # last, so that a doubtful input is what the run ends on
+        click.echo(f"warning: input QC: {'; '.join(warnings)}; these figures are not to be trusted as they stand "
+                   f"(report.html, quality.png)", err=True)
 
 
 def positivity_line(ihc: dict) -> str:

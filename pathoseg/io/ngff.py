@@ -168,6 +168,12 @@ def block_mean(chw: np.ndarray, factor: int) -> np.ndarray:
     return blocks.mean(axis=(2, 4)).round().astype(np.uint8)
 
 
+def frame_of(root: zarr.Group) -> Box:
+    """The full-resolution image's box (origin 0) in its own pixels."""
+    _, height, width = root["0"].shape
+    return Box(0, 0, width, height)
+
+
 def read_window(root: zarr.Group, y0: int, x0: int, height: int, width: int, level: int = 0) -> np.ndarray:
     """(height, width, 3) uint8 RGB from a pyramid level."""
     return np.ascontiguousarray(root[str(level)][:, y0:y0 + height, x0:x0 + width].transpose(1, 2, 0))

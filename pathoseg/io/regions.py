@@ -31,6 +31,7 @@ def save_region(folder: Path, result: RegionResult) -> None:
     coords = np.concatenate(result.polygons) if result.polygons else np.zeros((0, 2))
     arrays = {"coords": coords.astype(np.float64), "lengths": lengths, "centroids": result.centroids,
               "removed": np.array([result.removed.get(k, 0) for k in REMOVED_KEYS], np.int64),
+              "quality": result.quality,
               **{f"m_{key}": np.asarray(values) for key, values in result.measurements.items()}}
     with atomic_path(region_path(folder, result.index)) as temporary, open(temporary, "wb") as handle:
         np.savez(handle, **arrays)
@@ -42,7 +43,7 @@ def load_region(folder: Path, index: int) -> RegionResult:
         polygons = np.split(data["coords"], offsets) if len(data["lengths"]) else []
         measurements = {key[2:]: data[key] for key in data.files if key.startswith("m_")}
         removed = dict(zip(REMOVED_KEYS, (int(v) for v in data["removed"])))
-        return RegionResult(index, list(polygons), data["centroids"], measurements, removed)
+        return RegionResult(index, list(polygons), data["centroids"], measurements, removed, data["quality"])
 
 
 def finished_regions(folder: Path) -> set[int]:

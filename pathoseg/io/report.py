@@ -182,6 +182,29 @@ def _review_section(review: dict) -> str:
             + _table(["#", "bbox (level-0 x, y, w, h)", "nuclei", "mean confidence", "% low-confidence"], rows))
 
 
+QC_CHECKS = {"blur": ("out of focus", "its finest detail lost"),
+             "ink": ("pen ink", "green to cyan marker colours"),
+             "dark": ("dark or fold", "near-black pixels or a fold's density"),
+             "not_tissue": ("not tissue", "neighbouring pixels unrelated, as in noise")}
+
+
+def _quality_section(quality: dict, quality_map: Image.Image | None, colors: dict[str, list[int]]) -> str:
+    tiles = quality.get("tiles")
+    if not tiles:
+        return ""
+    rows = [[_swatch(colors.get(f"qc:{check}", [128, 128, 128])) + QC_CHECKS[check][0], QC_CHECKS[check][1],
+             figures["tiles"], figures["area_mm2"], 100 * figures["fraction"]]
+            for check, figures in tiles["flagged"].items()]
+    figure = "<p>No tile flagged.</p>"
+    if quality_map is not None and any(figures["tiles"] for figures in tiles["flagged"].values()):
+        figure = (f'<figure><img src="{image_data_uri(quality_map)}" width="{min(800, quality_map.width)}" '
+                  'alt="input quality map"><figcaption>Tiles flagged by input QC, tinted by check '
+                  "(<code>quality.png</code>).</figcaption></figure>")
+    return (f"<h2>Input quality</h2><p>{tiles['tiles_judged']} tissue tiles of {tiles['tile_um']:.0f} µm checked; "
+            "flagged areas are also in <code>review.geojson</code>.</p>"
+            + _table(["check", "flags a tile with", "tiles", "mm²", "% of tissue tiles"], rows) + figure)
+
+
 ROI_NOTE = " inside the regions of interest"
 DARKFIELD_NOTE = ("; <strong>dark background, as in fluorescence</strong>: the model was trained on brightfield "
                   "H&amp;E and IHC, so these nuclei are unvalidated and the classes and stain measurements do not "
@@ -189,7 +212,8 @@ DARKFIELD_NOTE = ("; <strong>dark background, as in fluorescence</strong>: the m
 
 
 def write_report(path: Path, summary: dict, columns: dict[str, np.ndarray], overlay: Image.Image,
-                 crop: Image.Image | None, colors: dict[str, list[int]]) -> None:
+                 crop: Image.Image | None, colors: dict[str, list[int]],
+                 quality_map: Image.Image | None = None) -> None:
     """Write report.html (atomic).
 
     Parameters
@@ -197,7 +221,8 @@ def write_report(path: Path, summary: dict, columns: dict[str, np.ndarray], over
     summary : the slide's summary (summary.json's content).
     columns : per-nucleus (N,) arrays: ``area_um2``, ``dab_od_mean``, ``hematoxylin_od_mean``.
     overlay : the QC overlay picture; crop : a full-resolution crop with outlines, or None.
-    colors : classification name -> RGB, for the tables' swatches.
+    quality_map : the input QC map (``outputs.write_quality_map``), or None.
+    colors : classification name (and ``qc:<check>``) -> RGB, for the tables' swatches.
     """
     slide, model, tissue = summary["slide"], summary["model"], summary["tissue"]
     ihc = "ihc" in summary
@@ -248,6 +273,7 @@ def write_report(path: Path, summary: dict, columns: dict[str, np.ndarray], over
 <h2>Distributions</h2>
 <div class="figures">{"".join(f"<figure>{h}</figure>" for h in histograms)}</div>
 {_roi_section(summary)}
+{_quality_section(summary.get("quality", {}), quality_map, colors)}
 <h2>Tissue regions</h2>
 {_regions_section(summary)}
 <h2>For review</h2>

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from pathoseg.config import ModelConfig
+from pathoseg.geometry import Box, PatchGrid
 from pathoseg.models.engines import build_engine, choose_runtime
 from pathoseg.models.hovernet import fused_for_inference
 from pathoseg.models.precision import resolve_precision
@@ -68,6 +69,7 @@ class Predictor:
             raise ValueError(f"patch_px {patch_px} must be a multiple of 32 larger than twice context_px")
         self.device = device
         self.patch_px, self.context_px = patch_px, context_px
+        self.patches = PatchGrid(patch_px, context_px)
         self.batch_size = batch_size or (8 if device.type == "cuda" else 1)
         self.runtime = choose_runtime(runtime, device)
         self.precision = resolve_precision(precision, device, self.runtime == "openvino" and int8_ir is not None)
@@ -104,29 +106,31 @@ class Predictor:
         cutoff = 256 * 10 ** (-od_threshold) - 1  # OD > t  <=>  intensity < cutoff
         return np.count_nonzero(patch.min(axis=2) < cutoff) < min_fraction * patch.shape[0] * patch.shape[1]
 
-    def predict(self, rgb: np.ndarray, origin_xy: tuple[int, int] = (0, 0)) -> PredictionMaps:
-        """Prediction maps for an (H, W, 3) uint8 image; borders use reflected context.
+    def predict(self, rgb: np.ndarray) -> PredictionMaps:
+        """Prediction maps for a whole (H, W, 3) uint8 image; beyond its edges patches see it mirrored."""
+        frame = Box(0, 0, rgb.shape[1], rgb.shape[0])
+        return self.predict_window(rgb, frame, frame, frame)
 
-        ``origin_xy`` is the image's position in a larger frame (a region's window in model space). Patches are
-        laid on a grid anchored at that frame's origin, so a pixel gets the same patch, hence the same prediction,
-        whichever window it is read in.
+    def predict_window(self, pixels: np.ndarray, pixels_box: Box, window: Box, frame: Box) -> PredictionMaps:
+        """Prediction maps of ``window``, a box of ``frame`` (a slide in model space, origin 0).
+
+        ``pixels`` (h, w, 3) uint8 are the frame's pixels in ``pixels_box``, which must hold
+        ``self.patches.reads(window, frame)``. Patches lie on the frame's grid and see real pixels wherever the
+        frame has them, so a pixel's maps are the same in any window (tiled == one piece, exactly).
         """
-        height, width = rgb.shape[:2]
-        step = self.patch_px - 2 * self.context_px
-        shift_x, shift_y = origin_xy[0] % step, origin_xy[1] % step
-        rows, cols = -(-(height + shift_y) // step), -(-(width + shift_x) // step)
-        pad_top, pad_left = self.context_px + shift_y, self.context_px + shift_x
-        pad_bottom = rows * step - height - shift_y + self.context_px
-        pad_right = cols * step - width - shift_x + self.context_px
-        padded = np.pad(rgb, ((pad_top, pad_bottom), (pad_left, pad_right), (0, 0)), mode="reflect")
-        origins = [(r * step, c * step) for r in range(rows) for c in range(cols)]
+        step, context = self.patches.step, self.context_px
+        rows = self.patches.seen(window.y, window.y1, frame.height) - pixels_box.y
+        cols = self.patches.seen(window.x, window.x1, frame.width) - pixels_box.x
+        padded = pixels[np.ix_(rows, cols)]
+        n_rows, n_cols = (len(rows) - 2 * context) // step, (len(cols) - 2 * context) // step
+        origins = [(r * step, c * step) for r in range(n_rows) for c in range(n_cols)]
         origins = [(y, x) for y, x in origins if not self.is_glass(padded[y:y + self.patch_px, x:x + self.patch_px])]
-        np_prob = np.zeros((rows * step, cols * step), np.float32)
-        hv = np.zeros((2, rows * step, cols * step), np.float32)
-        nc_prob = np.zeros((self.n_classes, rows * step, cols * step), np.float16)
+        np_prob = np.zeros((n_rows * step, n_cols * step), np.float32)
+        hv = np.zeros((2, n_rows * step, n_cols * step), np.float32)
+        nc_prob = np.zeros((self.n_classes, n_rows * step, n_cols * step), np.float16)
         nc_prob[0] = 1.0  # glass patches: background
         interior_prob = np.zeros_like(np_prob, np.float16) if self.np_classes == 3 else None
-        crop = slice(self.context_px, self.context_px + step)
+        crop = slice(context, context + step)
         for start in range(0, len(origins), self.batch_size):
             batch_origins = origins[start:start + self.batch_size]
             patches = np.stack([padded[y:y + self.patch_px, x:x + self.patch_px] for y, x in batch_origins])
@@ -138,7 +142,8 @@ class Predictor:
                     interior_prob[y:y + step, x:x + step] = out[i, 1, crop, crop]
                 hv[:, y:y + step, x:x + step] = out[i, first_hv:first_hv + 2, crop, crop]
                 nc_prob[:, y:y + step, x:x + step] = out[i, first_hv + 2:, crop, crop]
-        keep = (slice(shift_y, shift_y + height), slice(shift_x, shift_x + width))
+        shift_y, shift_x = window.y % step, window.x % step
+        keep = (slice(shift_y, shift_y + window.height), slice(shift_x, shift_x + window.width))
         return PredictionMaps(np_prob[keep], hv[(slice(None), *keep)], nc_prob[(slice(None), *keep)],
                               None if interior_prob is None else interior_prob[keep])
 

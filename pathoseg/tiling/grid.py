@@ -1,7 +1,8 @@
 """Tile and region grids in model space, and which of them hold tissue.
 
 Tiles (``tile_px``) are the zarr chunks. Regions (``region_px``, a multiple of ``tile_px``) are the units of work:
-a region task reads its core expanded by ``margin_px`` and keeps the nuclei whose centroid lies in its core.
+a region task post-processes its core expanded by ``margin_px`` (its window) and keeps the nuclei whose centroid
+lies in its core; its inference reads the pixels the window's patches see (``PatchGrid.reads``).
 Cores partition the image, so every nucleus is owned by exactly one region. The same cells, as *blocks* keyed
 (row, col), are the units of tiling: one task writes a block's tiles and its chunks of every pyramid level.
 """
@@ -13,14 +14,18 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from pathoseg.geometry import Box
+from pathoseg.geometry import Box, PatchGrid
 
 
 @dataclass(frozen=True)
 class Region:
+    """A unit of work: it keeps the nuclei of ``core``, post-processes ``window`` (the core and its margin) and
+    reads ``reads`` (the pixels the inference patches of the window see)."""
+
     index: int
     core: Box
     window: Box
+    reads: Box
 
 
 @dataclass(frozen=True)
@@ -32,10 +37,15 @@ class Grid:
     tile_px: int
     region_px: int
     margin_px: int
+    patches: PatchGrid
 
     def __post_init__(self):
         if self.region_px % self.tile_px:
             raise ValueError(f"region_px {self.region_px} must be a multiple of tile_px {self.tile_px}")
+
+    @property
+    def frame(self) -> Box:
+        return Box(0, 0, self.width_px, self.height_px)
 
     @property
     def tile_shape(self) -> tuple[int, int]:
@@ -53,7 +63,7 @@ class Grid:
             for x in range(0, self.width_px, self.region_px):
                 core = Box(x, y, self.region_px, self.region_px).clip(self.width_px, self.height_px)
                 window = core.expand(self.margin_px).clip(self.width_px, self.height_px)
-                regions.append(Region(len(regions), core, window))
+                regions.append(Region(len(regions), core, window, self.patches.reads(window, self.frame)))
         return regions
 
     def block_box(self, block: tuple[int, int]) -> Box:
@@ -91,14 +101,14 @@ def tissue_tiles(grid: Grid, tissue_mask: np.ndarray, mask_px_per_model_px: floa
 
 
 def plan_work(grid: Grid, has_tissue: np.ndarray) -> tuple[list[Region], list[tuple[int, int]]]:
-    """Regions whose core touches tissue, and the tiles their windows need (tissue tiles and their neighbours).
+    """Regions whose core touches tissue, and the tiles their inference reads (tissue tiles and their neighbours).
 
     Tiles that hold no tissue and touch none are never read from the slide: they read as glass (white).
     """
     near_tissue = ndimage.binary_dilation(has_tissue, structure=np.ones((3, 3), bool))
     regions = [region for region in grid.regions()
                if any(has_tissue[r, c] for r, c in grid.tiles_in(region.core))]
-    needed = sorted({tile for region in regions for tile in grid.tiles_in(region.window) if near_tissue[tile]})
+    needed = sorted({tile for region in regions for tile in grid.tiles_in(region.reads) if near_tissue[tile]})
     return regions, needed
 
 
