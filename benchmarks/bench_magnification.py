@@ -20,9 +20,9 @@ from skimage.transform import rescale
 
 from pathoseg.config import load_config
 from pathoseg.evaluation import rasterise_geojson
+from pathoseg.io.datasets import load_dataset
 from pathoseg.metrics import instance_metrics
 from pathoseg.pipeline import segment_slide
-from pathoseg.train.data import load_dataset
 from pathoseg.train.loop import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ from pathoseg.config import load_config
 from pathoseg.geometry import Box
 from pathoseg.io.slide import open_slide
 from pathoseg.measure.quality import TILE_FLAGS, TILE_METRICS, region_quality, tile_flags
-from pathoseg.pipeline import find_tissue
+from pathoseg.tiling.tissue import find_tissue
 
 TILE_UM = 128.0
 SETS = ("monuseg/train", "consep/train", "nucls/train", "nucls/test", "dsb2018-histo/train", "deepliif-ihc/train")

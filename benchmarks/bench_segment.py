@@ -28,7 +28,6 @@ from pathoseg.pipeline import segment_slide
 from pathoseg.synthetic import write_synthetic_slide
 from pathoseg.system import cpu_capability, local_workers
 
-
 # Run by a fresh interpreter: a multiprocessing "spawn" child that imports torch while it starts (as it does when it
 # re-imports this script) ran OpenVINO bf16 5x slower here (0.67 vs 3.6 Mpx/s), which made every ratio look better.
 # Dask's worker processes run at full speed (measured in-worker: 2.34 Mpx/s per thread, as in-process).

@@ -26,7 +26,7 @@ import openslide
 from pathoseg.config import load_config
 from pathoseg.distributed import peak_rss_bytes
 from pathoseg.io.slide import Slide, open_slide
-from pathoseg.pipeline import find_tissue
+from pathoseg.tiling.tissue import find_tissue
 path, reader = sys.argv[1], sys.argv[2]
 started = time.perf_counter()
 slide = open_slide(path)

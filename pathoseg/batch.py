@@ -8,14 +8,14 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from pathoseg.config import Config
 from pathoseg.distributed import RegionRunner
-from pathoseg.io.files import DiskFullError, OutputError, atomic_path
-from pathoseg.io.slide import SlideError, dicom_series
-from pathoseg.models.weights import CheckpointError
+from pathoseg.errors import InputError, PathosegError
+from pathoseg.io.files import DiskFullError, atomic_path
+from pathoseg.io.slide import dicom_series
 from pathoseg.outputs import flatten
 from pathoseg.pipeline import segment_slide
 
@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".svslide", ".bif", ".dcm",
                   ".png", ".jpg", ".jpeg"}
 MANIFEST_FIELDS = ["slide", "output", "status", "nuclei", "seconds", "roi", "error"]
-SLIDE_ERRORS = (SlideError, OutputError, CheckpointError, OSError, ValueError)
+# What fails one slide and not the archive: its own input or output folder, or the filesystem it is read from.
+SLIDE_ERRORS = (PathosegError, OSError)
 
 
 def find_slides(archive: Path, pattern: str | None = None, exclude: Path | None = None) -> list[Path]:
@@ -32,7 +33,7 @@ def find_slides(archive: Path, pattern: str | None = None, exclude: Path | None 
     series of files, counts once (``one_per_dicom_series``)."""
     archive = Path(archive)
     if not archive.is_dir():
-        raise FileNotFoundError(f"{archive}: archive folder not found")
+        raise InputError(f"{archive}: archive folder not found")
     found = []
     for path in sorted(archive.rglob(pattern or "*")):
         if exclude and exclude.resolve() in path.resolve().parents:
@@ -79,7 +80,11 @@ def safe_name(slide: Path, archive: Path) -> str:
     return name or "slide"
 
 
-def read_manifest(path: Path) -> dict[str, dict]:
+def failed_row(row: dict, started: float, error: str) -> dict:
+    return {**row, "status": "failed", "nuclei": "", "seconds": round(time.time() - started, 1), "error": error}
+
+
+def read_batch_manifest(path: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
     with path.open(newline="") as handle:
@@ -123,7 +128,7 @@ def run_batch(archive: Path, out_root: Path, config: Config, runner: RegionRunne
     archive, out_root = Path(archive), Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     manifest_path = out_root / "manifest.csv"
-    previous = read_manifest(manifest_path)
+    previous = read_batch_manifest(manifest_path)
     slides = find_slides(archive, pattern, exclude=out_root)
     rows, table = {}, []
     for slide in slides:
@@ -147,8 +152,11 @@ def run_batch(archive: Path, out_root: Path, config: Config, runner: RegionRunne
                 raise  # every later slide would fail the same way
             except SLIDE_ERRORS as error:
                 log.warning("%s failed: %s", key, error)
-                rows[key] = {**row, "status": "failed", "nuclei": "", "seconds": round(time.time() - started, 1),
-                             "error": str(error).splitlines()[0]}
+                rows[key] = failed_row(row, started, str(error).splitlines()[0] if str(error) else repr(error))
+            except Exception as error:  # a bug: the archive goes on, the row and the log say it is one
+                log.exception("%s failed on a bug in pathoseg; please report it with this traceback", key)
+                rows[key] = failed_row(row, started, f"bug in pathoseg (please report it; traceback in the log): "
+                                                     f"{error.__class__.__name__}: {error}".splitlines()[0])
         if on_slide:
             on_slide(slide, rows[key]["status"])
         write_table(manifest_path, [*rows.values()], MANIFEST_FIELDS)

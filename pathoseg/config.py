@@ -8,11 +8,13 @@ from pathlib import Path
 
 import yaml
 
+from pathoseg.errors import SettingsError
+
 DEFAULT_CONFIG = Path(__file__).parent / "default.yaml"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
-class ConfigError(ValueError):
+class ConfigError(SettingsError):
     """A configuration file or value that cannot be used."""
 
 

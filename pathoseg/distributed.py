@@ -14,10 +14,10 @@ import os
 import resource
 import sys
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import astuple
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 import zarr
@@ -25,12 +25,14 @@ from distributed import Client, Future, LocalCluster, WorkerPlugin, as_completed
 
 from pathoseg import __version__
 from pathoseg.config import ClusterConfig, ModelConfig
+from pathoseg.errors import PathosegError
 from pathoseg.io import ngff
+from pathoseg.io.regions import RegionResult
 from pathoseg.models.engines import choose_runtime
 from pathoseg.models.infer import Predictor, predictor_for, resolve_device
 from pathoseg.models.precision import resolve_precision
 from pathoseg.models.weights import int8_ir_of, load_model
-from pathoseg.region import RegionResult, RegionSettings, segment_region, timed
+from pathoseg.region import RegionSettings, segment_region, timed
 from pathoseg.system import local_workers
 from pathoseg.tiling.grid import Region
 from pathoseg.tiling.tiler import TileJob, tile_block
@@ -210,7 +212,7 @@ class RegionRunner:
         return max(peaks.values(), default=0)
 
 
-class ClusterError(RuntimeError):
+class ClusterError(PathosegError):
     """A Dask cluster that cannot run the work: no scheduler, no worker, or a worker without pathoseg or without
     access to the files."""
 

@@ -9,17 +9,27 @@ import numpy as np
 from PIL import Image
 from skimage.draw import polygon as fill_polygon
 
+from pathoseg.errors import InputError
+from pathoseg.geometry import Box
+from pathoseg.io.datasets import Sample, load_dataset, read_class_names, read_manifest, resample_image
 from pathoseg.io.geojson import read_features
 from pathoseg.measure.biomarkers import DAB_BIN_NAMES
 from pathoseg.measure.stain import estimate_hdab_vectors
-from pathoseg.metrics import (centroids, class_panoptic_quality, detection_and_type_f1, f1, instance_metrics,
-                              majority_types, pair_centroids, pair_centroids_by_image, truth_shift_px)
+from pathoseg.metrics import (
+    centroids,
+    class_panoptic_quality,
+    detection_and_type_f1,
+    f1,
+    instance_metrics,
+    majority_types,
+    pair_centroids,
+    pair_centroids_by_image,
+    truth_shift_px,
+)
 from pathoseg.models.infer import PredictionMaps, Predictor
-from pathoseg.models.postproc import instances_from_maps
-from pathoseg.region import RegionSettings, plausible_nuclei
+from pathoseg.region import RegionSettings, owned_nuclei
 from pathoseg.stitch.merge import keep_labels
 from pathoseg.stitch.polygons import instance_polygons
-from pathoseg.train.data import Sample, load_dataset, read_class_names, read_manifest, resample_image
 
 METRIC_KEYS = ("dice", "aji", "aji_plus", "dq", "sq", "pq")
 # Detection pairs centroids within this distance: HoVer-Net's 12 px at 0.25 µm/px (40x).
@@ -145,12 +155,11 @@ class Accumulator:
 
 def nuclei_of_maps(rgb: np.ndarray, maps: PredictionMaps, settings: RegionSettings
                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The nuclei ``pathoseg segment`` outputs for an image at the model's mpp, from its prediction maps:
-    post-processing, then the plausibility filters. Returns the (H, W) instance map (1..N) and the nuclei's
-    measurements ((N,) arrays, ``class_id`` among them)."""
-    labels = instances_from_maps(maps.np_prob, maps.hv, settings.postproc, maps.interior_prob)
-    measurements, filters = plausible_nuclei(labels, instance_polygons(labels, settings.simplify_px), rgb, maps,
-                                             settings)
+    """The nuclei ``pathoseg segment`` outputs for an image at the model's mpp, from its prediction maps
+    (``region.owned_nuclei`` over the whole image). Returns the (H, W) instance map (1..N) of the plausible nuclei
+    and their measurements ((N,) arrays, ``class_id`` among them)."""
+    image = Box(0, 0, rgb.shape[1], rgb.shape[0])
+    labels, _, measurements, filters = owned_nuclei(rgb, maps, image, image, settings)
     keep = filters["keep"]
     return keep_labels(labels, np.nonzero(keep)[0] + 1), {key: values[keep] for key, values in measurements.items()}
 
@@ -241,7 +250,7 @@ def find_prediction(folder: Path, sample_id: str) -> Path:
         path = folder / f"{sample_id}{suffix}"
         if path.is_file():
             return path
-    raise FileNotFoundError(f"{folder}: no prediction for image {sample_id!r} (expected {sample_id}.png or "
+    raise InputError(f"{folder}: no prediction for image {sample_id!r} (expected {sample_id}.png or "
                             f"{sample_id}.geojson)")
 
 
@@ -249,7 +258,7 @@ def evaluate_folder(pred_folder: str | Path, dataset: str | Path) -> dict:
     """Compare a folder of predictions (``<id>.png`` instance maps or ``<id>.geojson``) with a dataset folder."""
     pred_folder, dataset = Path(pred_folder), Path(dataset)
     if not pred_folder.is_dir():
-        raise FileNotFoundError(f"{pred_folder}: prediction folder not found")
+        raise InputError(f"{pred_folder}: prediction folder not found")
     names = read_class_names(dataset)
     ihc = is_positivity_dataset(names)
     # IHC truth: segment's DAB bins (QuPath's names) are negative (1) or positive (2).

@@ -35,14 +35,14 @@ class Box:
         """(row, col) slices for indexing an array of this pixel space."""
         return slice(self.y, self.y1), slice(self.x, self.x1)
 
-    def expand(self, margin_px: int) -> "Box":
+    def expand(self, margin_px: int) -> Box:
         return Box(self.x - margin_px, self.y - margin_px, self.width + 2 * margin_px, self.height + 2 * margin_px)
 
-    def clip(self, width: int, height: int) -> "Box":
+    def clip(self, width: int, height: int) -> Box:
         x0, y0 = max(self.x, 0), max(self.y, 0)
         return Box(x0, y0, max(0, min(self.x1, width) - x0), max(0, min(self.y1, height) - y0))
 
-    def intersects(self, other: "Box") -> bool:
+    def intersects(self, other: Box) -> bool:
         return self.x < other.x1 and other.x < self.x1 and self.y < other.y1 and other.y < self.y1
 
     def contains(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -141,7 +141,10 @@ def area_throughput(tissue_mm2: float, model_mpp: float, seconds: float) -> dict
     """Speed of a run over ``tissue_mm2`` of tissue: mm² per second, and tissue megapixels per second at the model's
     mpp and at 0.25 µm/px (40x), the last two comparable across models of different resolutions."""
     tissue_mpx = tissue_mm2 / model_mpp ** 2
-    per_second = (lambda amount, digits: round(amount / seconds, digits) if seconds else None)
+
+    def per_second(amount: float, digits: int) -> float | None:
+        return round(amount / seconds, digits) if seconds else None
+
     return {"tissue_mpx_at_model_mpp": round(tissue_mpx, 3), "mpx_per_second": per_second(tissue_mpx, 4),
             "mpx_per_second_at_40x": per_second(tissue_mm2 / MPP_40X ** 2, 4),
             "tissue_mm2_per_second": per_second(tissue_mm2, 5)}

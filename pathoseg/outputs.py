@@ -6,8 +6,9 @@ import csv
 import io
 import itertools
 import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import shapely
@@ -16,37 +17,59 @@ from PIL import Image
 
 from pathoseg.geometry import Box, SlideFrame
 from pathoseg.io.files import atomic_path
-from pathoseg.io.geojson import (FeatureCollectionWriter, annotation_feature, encode_fragment, features_text,
-                                 nucleus_feature, snap_rings)
+from pathoseg.io.geojson import (
+    FeatureCollectionWriter,
+    annotation_feature,
+    encode_fragment,
+    features_text,
+    nucleus_feature,
+    snap_rings,
+)
 from pathoseg.io.overlay import draw_dots, draw_overlay, save_png
-from pathoseg.io.regions import load_region
+from pathoseg.io.regions import RegionResult, load_region
 from pathoseg.measure.biomarkers import DAB_BIN_COLORS, DAB_BIN_NAMES, dab_bins
 from pathoseg.measure.nuclei import MEASUREMENT_NAMES
 from pathoseg.measure.quality import FLAG_COLORS, QualityMap
-from pathoseg.region import RegionResult
 
 
-def nucleus_labels(result: RegionResult, class_names: list[str], class_colors: list[list[int]], stain_mode: str,
-                   dab_thresholds: list[float]) -> tuple[list[str], list[list[int]], np.ndarray | None]:
-    """Classification name and colour of each nucleus, and its DAB bin (IHC mode)."""
-    if stain_mode == "ihc":
-        bins = dab_bins(result.measurements["dab_od_mean"], tuple(dab_thresholds))
-        return [DAB_BIN_NAMES[b] for b in bins], [DAB_BIN_COLORS[b] for b in bins], bins
-    ids = result.measurements["class_id"].astype(int)
-    return [class_names[i] for i in ids], [class_colors[i] for i in ids], None
+@dataclass(frozen=True)
+class NucleusStyle:
+    """How every output names and colours nuclei: by the model's class, or in IHC mode by DAB bin (QuPath's
+    ``Negative`` / ``1+`` / ``2+`` / ``3+`` at ``dab_thresholds``).
+
+    class_names, class_colors : the model's classes (index 0 background) and their [r, g, b] colours.
+    """
+
+    class_names: tuple[str, ...]
+    class_colors: tuple[tuple[int, ...], ...]
+    stain_mode: str
+    dab_thresholds: tuple[float, ...]
+
+    @classmethod
+    def of(cls, class_names: list[str], class_colors: list[list[int]], stain_mode: str,
+           dab_thresholds: list[float]) -> NucleusStyle:
+        return cls(tuple(class_names), tuple(tuple(int(c) for c in color) for color in class_colors), stain_mode,
+                   tuple(dab_thresholds))
+
+    def labels(self, result: RegionResult) -> tuple[list[str], list[list[int]], np.ndarray | None]:
+        """Classification name and [r, g, b] colour of each of a region's nuclei, and its DAB bin (IHC mode)."""
+        if self.stain_mode == "ihc":
+            bins = dab_bins(result.measurements["dab_od_mean"], self.dab_thresholds)
+            return [DAB_BIN_NAMES[b] for b in bins], [DAB_BIN_COLORS[b] for b in bins], bins
+        ids = result.measurements["class_id"].astype(int)
+        return [self.class_names[i] for i in ids], [list(self.class_colors[i]) for i in ids], None
 
 
-def region_geojson_fragment(nuclei_dir: str, index: int, frame: SlideFrame, slide_key: str, class_names: list[str],
-                            class_colors: list[list[int]], stain_mode: str, dab_thresholds: list[float],
+def region_geojson_fragment(nuclei_dir: str, index: int, frame: SlideFrame, slide_key: str, style: NucleusStyle,
                             compress: bool) -> tuple[int, bytes, int, int]:
     """A saved region's nuclei as QuPath detections in level-0 pixels, outlines snapped to QuPath's grid
     (``snap_rings``), for ``FeatureCollectionWriter.write_fragment``: (number of nuclei written, ``encode_fragment``
     of their Feature texts, outlines repaired, nuclei dropped). Runs on a worker, or here without a cluster."""
     result = load_region(Path(nuclei_dir), index)
-    names, colors, _ = nucleus_labels(result, class_names, class_colors, stain_mode, dab_thresholds)
+    names, colors, _ = style.labels(result)
     centroids = frame.model_to_level0(result.centroids.reshape(-1, 2))
     measurements = {name: result.measurements[key] for key, name in MEASUREMENT_NAMES.items()}
-    if stain_mode == "ihc":
+    if style.stain_mode == "ihc":
         measurements["Model class"] = result.measurements["class_id"].astype(float)
     rings, repaired = snap_rings([frame.model_to_level0(ring) for ring in result.polygons])
     features = [nucleus_feature(ring, names[i], colors[i], {name: values[i] for name, values in measurements.items()},
@@ -67,8 +90,7 @@ def write_geojson(path: Path, fragments: Iterable[tuple[int, bytes, int, int]]) 
     return {"written": writer.count, "repaired": repaired, "dropped": dropped}
 
 
-def write_nuclei_table(path: Path, results: Iterable[RegionResult], frame: SlideFrame, class_names: list[str],
-                       class_colors: list[list[int]], stain_mode: str, dab_thresholds: list[float]) -> int:
+def write_nuclei_table(path: Path, results: Iterable[RegionResult], frame: SlideFrame, style: NucleusStyle) -> int:
     """One CSV row per nucleus: level-0 centroid, class, and every measurement (streamed, atomic)."""
     columns = ["centroid_x", "centroid_y", "class", "model_class", *MEASUREMENT_NAMES]
     count = 0
@@ -76,10 +98,10 @@ def write_nuclei_table(path: Path, results: Iterable[RegionResult], frame: Slide
         writer = csv.writer(handle)
         writer.writerow(columns)
         for result in results:
-            names, _, _ = nucleus_labels(result, class_names, class_colors, stain_mode, dab_thresholds)
+            names, _, _ = style.labels(result)
             xy = frame.model_to_level0(result.centroids) if len(result.centroids) else result.centroids
             for i, name in enumerate(names):
-                model_class = class_names[int(result.measurements["class_id"][i])]
+                model_class = style.class_names[int(result.measurements["class_id"][i])]
                 writer.writerow([f"{xy[i, 0]:.2f}", f"{xy[i, 1]:.2f}", name, model_class,
                                  *(f"{float(result.measurements[key][i]):.5g}" for key in MEASUREMENT_NAMES)])
                 count += 1
@@ -134,14 +156,13 @@ def write_summary_csv(path: Path, summary: dict) -> None:
         temporary.write_text(buffer.getvalue())
 
 
-def level0_outlines(results: Iterable[RegionResult], frame: SlideFrame, class_names: list[str],
-                    class_colors: list[list[int]], stain_mode: str, dab_thresholds: list[float],
+def level0_outlines(results: Iterable[RegionResult], frame: SlideFrame, style: NucleusStyle,
                     box: Box | None = None) -> Iterator[tuple[np.ndarray, list[int]]]:
     """(ring (K, 2), colour) of each nucleus, in level-0 pixels relative to ``box``'s corner (default: the slide's
     bounds); with ``box`` (level-0), only the nuclei whose centroid lies in it."""
     corner = np.array([box.x, box.y] if box else [frame.origin_x, frame.origin_y], float)
     for result in results:
-        _, colors, _ = nucleus_labels(result, class_names, class_colors, stain_mode, dab_thresholds)
+        _, colors, _ = style.labels(result)
         keep = range(len(result))
         if box is not None:
             centres = frame.model_to_level0(result.centroids.reshape(-1, 2))
@@ -155,19 +176,17 @@ ROI_COLOR = [255, 190, 0]
 MIN_OUTLINED_NUCLEUS_PX = 3.0
 
 
-def level0_centroids(results: Iterable[RegionResult], frame: SlideFrame, class_names: list[str],
-                     class_colors: list[list[int]], stain_mode: str,
-                     dab_thresholds: list[float]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def level0_centroids(results: Iterable[RegionResult], frame: SlideFrame,
+                     style: NucleusStyle) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Per region: (N, 2) nucleus centroids in level-0 pixels relative to the slide's bounds, (N, 3) their colours."""
     corner = np.array([frame.origin_x, frame.origin_y], float)
     for result in results:
-        _, colors, _ = nucleus_labels(result, class_names, class_colors, stain_mode, dab_thresholds)
+        _, colors, _ = style.labels(result)
         yield frame.model_to_level0(result.centroids.reshape(-1, 2)) - corner, np.array(colors).reshape(-1, 3)
 
 
 def write_overlay(path: Path, thumbnail: np.ndarray, level0_per_thumb_px: float, results: Iterable[RegionResult],
-                  frame: SlideFrame, class_names: list[str], class_colors: list[list[int]], stain_mode: str,
-                  dab_thresholds: list[float], roi: shapely.Geometry | None = None) -> None:
+                  frame: SlideFrame, style: NucleusStyle, roi: shapely.Geometry | None = None) -> None:
     """Thumbnail of the bounded region with nucleus outlines coloured by class (or DAB bin), or coloured dots where
     nuclei are too small to outline at the thumbnail's scale (a whole slide), and the outline of the region of
     interest ((Multi)Polygon, level-0 pixels) where there is one."""
@@ -177,11 +196,10 @@ def write_overlay(path: Path, thumbnail: np.ndarray, level0_per_thumb_px: float,
                                         for polygon in shapely.get_parts(roi)
                                         for ring in (polygon.exterior, *polygon.interiors)]
     if 8.0 / frame.slide_mpp * scale < MIN_OUTLINED_NUCLEUS_PX:
-        dots = draw_dots(thumbnail, level0_centroids(results, frame, class_names, class_colors, stain_mode,
-                                                     dab_thresholds), scale)
+        dots = draw_dots(thumbnail, level0_centroids(results, frame, style), scale)
         image = draw_overlay(np.asarray(dots), roi_rings, scale)
     else:
-        outlines = level0_outlines(results, frame, class_names, class_colors, stain_mode, dab_thresholds)
+        outlines = level0_outlines(results, frame, style)
         image = draw_overlay(thumbnail, itertools.chain(outlines, roi_rings), scale)
     save_png(image, path)
 
@@ -267,8 +285,8 @@ def write_quality_map(path: Path, thumbnail: np.ndarray, level0_per_thumb_px: fl
     save_png(Image.fromarray(image.clip(0, 255).astype(np.uint8)), path)
 
 
-def draw_crop(slide, box_level0: Box, results: Iterable[RegionResult], frame: SlideFrame, class_names: list[str],
-              class_colors: list[list[int]], stain_mode: str, dab_thresholds: list[float], max_side_px: int = 1024):
+def draw_crop(slide, box_level0: Box, results: Iterable[RegionResult], frame: SlideFrame, style: NucleusStyle,
+              max_side_px: int = 1024):
     """A crop of the slide (read at the finest level where it fits in ``max_side_px``) with the outlines of the
     nuclei whose centroid lies inside."""
     side = max(box_level0.width, box_level0.height)
@@ -277,5 +295,5 @@ def draw_crop(slide, box_level0: Box, results: Iterable[RegionResult], frame: Sl
     downsample = downsamples[level]
     pixels = slide.read_region(box_level0.x, box_level0.y, level, int(box_level0.width / downsample),
                                int(box_level0.height / downsample))
-    outlines = level0_outlines(results, frame, class_names, class_colors, stain_mode, dab_thresholds, box_level0)
+    outlines = level0_outlines(results, frame, style, box_level0)
     return draw_overlay(pixels, outlines, 1 / downsample)

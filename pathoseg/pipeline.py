@@ -8,9 +8,9 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, closing
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import shapely
@@ -20,63 +20,56 @@ from scipy import ndimage
 from pathoseg import __version__
 from pathoseg.config import Config, as_dict
 from pathoseg.distributed import RegionRunner, open_runner, peak_rss_bytes
-from pathoseg.geometry import Box, PatchGrid, SlideFrame, area_throughput
+from pathoseg.geometry import Box, PatchGrid, SlideFrame
 from pathoseg.io import ngff
 from pathoseg.io.annotations import RegionOfInterest, read_roi
 from pathoseg.io.files import full_disk_reported, output_lock, prepare_output
 from pathoseg.io.regions import intact_regions, load_region, save_region
-from pathoseg.io.slide import Slide, SlideError, open_slide
 from pathoseg.io.report import write_report
+from pathoseg.io.slide import Slide, SlideError, open_slide
 from pathoseg.measure.areas import annotation_stats, positivity_hotspot, review_squares, tissue_region_stats
-from pathoseg.measure.biomarkers import (DAB_BIN_COLORS, DAB_BIN_NAMES, class_summary, dab_bins, positivity_certainty,
-                                         positivity_summary)
+from pathoseg.measure.biomarkers import (
+    DAB_BIN_COLORS,
+    DAB_BIN_NAMES,
+    class_summary,
+    dab_bins,
+    positivity_certainty,
+)
 from pathoseg.measure.quality import FLAG_COLORS, MIN_SIDE_UM, QualityMap, input_quality
 from pathoseg.measure.stain import StainEstimate, estimate_hdab_vectors
 from pathoseg.models.weights import ModelMetadata, load_model
-from pathoseg.outputs import (draw_crop, flagged_areas, region_geojson_fragment, write_config, write_geojson, write_json,
-                              write_nuclei_table, write_overlay, write_quality_map, write_review_geojson,
-                              write_summary_csv)
+from pathoseg.outputs import (
+    NucleusStyle,
+    draw_crop,
+    flagged_areas,
+    region_geojson_fragment,
+    write_config,
+    write_geojson,
+    write_json,
+    write_nuclei_table,
+    write_overlay,
+    write_quality_map,
+    write_review_geojson,
+    write_summary_csv,
+)
 from pathoseg.region import RegionSettings, timed
+from pathoseg.summary import (
+    SlideSummary,
+    choose_stain_mode,
+    grid_facts,
+    ihc_facts,
+    model_facts,
+    run_facts,
+    slide_facts,
+    tissue_facts,
+)
 from pathoseg.tiling.grid import Grid, plan_work, tiles_by_block, tissue_tiles
 from pathoseg.tiling.tiler import TileJob, tile_block
-from pathoseg.tiling.tissue import TissueMask, detect_tissue, is_darkfield
+from pathoseg.tiling.tissue import TissueMask, find_tissue, sample_tissue_tiles, tissue_in_roi
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (stage, done_increment, total)
-
-
-def find_tissue(slide: Slide, config: Config) -> tuple[TissueMask, np.ndarray]:
-    """Tissue mask and the thumbnail it was computed on."""
-    tiling = config.tiling
-    bounds = slide.bounds
-    side_um = max(bounds.width, bounds.height) * slide.mpp
-    max_side = int(min(tiling.max_thumbnail_px, max(256, side_um / tiling.thumbnail_mpp)))
-    thumbnail, level0_per_px = slide.thumbnail(max_side)
-    thumb_mpp = slide.mpp * level0_per_px
-    mask = detect_tissue(thumbnail, thumb_mpp, tuple(tiling.tissue_od_range), tiling.tissue_closing_um,
-                         tiling.min_tissue_um2, tiling.max_tissue_hole_um2)
-    return TissueMask(mask, level0_per_px, thumb_mpp, is_darkfield(thumbnail)), thumbnail
-
-
-def choose_stain_mode(config: Config, eosin_od_means: np.ndarray) -> str:
-    """``he`` or ``ihc``; ``auto`` calls a slide IHC when its nuclei carry almost no eosin.
-
-    (DAB positivity cannot decide it: hematoxylin + eosin purple projects partly onto the DAB vector.)
-    """
-    if config.stain.mode in ("he", "ihc"):
-        return config.stain.mode
-    if eosin_od_means.size == 0:
-        return "he"
-    return "ihc" if float(np.median(eosin_od_means)) < config.stain.ihc_max_eosin_od else "he"
-
-
-def _slide_info(slide: Slide) -> dict:
-    bounds = slide.bounds
-    return {"path": str(slide.path), "vendor": slide.vendor, "dimensions": list(slide.dimensions),
-            "levels": len(slide.level_dimensions), "mpp": slide.mpp, "mpp_source": slide.mpp_source,
-            "objective_power": slide.objective_power,
-            "bounds": [bounds.x, bounds.y, bounds.width, bounds.height]}
 
 
 def _reset_stale_results(nuclei_dir: Path, identity: dict) -> None:
@@ -120,48 +113,16 @@ class SlidePlan:
         return self.store_path / "nuclei"
 
 
-def sample_tissue_tiles(slide: Slide, tissue: TissueMask, n_tiles: int = 16, tile_px: int = 256,
-                        mpp: float = 0.5) -> list[np.ndarray]:
-    """Up to ``n_tiles`` (tile_px, tile_px, 3) uint8 tiles spread over the tissue, read near ``mpp``, each inside the
-    slide (cut to it where it is smaller)."""
-    rows, cols = np.nonzero(tissue.mask)
-    level = slide.level_for_mpp(mpp)
-    bounds, downsample = slide.bounds, slide.level_downsamples[level]
-    side_x = min(tile_px, int(bounds.width / downsample))
-    side_y = min(tile_px, int(bounds.height / downsample))
-    picks = np.linspace(0, len(rows) - 1, min(n_tiles, len(rows))).astype(int)
-    xs = np.clip(bounds.x + cols[picks] * tissue.level0_per_px, bounds.x, bounds.x1 - side_x * downsample)
-    ys = np.clip(bounds.y + rows[picks] * tissue.level0_per_px, bounds.y, bounds.y1 - side_y * downsample)
-    return [slide.read_region(int(x), int(y), level, side_x, side_y) for x, y in zip(xs, ys)]
-
-
 def slide_stains(slide: Slide, tissue: TissueMask, config: Config) -> StainEstimate | None:
     """The slide's own hematoxylin-DAB vectors when the run is IHC and asks for them (else None: the configured
     or default matrix applies)."""
     if config.stain.mode != "ihc" or not config.stain.estimate_vectors or config.stain.stain_matrix is not None:
         return None
-    estimate = estimate_hdab_vectors(np.concatenate([tile.reshape(-1, 3) for tile in sample_tissue_tiles(slide, tissue)]))
+    tiles = sample_tissue_tiles(slide, tissue)
+    estimate = estimate_hdab_vectors(np.concatenate([tile.reshape(-1, 3) for tile in tiles]))
     if estimate.source == "default":
         log.warning("%s: default stain vectors kept: %s", slide.path, estimate.reason)
     return estimate
-
-
-def slide_box(slide: Slide) -> shapely.Geometry:
-    """The slide's level-0 bounds as a polygon."""
-    bounds = slide.bounds
-    return shapely.box(bounds.x, bounds.y, bounds.x1, bounds.y1)
-
-
-def tissue_in_roi(slide: Slide, tissue: TissueMask, roi: RegionOfInterest) -> TissueMask:
-    """The slide's tissue inside the region of interest; SlideError where there is none."""
-    bounds = slide.bounds
-    if not roi.region.intersects(slide_box(slide)):
-        raise SlideError(f"{roi.path}: its annotations lie outside {slide.path.name} (level-0 bounds {bounds.x}, "
-                         f"{bounds.y}, {bounds.width} x {bounds.height} px)")
-    inside = tissue.within(roi.region, (bounds.x, bounds.y))
-    if not inside.mask.any():
-        raise SlideError(f"{roi.path}: no tissue of {slide.path.name} inside its annotations")
-    return inside
 
 
 def plan_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp: float | None = None,
@@ -169,7 +130,16 @@ def plan_slide(slide_path: str | Path, out_dir: str | Path, config: Config, mpp:
     """Open the slide, check pixel size and output folder, find tissue (inside the annotations of ``roi_path``, a
     GeoJSON file, when given), lay out tiles and regions."""
     slide = open_slide(slide_path, mpp)
-    roi = read_roi(roi_path, slide_box(slide)) if roi_path else None
+    try:
+        return _plan_open_slide(slide, out_dir, config, mpp, roi_path)
+    except BaseException:
+        slide.close()
+        raise
+
+
+def _plan_open_slide(slide: Slide, out_dir: str | Path, config: Config, mpp: float | None,
+                     roi_path: str | Path | None) -> SlidePlan:
+    roi = read_roi(roi_path, slide.bounds_polygon) if roi_path else None
     if slide.mpp is None:
         raise SlideError(f"{slide.path}: the file carries no pixel size; give it with --mpp")
     side_um = min(slide.bounds.width, slide.bounds.height) * slide.mpp
@@ -292,29 +262,23 @@ def finish_slide(plan: SlidePlan, config: Config, started: float, seconds: dict[
         with timed(seconds, "cluster"):
             active = runner or stack.enter_context(open_runner(config.cluster, config.model, len(plan.regions)))
         with timed(seconds, "regions"):
-            run_facts = run_regions(plan, config, progress, active)
+            region_facts = run_regions(plan, config, progress, active)
         with timed(seconds, "outputs"):
             summary, columns = write_slide_outputs(plan, config, active)
-    grid = plan.grid
-    summary["grid"] = {"tiles": len(plan.tiles), "regions": len(plan.regions), "tile_px": grid.tile_px,
-                       "region_px": grid.region_px, "margin_px": grid.margin_px,
-                       "model_width_px": grid.width_px, "model_height_px": grid.height_px}
-    elapsed = time.time() - started
-    summary["run"] = {"seconds": round(elapsed, 2), **area_throughput(plan.tissue.area_mm2, plan.metadata.mpp, elapsed),
-                      "client_seconds": {phase: round(value, 2) for phase, value in seconds.items()},
-                      "peak_rss_mb_client": round(peak_rss_bytes() / 2**20, 1), **run_facts,
-                      "regions_reused": len(plan.regions) - run_facts["regions_computed"],
-                      "scheduler": config.cluster.scheduler, "pathoseg_version": __version__}
+    summary.grid = grid_facts(plan.grid, len(plan.tiles), len(plan.regions))
+    summary.run = run_facts(time.time() - started, plan.tissue.area_mm2, plan.metadata.mpp, seconds,
+                            peak_rss_bytes(), region_facts, len(plan.regions), config.cluster.scheduler, __version__)
     if not config.output.keep_store_pixels:
         freed = ngff.drop_pixels(plan.store_path)
         log.info("%s: %.1f MB of pixels dropped (output.keep_store_pixels: false)", plan.store_path, freed / 2**20)
-    summary["outputs"]["store_pixels"] = "kept" if config.output.keep_store_pixels else "dropped"
+    summary.outputs["store_pixels"] = "kept" if config.output.keep_store_pixels else "dropped"
     write_config(plan.out_dir / "config.yaml", as_dict(config), f"pathoseg {__version__} on {plan.slide.path.name}")
-    summary["outputs"]["config"] = "config.yaml"
-    write_slide_report(plan, config, summary, columns)
-    write_summary_csv(plan.out_dir / "summary.csv", summary)
-    write_json(plan.out_dir / "summary.json", summary)  # last: its presence marks a finished slide
-    return summary
+    summary.outputs["config"] = "config.yaml"
+    figures = summary.as_dict()
+    write_slide_report(plan, config, figures, columns)
+    write_summary_csv(plan.out_dir / "summary.csv", figures)
+    write_json(plan.out_dir / "summary.json", figures)  # last: its presence marks a finished slide
+    return figures
 
 
 COLUMNS = ("class_id", "area_um2", "hematoxylin_od_mean", "eosin_od_mean", "dab_od_mean", "detection_probability",
@@ -344,7 +308,8 @@ def collect_columns(plan: SlidePlan) -> tuple[dict[str, np.ndarray], dict[str, i
     return columns, removed, quality
 
 
-def write_slide_outputs(plan: SlidePlan, config: Config, runner: RegionRunner) -> tuple[dict, dict[str, np.ndarray]]:
+def write_slide_outputs(plan: SlidePlan, config: Config,
+                        runner: RegionRunner) -> tuple[SlideSummary, dict[str, np.ndarray]]:
     """GeoJSON (its regions rendered on ``runner``'s workers), overlay, review squares and the summary's counts, from
     the saved per-region results.
 
@@ -357,21 +322,21 @@ def write_slide_outputs(plan: SlidePlan, config: Config, runner: RegionRunner) -
 
     columns, removed, quality = collect_columns(plan)
     stain_mode = choose_stain_mode(config, columns["eosin_od_mean"])
-    names, colors = metadata.class_names, metadata.class_colors
+    names = metadata.class_names
     thresholds = config.stain.dab_thresholds
+    style = NucleusStyle.of(names, metadata.class_colors, stain_mode, thresholds)
     suffix = ".geojson.gz" if config.output.gzip else ".geojson"
     render = functools.partial(region_geojson_fragment, str(plan.nuclei_dir.resolve()), frame=frame,
-                               slide_key=slide.path.name, class_names=names, class_colors=colors,
-                               stain_mode=stain_mode, dab_thresholds=thresholds, compress=config.output.gzip)
+                               slide_key=slide.path.name, style=style, compress=config.output.gzip)
     geojson = write_geojson(out_dir / f"nuclei{suffix}",
                             runner.map_in_order(render, [region.index for region in plan.regions]))
     if config.output.table:
-        write_nuclei_table(out_dir / "nuclei.csv", results(), frame, names, colors, stain_mode, thresholds)
+        write_nuclei_table(out_dir / "nuclei.csv", results(), frame, style)
     bounds = slide.bounds
     overlay_side = min(config.output.overlay_max_px, max(bounds.width, bounds.height))
     thumbnail, level0_per_thumb_px = slide.thumbnail(overlay_side)
-    write_overlay(out_dir / "overlay.png", thumbnail, level0_per_thumb_px, results(), frame, names, colors,
-                  stain_mode, thresholds, plan.roi.region if plan.roi else None)
+    write_overlay(out_dir / "overlay.png", thumbnail, level0_per_thumb_px, results(), frame, style,
+                  plan.roi.region if plan.roi else None)
     bins = dab_bins(columns["dab_od_mean"], tuple(thresholds)) if stain_mode == "ihc" else None
     origin = (frame.origin_x, frame.origin_y)
     centroids = columns["centroids_level0"]
@@ -390,35 +355,26 @@ def write_slide_outputs(plan: SlidePlan, config: Config, runner: RegionRunner) -
     tile_warnings = quality.warnings()
     for warning in tile_warnings:
         log.warning("%s: %s", slide.path, warning)
-    summary = {
-        "slide": _slide_info(slide),
-        "model": {"name": metadata.name, "sha256": plan.model_sha256, "encoder": metadata.encoder,
-                  "mpp": metadata.mpp, "classes": names[1:]},
-        "tissue": {"area_mm2": round(tissue.area_mm2, 4), "fraction": round(tissue.fraction, 4),
-                   "mask_mpp": round(tissue.mpp, 3), "darkfield": tissue.darkfield},
-        "quality": {**plan.quality, "warnings": plan.quality["warnings"] + tile_warnings, "tiles": quality.summary()},
-        "stain_mode": stain_mode,
-        "stain_vectors": plan.stains.as_dict() if plan.stains else {"source": "configured" if config.stain.stain_matrix
-                                                                     else "default"},
-        "nuclei": geojson["written"],
-        "counts": class_summary(columns["class_id"], names, tissue.area_mm2),
-        "filtered_out": {**removed, "outline_invalid_on_qupath_grid": geojson["dropped"],
-                         "review_areas_invalid_on_qupath_grid": review_written["dropped"]},
-        "outlines_repaired_on_qupath_grid": geojson["repaired"],
-        "tissue_regions": tissue_region_stats(tissue, origin, centroids, columns["class_id"], names, bins),
-        "review": review,
-        "outputs": {"geojson": f"nuclei{suffix}", "overlay": "overlay.png", "report": "report.html",
-                    "review": "review.geojson", "quality_map": "quality.png",
-                    "store": "store.zarr"},
-    }
+    stain_vectors = (plan.stains.as_dict() if plan.stains
+                     else {"source": "configured" if config.stain.stain_matrix else "default"})
+    summary = SlideSummary(
+        slide=slide_facts(slide), model=model_facts(metadata, plan.model_sha256), tissue=tissue_facts(tissue),
+        quality={**plan.quality, "warnings": plan.quality["warnings"] + tile_warnings, "tiles": quality.summary()},
+        stain_mode=stain_mode, stain_vectors=stain_vectors, nuclei=geojson["written"],
+        counts=class_summary(columns["class_id"], names, tissue.area_mm2),
+        filtered_out={**removed, "outline_invalid_on_qupath_grid": geojson["dropped"],
+                      "review_areas_invalid_on_qupath_grid": review_written["dropped"]},
+        outlines_repaired_on_qupath_grid=geojson["repaired"],
+        tissue_regions=tissue_region_stats(tissue, origin, centroids, columns["class_id"], names, bins),
+        review=review,
+        outputs={"geojson": f"nuclei{suffix}", "overlay": "overlay.png", "report": "report.html",
+                 "review": "review.geojson", "quality_map": "quality.png", "store": "store.zarr"})
     if plan.roi is not None:
-        summary["roi"] = {"file": str(plan.roi.path),
-                          "annotations": annotation_stats(plan.roi.annotations, tissue, origin, centroids,
-                                                          columns["class_id"], names, slide.mpp, bins)}
+        summary.roi = {"file": str(plan.roi.path),
+                       "annotations": annotation_stats(plan.roi.annotations, tissue, origin, centroids,
+                                                       columns["class_id"], names, slide.mpp, bins)}
     if bins is not None:
-        borderline = int(np.sum(positivity_certainty(columns["dab_od_mean"], thresholds[0]) < 0.5))
-        summary["ihc"] = {**positivity_summary(bins), "dab_thresholds": thresholds, "borderline_nuclei": borderline,
-                          "hotspot": hotspot}
+        summary.ihc = ihc_facts(bins, columns["dab_od_mean"], thresholds, hotspot)
     return summary, columns
 
 
@@ -436,8 +392,8 @@ def write_slide_report(plan: SlidePlan, config: Config, summary: dict, columns: 
                   int(np.clip(y - side / 2, bounds.y, bounds.y1 - height)), width, height)
         model_box = frame.level0_box_to_model(box)
         touching = [region.index for region in plan.regions if region.window.intersects(model_box)]
-        crop = draw_crop(plan.slide, box, (load_region(plan.nuclei_dir, i) for i in touching), frame, names, colors,
-                         summary["stain_mode"], config.stain.dab_thresholds)
+        style = NucleusStyle.of(names, colors, summary["stain_mode"], config.stain.dab_thresholds)
+        crop = draw_crop(plan.slide, box, (load_region(plan.nuclei_dir, i) for i in touching), frame, style)
     swatches = {**dict(zip(names, colors)), **dict(zip(DAB_BIN_NAMES, DAB_BIN_COLORS)),
                 **{f"qc:{check}": color for check, color in FLAG_COLORS.items()}}
     with Image.open(plan.out_dir / "overlay.png") as overlay, Image.open(plan.out_dir / "quality.png") as quality_map:

@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import shapely
 
 from pathoseg.config import Config, FilterConfig, PostprocConfig
 from pathoseg.geometry import Box
+from pathoseg.io.regions import RegionResult
 from pathoseg.measure.nuclei import measure_nuclei, plausible
-from pathoseg.measure.quality import TILE_METRICS, region_quality
+from pathoseg.measure.quality import region_quality
 from pathoseg.models.infer import PredictionMaps, Predictor
 from pathoseg.models.postproc import instances_from_maps
 from pathoseg.stitch.merge import keep_labels, owned_labels
@@ -38,17 +39,18 @@ class RegionSettings:
     roi_wkb: bytes | None = field(default=None, repr=False)  # region of interest, model px: nuclei outside are left out
 
     @classmethod
-    def from_config(cls, config: Config, mpp: float) -> "RegionSettings":
+    def from_config(cls, config: Config, mpp: float) -> RegionSettings:
         """Settings of a run's configuration, for a model working at ``mpp``."""
         stain_matrix = config.stain.stain_matrix
-        return cls(mpp=mpp, tile_px=config.tiling.tile_px, postproc=config.postproc, filters=config.filters, simplify_px=config.output.simplify_px,
+        return cls(mpp=mpp, tile_px=config.tiling.tile_px, postproc=config.postproc, filters=config.filters,
+                   simplify_px=config.output.simplify_px,
                    stain_matrix=None if stain_matrix is None else tuple(map(tuple, stain_matrix)))
 
-    def with_stain_matrix(self, matrix) -> "RegionSettings":
+    def with_stain_matrix(self, matrix) -> RegionSettings:
         """These settings measuring with ``matrix`` ((3, 3), rows = stain OD vectors)."""
         return dataclasses.replace(self, stain_matrix=tuple(map(tuple, np.asarray(matrix).tolist())))
 
-    def with_roi(self, region_model_px: shapely.Geometry) -> "RegionSettings":
+    def with_roi(self, region_model_px: shapely.Geometry) -> RegionSettings:
         """These settings keeping only the nuclei whose centroid lies in ``region_model_px`` (model pixels)."""
         return dataclasses.replace(self, roi_wkb=shapely.to_wkb(region_model_px))
 
@@ -61,30 +63,6 @@ class RegionSettings:
         return shapely.contains_xy(roi, centroids_xy[:, 0], centroids_xy[:, 1])
 
 
-@dataclass
-class RegionResult:
-    """Owned nuclei of one region, in model-space pixels of the whole slide.
-
-    polygons : list of (K, 2) float arrays (x, y), closed implicitly.
-    centroids : (N, 2) float (x, y).
-    measurements : dict of (N,) arrays (MEASUREMENT_NAMES keys and ``class_id``).
-    removed : counts of owned instances dropped by each plausibility filter.
-    quality : (T, 2 + len(TILE_METRICS)) float32, ``measure.quality.region_quality`` of the core's tiles.
-    seconds : wall time of each stage of the task (read, inference, postproc, measure, outlines).
-    """
-
-    index: int
-    polygons: list[np.ndarray] = field(default_factory=list)
-    centroids: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
-    measurements: dict[str, np.ndarray] = field(default_factory=dict)
-    removed: dict[str, int] = field(default_factory=dict)
-    quality: np.ndarray = field(default_factory=lambda: np.zeros((0, 2 + len(TILE_METRICS)), np.float32))
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.polygons)
-
-
 @contextmanager
 def timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
     """Add the wall time of the ``with`` body to ``seconds[stage]``."""
@@ -93,10 +71,22 @@ def timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
     seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - started
 
 
-def nuclei_from_maps(index: int, rgb: np.ndarray, maps: PredictionMaps, window: Box, core: Box,
-                     settings: RegionSettings, seconds: dict[str, float] | None = None) -> RegionResult:
-    """Post-process a window's maps, keep the nuclei the core owns, outline and measure them, drop the implausible
-    and those outside the region of interest."""
+def owned_nuclei(rgb: np.ndarray, maps: PredictionMaps, window: Box, core: Box, settings: RegionSettings,
+                 seconds: dict[str, float] | None = None) -> tuple[np.ndarray, list, dict, dict]:
+    """The one post-processing chain (``segment``, ``evaluate`` and training validation): instances from a window's
+    maps, those whose centroid the core owns, their outlines, measurements and plausibility filters.
+
+    Parameters
+    ----------
+    rgb : (H, W, 3) uint8 pixels of ``window``; maps : their prediction maps.
+    window, core : model-pixel boxes; a whole image is its own window and core.
+
+    Returns
+    -------
+    labels : (H, W) int32, the owned instances 1..N.
+    outlines : their N outlines (``instance_polygons``).
+    measurements : dict of (N,) arrays (``measure_nuclei``); filters : dict of (N,) bool masks, ``keep`` among them.
+    """
     seconds = {} if seconds is None else seconds
     with timed(seconds, "postproc"):
         labels = instances_from_maps(maps.np_prob, maps.hv, settings.postproc, maps.interior_prob)
@@ -105,6 +95,15 @@ def nuclei_from_maps(index: int, rgb: np.ndarray, maps: PredictionMaps, window: 
         outlines = instance_polygons(owned, settings.simplify_px)
     with timed(seconds, "measure"):
         measurements, filters = plausible_nuclei(owned, outlines, rgb, maps, settings)
+    return owned, outlines, measurements, filters
+
+
+def nuclei_from_maps(index: int, rgb: np.ndarray, maps: PredictionMaps, window: Box, core: Box,
+                     settings: RegionSettings, seconds: dict[str, float] | None = None) -> RegionResult:
+    """A region's result: its ``owned_nuclei`` that are plausible and inside the region of interest, and the input
+    QC of its core's tiles."""
+    seconds = {} if seconds is None else seconds
+    _, outlines, measurements, filters = owned_nuclei(rgb, maps, window, core, settings, seconds)
     offset = np.array([window.x, window.y], float)
     plausible_ids = np.nonzero(filters["keep"])[0]
     centroids = np.array([outlines[i].centroid.coords[0] for i in plausible_ids]).reshape(-1, 2) + offset

@@ -7,9 +7,9 @@ coordinates and are rendered at each level's resolution, so they cross tile bord
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import tifffile

@@ -8,12 +8,11 @@ import os
 import shutil
 
 from click.testing import CliRunner
+from conftest import DICOM_SERIES_UID, copy_dicom_slide, shared
 
 from pathoseg.batch import find_slides, safe_name
 from pathoseg.cli import main
 from pathoseg.synthetic import write_synthetic_slide
-
-from conftest import DICOM_SERIES_UID, copy_dicom_slide, shared
 
 
 def read_rows(path):

@@ -14,13 +14,21 @@ import time
 from pathlib import Path
 
 import pytest
+from clusters import (
+    BIN,
+    SMALL_CONFIG,
+    assert_same_outputs,
+    client_folder,
+    dask_cli_cluster,
+    first_slide_regions,
+    free_port,
+    start_worker,
+    wait_for,
+)
 from distributed import Client
 
 import pathoseg
 from pathoseg.batch import find_slides, safe_name
-
-from clusters import (BIN, SMALL_CONFIG, assert_same_outputs, client_folder, dask_cli_cluster, first_slide_regions,
-                      free_port, start_worker, wait_for)
 
 
 def batch_command(archive: Path, client_dir: Path, address: str) -> list[str]:

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared
 
 from pathoseg.config import ConfigError, load_config
 from pathoseg.distributed import open_runner
 from pathoseg.pipeline import segment_slide
 from pathoseg.system import local_workers, usable_cores
 from pathoseg.tiling import tiler
-
-from conftest import shared
 
 
 def config_for(scheduler: str, workers: int = 1):

@@ -7,15 +7,14 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import shared
 from PIL import Image
 
 from pathoseg.cli import main
+from pathoseg.io.datasets import read_class_names, read_manifest
 from pathoseg.io.geojson import FeatureCollectionWriter, nucleus_feature
 from pathoseg.metrics import majority_types
 from pathoseg.stitch.polygons import instance_polygons
-from pathoseg.train.data import read_class_names, read_manifest
-
-from conftest import shared
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +95,7 @@ def test_model_evaluation_measures_what_segment_writes(tmp_path):
 
 def test_images_without_nuclei_are_left_out_of_the_means():
     from pathoseg.evaluation import Accumulator
-    from pathoseg.train.data import Sample
+    from pathoseg.io.datasets import Sample
     nuclei = np.zeros((8, 8), np.int32)
     nuclei[1:4, 1:4], nuclei[5:7, 5:7] = 1, 2
     accumulator = Accumulator(None, 12.0)

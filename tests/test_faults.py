@@ -92,7 +92,7 @@ def test_killed_client_leaves_no_complete_looking_output_and_resumes(svs_slide, 
     assert len(ids) == len(set(ids)) == summary["nuclei"]
 
 
-def small_slide(folder) -> "os.PathLike":
+def small_slide(folder) -> os.PathLike:
     return write_synthetic_slide(folder / "small.svs", 1280, 1024, tile_px=256, min_level_px=256, seed=5)
 
 

@@ -103,11 +103,11 @@ def test_snapped_outlines_are_valid_on_qupaths_grid():
 def test_real_outlines_stay_valid_at_any_offset_and_scale():
     """Every nucleus of a real annotation (MoNuSeg, touching nuclei included), traced as segment traces them, stays
     valid once snapped, placed at odd sub-pixel offsets and scales (0.25 and 0.5 µm/px models on 0.25-0.5 slides)."""
+    from conftest import shared
     from PIL import Image
     from qupath_rules import valid_on_qupath_grid
     from shapely.geometry import Polygon
 
-    from conftest import shared
     from pathoseg.io.geojson import snap_rings
     from pathoseg.stitch.polygons import instance_polygons
 

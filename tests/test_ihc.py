@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import shared
 from PIL import Image
 from skimage.draw import disk
 
@@ -18,8 +19,6 @@ from pathoseg.measure.biomarkers import index_confidence_interval, positivity_ce
 from pathoseg.measure.stain import REFERENCE_VECTORS, estimate_hdab_vectors
 from pathoseg.metrics import truth_shift_px
 from pathoseg.stitch.polygons import instance_polygons
-
-from conftest import shared
 
 
 def test_wilson_interval_by_hand():

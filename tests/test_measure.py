@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from shapely.geometry import Polygon
 from skimage.draw import ellipse
 from skimage.measure import regionprops_table
 
 from pathoseg.config import FilterConfig
 from pathoseg.measure.biomarkers import class_summary, dab_bins, positivity_summary
-from pathoseg.measure.nuclei import (ellipse_axes, measure_nuclei, outline_solidity, pixel_perimeters,
-                                     plausible)
+from pathoseg.measure.nuclei import ellipse_axes, measure_nuclei, outline_solidity, pixel_perimeters, plausible
 from pathoseg.measure.stain import stain_od
 from pathoseg.stitch.merge import keep_labels
 from pathoseg.stitch.polygons import instance_polygons

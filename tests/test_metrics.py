@@ -3,8 +3,16 @@
 import numpy as np
 import pytest
 
-from pathoseg.metrics import (aggregated_jaccard, class_panoptic_quality, detection_and_type_f1, dice,
-                              instance_metrics, majority_types, pair_centroids_by_image, panoptic_quality)
+from pathoseg.metrics import (
+    aggregated_jaccard,
+    class_panoptic_quality,
+    detection_and_type_f1,
+    dice,
+    instance_metrics,
+    majority_types,
+    pair_centroids_by_image,
+    panoptic_quality,
+)
 
 
 @pytest.fixture

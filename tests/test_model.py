@@ -7,24 +7,23 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, shared
 from scipy import ndimage
 from skimage.color import rgb2hed
 from skimage.draw import disk
 
 from pathoseg.config import PostprocConfig, load_config
 from pathoseg.evaluation import evaluate_samples
+from pathoseg.io.datasets import load_dataset
 from pathoseg.models.hovernet import HoVerNet, fused_for_inference
 from pathoseg.models.infer import Predictor, resolve_device
-from pathoseg.models.weights import (CheckpointError, ModelMetadata, load_model, read_checkpoint, save_checkpoint)
+from pathoseg.models.postproc import instances_from_maps
+from pathoseg.models.weights import CheckpointError, ModelMetadata, load_model, read_checkpoint, save_checkpoint
 from pathoseg.region import RegionSettings
-from pathoseg.train.data import load_dataset
+from pathoseg.train.augment import dab_recolour, defocus_nuclei, rescan_at_lower_resolution
 from pathoseg.train.loop import TrainConfig
 from pathoseg.train.losses import hovernet_loss
-from pathoseg.models.postproc import instances_from_maps
-from pathoseg.train.augment import dab_recolour, defocus_nuclei, rescan_at_lower_resolution
 from pathoseg.train.targets import hv_targets, np_targets
-
-from conftest import REPO, shared
 
 
 @pytest.mark.parametrize("encoder", ["light", "preact-resnet50"])

@@ -11,15 +11,14 @@ import pytest
 import shapely
 import zarr
 from click.testing import CliRunner
+from conftest import shared
+from qupath_rules import check_qupath_geojson
 from shapely.geometry import shape
 
 from pathoseg.cli import main
 from pathoseg.config import load_config
 from pathoseg.io.slide import open_slide
 from pathoseg.synthetic import SyntheticSlide, write_synthetic_slide
-
-from conftest import shared
-from qupath_rules import check_qupath_geojson
 
 
 def run(*args) -> object:

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from pathoseg.config import ConfigError, load_config
-from pathoseg.models.hovernet import HoVerNet
+from pathoseg.errors import SettingsError
+from pathoseg.geometry import Box
 from pathoseg.models.engines import choose_runtime, openvino_available
+from pathoseg.models.hovernet import HoVerNet
 from pathoseg.models.infer import Predictor
 from pathoseg.models.precision import DeviceFacts, choose_precision, cpu_has_native_bf16, resolve_precision
 
@@ -39,12 +41,12 @@ def test_auto_picks_int8_only_where_the_model_has_it_and_no_native_bf16():
     assert choose_precision("auto", DeviceFacts("cpu", cpu_native_bf16=True), int8_available=True) == "bf16"
     assert choose_precision("auto", DeviceFacts("cuda", cuda_capability=(9, 0)), int8_available=True) == "bf16"
     assert choose_precision("int8", DeviceFacts("cpu"), int8_available=True) == "int8"
-    with pytest.raises(ValueError, match="int8"):
+    with pytest.raises(SettingsError, match="int8"):
         choose_precision("int8", DeviceFacts("cpu"))  # a model without an int8 version, or the torch runtime
 
 
 def test_unknown_precision_is_refused():
-    with pytest.raises(ValueError, match="fp8"):
+    with pytest.raises(SettingsError, match="fp8"):
         choose_precision("fp8", DeviceFacts("cpu"))
     with pytest.raises(ConfigError, match="model.precision"):
         load_config(overrides={"model": {"precision": "fp8"}})
@@ -79,9 +81,9 @@ def test_runtime_choice():
     assert choose_runtime("auto", cpu) == ("openvino" if openvino_available() else "torch")
     assert choose_runtime("auto", cuda) == "torch"
     assert choose_runtime("torch", cpu) == "torch"
-    with pytest.raises(ValueError, match="CPU"):
+    with pytest.raises(SettingsError, match="CPU"):
         choose_runtime("openvino", cuda)
-    with pytest.raises(ValueError, match="tensorrt"):
+    with pytest.raises(SettingsError, match="tensorrt"):
         choose_runtime("tensorrt", cpu)
 
 
@@ -105,9 +107,13 @@ def test_openvino_gives_pytorchs_maps(np_classes):
     torch.manual_seed(0)
     network = HoVerNet("light", np_classes=np_classes).eval()
     image = (np.random.default_rng(1).random((200, 150, 3)) * 255).astype(np.uint8)
-    maps = {runtime: Predictor(network, torch.device("cpu"), patch_px=64, context_px=8, batch_size=3,
-                               precision="fp32", runtime=runtime).predict(image, origin_xy=(5, 7))
-            for runtime in ("torch", "openvino")}
+    frame, window = Box(0, 0, 150, 200), Box(5, 7, 140, 190)  # patches on the frame's grid, not the window's
+    maps = {}
+    for runtime in ("torch", "openvino"):
+        predictor = Predictor(network, torch.device("cpu"), patch_px=64, context_px=8, batch_size=3,
+                              precision="fp32", runtime=runtime)
+        reads = predictor.patches.reads(window, frame)
+        maps[runtime] = predictor.predict_window(image[reads.slices], reads, window, frame)
     for name in ("np_prob", "hv", "nc_prob", "interior_prob"):
         expected, got = getattr(maps["torch"], name), getattr(maps["openvino"], name)
         if expected is None:

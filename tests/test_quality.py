@@ -7,19 +7,18 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import shared
 from PIL import Image
+from qupath_rules import check_qupath_geojson
 from scipy import ndimage
 from shapely.geometry import box, shape
 
 from pathoseg.cli import main
 from pathoseg.config import load_config
-from pathoseg.io.slide import open_slide
 from pathoseg.geometry import Box
+from pathoseg.io.slide import open_slide
 from pathoseg.measure.quality import TILE_FLAGS, input_quality, region_quality, tile_flags
-from pathoseg.pipeline import find_tissue, sample_tissue_tiles
-
-from conftest import shared
-from qupath_rules import check_qupath_geojson
+from pathoseg.tiling.tissue import find_tissue, sample_tissue_tiles
 
 REAL_INPUTS = [("examples/he-tcga-tile.png", 0.25), ("examples/ihc-dab-roi.png", 0.25), ("examples/he-small.jpg", 0.5),
                ("examples/he-0.5mpp.ome.tif", None), ("slides/CMU-1-Small-Region.svs", None),

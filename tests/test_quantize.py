@@ -9,10 +9,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import shared
 from PIL import Image
 
 from pathoseg.config import load_config
 from pathoseg.evaluation import nuclei_of_maps
+from pathoseg.io.datasets import Sample
 from pathoseg.metrics import instance_metrics
 from pathoseg.models import weights
 from pathoseg.models.engines import openvino_available
@@ -20,9 +22,6 @@ from pathoseg.models.infer import Predictor
 from pathoseg.models.weights import CheckpointError, int8_ir_of, load_model
 from pathoseg.region import RegionSettings
 from pathoseg.synthetic import SyntheticSlide
-from pathoseg.train.data import Sample
-
-from conftest import shared
 
 pytestmark = pytest.mark.skipif(not openvino_available(), reason="openvino is not installed")
 CPU = torch.device("cpu")

@@ -11,6 +11,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import shared
 from PIL import Image
 from scipy import ndimage
 from shapely.geometry import Point, shape
@@ -18,12 +19,10 @@ from skimage.color import rgb2hed
 
 from pathoseg.cli import main
 from pathoseg.geometry import SlideFrame
+from pathoseg.io.regions import RegionResult
 from pathoseg.measure.areas import positivity_hotspot, review_squares, tissue_region_stats
-from pathoseg.outputs import write_overlay
-from pathoseg.region import RegionResult
+from pathoseg.outputs import NucleusStyle, write_overlay
 from pathoseg.tiling.tissue import TissueMask
-
-from conftest import shared
 
 VOID = {"meta", "img", "br", "hr", "link", "input", "col", "source"}
 SVG_LEAVES = {"rect", "line", "path", "circle"}
@@ -193,7 +192,7 @@ def test_he_report_shows_counts_per_class_and_regions(tmp_path, svs_slide):
     summary = json.loads((tmp_path / "summary.json").read_text())
     parser = parse_report(tmp_path / "report.html")
     text = " ".join(parser.text)
-    for name, counts in summary["counts"]["classes"].items():
+    for name in summary["counts"]["classes"]:
         assert name in text
     assert f"{summary['nuclei']:,} nuclei" in text
     assert not summary["tissue"]["darkfield"] and "fluorescence" not in text
@@ -223,7 +222,8 @@ def test_whole_slide_overlay_draws_nuclei_as_dots(tmp_path):
     names = ["background", "other", "inflammatory", "epithelial"]
     colors = [[0, 0, 0], [10, 20, 30], [40, 50, 60], [70, 80, 90]]
     thumbnail = np.full((100, 100, 3), 255, np.uint8)
-    write_overlay(tmp_path / "overlay.png", thumbnail, 100.0, [result], frame, names, colors, "he", [0.2, 0.4, 0.6])
+    write_overlay(tmp_path / "overlay.png", thumbnail, 100.0, [result], frame,
+                  NucleusStyle.of(names, colors, "he", [0.2, 0.4, 0.6]))
     overlay = np.asarray(Image.open(tmp_path / "overlay.png"))
     assert overlay[20, 10].tolist() == [10, 20, 30] and overlay[70, 50].tolist() == [40, 50, 60]
     assert overlay[1, 99].tolist() == [70, 80, 90]

@@ -5,11 +5,10 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
+from conftest import DICOM_SERIES_UID, copy_dicom_slide, shared
 
 from pathoseg.io.slide import SlideError, open_slide
 from pathoseg.synthetic import write_synthetic_slide
-
-from conftest import DICOM_SERIES_UID, copy_dicom_slide, shared
 
 
 def test_aperio_svs(svs_slide):

@@ -7,12 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from clusters import BIN, SMALL_CONFIG, assert_same_outputs, geojson, slurm_cluster, wait_for, wait_for_slurm_jobs
+from conftest import REPO
 
 from pathoseg.batch import find_slides, safe_name
-
-from clusters import (BIN, SMALL_CONFIG, assert_same_outputs, geojson, slurm_cluster, wait_for,
-                      wait_for_slurm_jobs)
-from conftest import REPO
 
 
 @pytest.fixture(scope="module")

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import shared
 from PIL import Image
 from scipy import ndimage
 from skimage.draw import ellipse
 
+from pathoseg.geometry import Box, PatchGrid
+from pathoseg.io.datasets import resample_image
 from pathoseg.models.infer import Predictor, resolve_device
 from pathoseg.models.postproc import instances_from_maps
 from pathoseg.models.weights import load_model, registered_models
 from pathoseg.stitch.merge import keep_labels, owned_labels
-from pathoseg.geometry import Box, PatchGrid
 from pathoseg.tiling.grid import Grid
-from pathoseg.train.data import resample_image
 from pathoseg.train.targets import hv_targets
-
-from conftest import shared
 
 
 def pixel_sets(labels: np.ndarray, offset_xy: tuple[int, int], full_width: int) -> set[frozenset]:

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import shared
 
 from pathoseg.config import load_config
 from pathoseg.geometry import Box, PatchGrid, SlideFrame
 from pathoseg.io import ngff
 from pathoseg.io.slide import open_slide
-from pathoseg.pipeline import find_tissue
 from pathoseg.synthetic import SyntheticSlide
 from pathoseg.tiling.grid import Grid, plan_work, tiles_by_block, tissue_tiles
 from pathoseg.tiling.tiler import TileJob, read_model_box, tile_block
-
-from conftest import shared
+from pathoseg.tiling.tissue import find_tissue
 
 
 def test_tissue_mask_matches_the_drawn_tissue(svs_slide):

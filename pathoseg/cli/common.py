@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import functools
-import logging
 import sys
+import traceback
 
 import click
 from tqdm import tqdm
 
-from pathoseg.config import ConfigError
-from pathoseg.distributed import ClusterError
-from pathoseg.io.slide import SlideError
-from pathoseg.models.weights import CheckpointError
-from pathoseg.io.files import DiskFullError, OutputError
+from pathoseg import __version__
+from pathoseg.errors import PathosegError
+from pathoseg.io.files import DiskFullError
 
-USER_ERRORS = (SlideError, OutputError, CheckpointError, ConfigError, ClusterError, FileNotFoundError, ValueError)
+BUG_REPORT = ("this is a bug in pathoseg {version}, not a problem with your input: please report it with the "
+              "traceback above and the command you ran")
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -24,8 +23,9 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def friendly_errors(command):
-    """Turn expected failures into ``error: <file>: <problem>`` on one line and exit 2 (3 for a full disk, 1 for the
-    unexpected)."""
+    """Expected failures (``PathosegError``: bad input, settings, output folder, cluster) end in one line
+    ``error: <file>: <problem>`` and exit 2 (3 for a full disk); anything else is a bug: its traceback, a request to
+    report it, exit 1."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -33,15 +33,13 @@ def friendly_errors(command):
             return command(*args, **kwargs)
         except DiskFullError as error:
             fail(str(error), 3)
-        except USER_ERRORS as error:
+        except PathosegError as error:
             fail(str(error).splitlines()[0] if str(error) else error.__class__.__name__)
         except KeyboardInterrupt:
             fail("interrupted; rerun the same command to resume", 130)
-        except Exception as error:  # the last line of defence: still one line, no traceback
-            if logging.getLogger().isEnabledFor(logging.DEBUG):
-                raise
-            fail(f"unexpected {error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''} "
-                 "(rerun with -v for details)", 1)
+        except Exception:
+            traceback.print_exc()
+            fail(BUG_REPORT.format(version=__version__), 1)
 
     return wrapper
 

@@ -10,11 +10,11 @@ import numpy as np
 from pathoseg.cli.common import fail, friendly_errors
 from pathoseg.config import load_config
 from pathoseg.evaluation import evaluate_folder, evaluate_samples, is_positivity_dataset
+from pathoseg.io.datasets import load_dataset, read_class_names, read_manifest
 from pathoseg.models.infer import predictor_for
 from pathoseg.models.weights import load_model
 from pathoseg.outputs import json_safe, write_json
 from pathoseg.region import RegionSettings
-from pathoseg.train.data import load_dataset, read_class_names, read_manifest
 
 
 @click.command()

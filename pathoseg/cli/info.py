@@ -11,10 +11,10 @@ import torch
 from pathoseg.cli.common import fail, friendly_errors
 from pathoseg.config import load_config
 from pathoseg.io.slide import open_slide
-from pathoseg.models.weights import load_model
 from pathoseg.models.precision import resolve_precision
-from pathoseg.pipeline import find_tissue
+from pathoseg.models.weights import load_model
 from pathoseg.system import local_workers, model_mpx_per_second, runtimes_here, system_facts
+from pathoseg.tiling.tissue import find_tissue
 
 
 @click.command()

@@ -8,7 +8,7 @@ import click
 
 from pathoseg.cli.common import StageProgress, friendly_errors
 from pathoseg.config import is_worker_count, load_config
-from pathoseg.io.files import prepare_output
+from pathoseg.io.files import atomic_path, prepare_output
 from pathoseg.pipeline import segment_slide
 from pathoseg.synthetic import write_synthetic_slide
 
@@ -123,9 +123,8 @@ def demo(out_dir, size, quiet, **options):
     out_dir = prepare_output(out_dir)
     slide_path = out_dir / "demo.svs"
     if not slide_path.is_file():
-        partial = out_dir / ".demo.svs.partial"
-        write_synthetic_slide(partial, width, height, kind="svs")
-        partial.rename(slide_path)
+        with atomic_path(slide_path) as partial:
+            write_synthetic_slide(partial, width, height, kind="svs")
     config = config_from_options(**options)
     progress = StageProgress(enabled=not quiet)
     try:

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 
 import click
 
-from pathlib import Path
-
 from pathoseg.cli.common import friendly_errors
 from pathoseg.config import load_config
+from pathoseg.io.datasets import load_dataset
 from pathoseg.models.infer import Predictor, resolve_device
+from pathoseg.models.quantize import calibration_patches, publish_int8
 from pathoseg.models.weights import load_model, publish_checkpoint
 from pathoseg.region import RegionSettings
-from pathoseg.train.data import load_dataset
-from pathoseg.models.quantize import calibration_patches, publish_int8
-from pathoseg.train.loop import TrainConfig, split_dataset, train as train_model
+from pathoseg.train.loop import TrainConfig, split_dataset
+from pathoseg.train.loop import train as train_model
 from pathoseg.train.tune import postproc_grid, tune_postproc
-
 
 CALIBRATION_PATCHES = 64  # crops of 256 px, drawn over the training images by area
 

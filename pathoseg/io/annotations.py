@@ -8,9 +8,7 @@ are cut out of the others, or, alone in a file, out of the whole slide.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +16,14 @@ from pathlib import Path
 import shapely
 from shapely.geometry import shape
 
+from pathoseg.errors import InputError
+from pathoseg.io.geojson import GeoJSONError, read_features
+
 NOT_REGIONS = ("detection", "cell", "tile")
 EXCLUDING_CLASS = re.compile(r"^(ignore|exclude)", re.IGNORECASE)
 
 
-class AnnotationError(ValueError):
+class AnnotationError(InputError):
     """An annotation file that cannot be used; the message names the file and the problem."""
 
 
@@ -34,18 +35,6 @@ class Annotation:
     name: str
     polygon: shapely.Geometry
     excluding: bool = False
-
-
-def _features(document, path: Path) -> list[dict]:
-    if isinstance(document, list):
-        return document
-    if isinstance(document, dict) and document.get("type") == "FeatureCollection":
-        return document.get("features", [])
-    if isinstance(document, dict) and document.get("type") == "Feature":
-        return [document]
-    if isinstance(document, dict) and "coordinates" in document:
-        return [{"type": "Feature", "geometry": document, "properties": {}}]
-    raise AnnotationError(f"{path}: not GeoJSON features (a Feature, a FeatureCollection or an array of features)")
 
 
 def _class_name(properties: dict) -> str:
@@ -69,12 +58,11 @@ def read_annotations(path: str | Path) -> list[Annotation]:
     if not path.is_file():
         raise AnnotationError(f"{path}: no such file")
     try:
-        raw = path.read_bytes()
-        document = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise AnnotationError(f"{path}: not a readable GeoJSON file ({error.__class__.__name__})") from None
+        features = read_features(path)
+    except GeoJSONError as error:
+        raise AnnotationError(str(error)) from None
     annotations = []
-    for number, feature in enumerate(_features(document, path), start=1):
+    for number, feature in enumerate(features, start=1):
         properties = feature.get("properties") or {}
         if properties.get("objectType") in NOT_REGIONS or not feature.get("geometry"):
             continue

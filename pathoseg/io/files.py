@@ -7,15 +7,17 @@ import errno
 import fcntl
 import os
 import socket
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+
+from pathoseg.errors import PathosegError
 
 LOCK_NAME = ".pathoseg.lock"
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-class OutputError(ValueError):
+class OutputError(PathosegError):
     """An output folder that cannot be written: not writable, full, or in use by another run."""
 
 

@@ -10,12 +10,13 @@ import gzip
 import json
 import math
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import shapely
 
+from pathoseg.errors import InputError
 from pathoseg.io.files import atomic_path
 
 # Stable namespace so that identical nuclei get identical ids across runs and schedulers.
@@ -118,7 +119,7 @@ class FeatureCollectionWriter:
         self.count = 0
         self._pending: list[str] = []
 
-    def __enter__(self) -> "FeatureCollectionWriter":
+    def __enter__(self) -> FeatureCollectionWriter:
         self._atomic = atomic_path(self.path)
         self._handle = open(self._atomic.__enter__(), "wb")
         self._pending.append('{"type": "FeatureCollection", "features": [\n')
@@ -151,14 +152,25 @@ class FeatureCollectionWriter:
         self._atomic.__exit__(kind, value, traceback)
 
 
+class GeoJSONError(InputError):
+    """A GeoJSON file that cannot be read as features; the message names the file and the problem."""
+
+
 def read_features(path: str | Path) -> list[dict]:
-    """Features of a GeoJSON file (.geojson or .geojson.gz): FeatureCollection, Feature or list."""
+    """The features of a GeoJSON file, gzipped or not (told by its first bytes, whatever its name): a
+    FeatureCollection, a Feature, a list of features or a bare geometry. GeoJSONError where it is none of these."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        data = json.load(handle)
-    if isinstance(data, list):
-        return data
-    if data.get("type") == "Feature":
-        return [data]
-    return data.get("features", [])
+    try:
+        raw = path.read_bytes()
+        document = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise GeoJSONError(f"{path}: not a readable GeoJSON file ({error.__class__.__name__})") from None
+    if isinstance(document, list):
+        return document
+    if isinstance(document, dict) and document.get("type") == "FeatureCollection":
+        return document.get("features", [])
+    if isinstance(document, dict) and document.get("type") == "Feature":
+        return [document]
+    if isinstance(document, dict) and "coordinates" in document:
+        return [{"type": "Feature", "geometry": document, "properties": {}}]
+    raise GeoJSONError(f"{path}: not GeoJSON features (a Feature, a FeatureCollection or an array of features)")

@@ -8,16 +8,41 @@ from __future__ import annotations
 
 import logging
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pathoseg.io.files import atomic_path
-from pathoseg.region import RegionResult
+from pathoseg.measure.quality import TILE_METRICS
 
 log = logging.getLogger(__name__)
 
 REMOVED_KEYS = ("too_small", "too_large", "irregular", "degenerate")
+
+
+@dataclass
+class RegionResult:
+    """Owned nuclei of one region, in model-space pixels of the whole slide.
+
+    polygons : list of (K, 2) float arrays (x, y), closed implicitly.
+    centroids : (N, 2) float (x, y).
+    measurements : dict of (N,) arrays (MEASUREMENT_NAMES keys and ``class_id``).
+    removed : counts of owned instances dropped by each plausibility filter.
+    quality : (T, 2 + len(TILE_METRICS)) float32, ``measure.quality.region_quality`` of the core's tiles.
+    seconds : wall time of each stage of the task (read, inference, postproc, measure, outlines).
+    """
+
+    index: int
+    polygons: list[np.ndarray] = field(default_factory=list)
+    centroids: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    measurements: dict[str, np.ndarray] = field(default_factory=dict)
+    removed: dict[str, int] = field(default_factory=dict)
+    quality: np.ndarray = field(default_factory=lambda: np.zeros((0, 2 + len(TILE_METRICS)), np.float32))
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.polygons)
 
 
 def region_path(folder: Path, index: int) -> Path:

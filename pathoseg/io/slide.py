@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import openslide
+import shapely
 from PIL import Image
 
+from pathoseg.errors import InputError
 from pathoseg.geometry import Box
 from pathoseg.io.tiff import TiffReadError, TiffSlide, tiff_levels, tiff_mpp
 
@@ -17,15 +21,12 @@ from pathoseg.io.tiff import TiffReadError, TiffSlide, tiff_levels, tiff_mpp
 PLAUSIBLE_MPP = (0.05, 20.0)
 # A PNG or JPEG is decoded whole (by every process that reads it): past this size, a tiled TIFF is the way.
 MAX_PLAIN_IMAGE_PX = 1_000_000_000
-# PIL's guard against decompression bombs in untrusted uploads; here the user names the file, and
-# MAX_PLAIN_IMAGE_PX bounds what is decoded.
-Image.MAX_IMAGE_PIXELS = None
 # Rows of a level read at a time for a thumbnail: a slide without a pyramid never sits whole in memory.
 THUMBNAIL_BAND_PX = 4096
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 
 
-class SlideError(ValueError):
+class SlideError(InputError):
     """A slide that cannot be used; the message names the file and the problem."""
 
 
@@ -120,8 +121,20 @@ class Slide:
                 image = image.resize(size, Image.Resampling.BOX)
         return np.asarray(image), bounds.width / image.width
 
+    @property
+    def bounds_polygon(self) -> shapely.Polygon:
+        """The level-0 bounds as a polygon."""
+        bounds = self.bounds
+        return shapely.box(bounds.x, bounds.y, bounds.x1, bounds.y1)
+
     def close(self) -> None:
         self.handle.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 def _mpp_from_openslide(handle: openslide.AbstractSlide) -> float | None:
@@ -129,9 +142,21 @@ def _mpp_from_openslide(handle: openslide.AbstractSlide) -> float | None:
     return float(value) if value else None
 
 
+@contextmanager
+def _plain_image_limit() -> Iterator[None]:
+    """PIL's guard against decompression bombs (meant for untrusted uploads) raised to ``MAX_PLAIN_IMAGE_PX`` while
+    a file the user named is opened, and put back after: the rest of the process keeps PIL's own limit."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_PLAIN_IMAGE_PX
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
 def _mpp_from_image_dpi(path: Path) -> float | None:
     try:
-        with Image.open(path) as image:
+        with _plain_image_limit(), Image.open(path) as image:
             dpi = image.info.get("dpi")
     except OSError:
         return None
@@ -176,7 +201,7 @@ def _refuse_oversized_image(path: Path) -> None:
     """SlideError for a plain image past ``MAX_PLAIN_IMAGE_PX``; reads only its header."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PIL's warnings about a file that is no image: the caller reports it once
-        with Image.open(path) as image:
+        with _plain_image_limit(), Image.open(path) as image:
             width, height, kind = image.width, image.height, image.format
     if width * height > MAX_PLAIN_IMAGE_PX:
         raise SlideError(f"{path}: {width}x{height} px is too large to decode as a plain {kind} image; save it as "
@@ -196,7 +221,8 @@ def _open_handle(path: Path) -> openslide.AbstractSlide:
                 raise SlideError(f"{path}: {error}") from None
     if slide_format is None:
         _refuse_oversized_image(path)
-    return openslide.open_slide(str(path))
+    with _plain_image_limit():
+        return openslide.open_slide(str(path))
 
 
 def open_slide(path: str | Path, mpp: float | None = None) -> Slide:

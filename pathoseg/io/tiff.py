@@ -17,11 +17,13 @@ import tifffile
 import zarr
 from PIL import Image
 
+from pathoseg.errors import InputError
+
 # A level stored in strips larger than this is decoded once and kept, instead of once per region read.
 MAX_LAZY_STRIP_BYTES = 64 * 2**20
 
 
-class TiffReadError(ValueError):
+class TiffReadError(InputError):
     """A TIFF whose pixels are not an RGB or grey image this reader can give (the message says why)."""
 
 

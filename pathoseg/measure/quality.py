@@ -33,8 +33,8 @@ and the two real slides), none flagged; degraded: 90 MoNuSeg and NuCLS tiles blu
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 from scipy import ndimage
@@ -42,6 +42,7 @@ from skimage.color import rgb2hsv
 from skimage.transform import downscale_local_mean
 
 from pathoseg.geometry import Box, area_px_to_mm2
+from pathoseg.optics import optical_density
 
 MIN_NEIGHBOUR_CORRELATION = 0.5
 DARK_RGB = 30
@@ -74,9 +75,11 @@ def neighbour_correlation(tiles: list[np.ndarray]) -> float:
 
 
 def _correlation(left: np.ndarray, right: np.ndarray) -> float:
-    if left.size < 2 or left.std() == 0 or right.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(left, right)[0, 1])
+    """Pearson correlation of two (N,) samples; NaN where either is constant (no warning: a flat tile is common)."""
+    left, right = left.astype(np.float64), right.astype(np.float64)
+    left, right = left - left.mean(), right - right.mean()
+    spread = np.sqrt(np.dot(left, left) * np.dot(right, right))
+    return float(np.dot(left, right) / spread) if left.size >= 2 and spread > 0 else float("nan")
 
 
 def dark_fraction(tiles: list[np.ndarray]) -> float:
@@ -137,7 +140,7 @@ def tile_quality(rgb: np.ndarray, mpp: float) -> np.ndarray:
         hue_deg = hsv[:, 0] * 360
         metrics[3] = np.mean((hue_deg > INK_HUE_DEG[0]) & (hue_deg < INK_HUE_DEG[1]) & (hsv[:, 1] > INK_SATURATION))
         metrics[4] = np.mean(image[stained].max(axis=1) < DARK_RGB)
-        metrics[5] = -np.log10(np.clip(image[stained], 1, 255) / 255.0).sum(axis=1).mean()
+        metrics[5] = optical_density(image[stained]).sum(axis=1).mean()
     return metrics
 
 
@@ -197,7 +200,7 @@ class QualityMap:
 
     @classmethod
     def from_regions(cls, region_rows: Iterable[np.ndarray], has_tissue: np.ndarray, tile_px: int, mpp: float,
-                     darkfield: bool = False) -> "QualityMap":
+                     darkfield: bool = False) -> QualityMap:
         """Assemble the regions' ``region_quality`` rows into a map over the (rows, cols) ``has_tissue`` tiles."""
         metrics = np.full((*has_tissue.shape, len(TILE_METRICS)), np.nan)
         for rows in region_rows:

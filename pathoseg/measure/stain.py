@@ -7,6 +7,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from skimage.color import hed_from_rgb, rgb_from_hed
 
+from pathoseg.optics import optical_density
+
 
 def stain_od(rgb: np.ndarray, stain_matrix: np.ndarray | None = None) -> np.ndarray:
     """(H, W, 3) per-stain optical density (hematoxylin, eosin, DAB by default) of (H, W, 3) uint8 RGB.
@@ -15,7 +17,7 @@ def stain_od(rgb: np.ndarray, stain_matrix: np.ndarray | None = None) -> np.ndar
     Ruifrok-Johnston ``hed_from_rgb`` unless ``stain_matrix``, rows = stain OD vectors, is given). Values are in the
     units of QuPath's "DAB OD mean" (0.2 / 0.4 / 0.6 thresholds), negatives clipped to 0.
     """
-    od = -np.log10((rgb.astype(np.float32) + 1) / 256)
+    od = optical_density(rgb)
     unmix = hed_from_rgb if stain_matrix is None else np.linalg.inv(np.asarray(stain_matrix, float))
     return np.clip(od @ unmix.astype(np.float32), 0, None)
 
@@ -61,7 +63,7 @@ def estimate_hdab_vectors(rgb: np.ndarray, min_od: float = 0.15, min_pixels: int
     the two estimates are under 10 degrees apart.
     """
     default = StainEstimate(REFERENCE_VECTORS, "default")
-    od = -np.log10((rgb.reshape(-1, 3).astype(np.float32) + 1) / 256)
+    od = optical_density(rgb.reshape(-1, 3))
     od = od[np.linalg.norm(od, axis=1) > min_od]
     if len(od) < min_pixels:
         return replace(default, reason=f"too little stain ({len(od)} pixels with OD > {min_od})", n_pixels=len(od))

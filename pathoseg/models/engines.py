@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
+from pathoseg.errors import SettingsError
 from pathoseg.models.precision import autocast
 from pathoseg.models.weights import check_int8_ir
 
@@ -58,11 +59,11 @@ def openvino_available() -> bool:
 def choose_runtime(requested: str, device: torch.device) -> str:
     """``auto``: OpenVINO on the CPU when it is installed, PyTorch otherwise."""
     if requested not in RUNTIMES:
-        raise ValueError(f"runtime {requested!r}: choose one of {', '.join(RUNTIMES)}")
+        raise SettingsError(f"runtime {requested!r}: choose one of {', '.join(RUNTIMES)}")
     if requested == "openvino" and device.type != "cpu":
-        raise ValueError(f"runtime openvino runs on the CPU, not on {device}")
+        raise SettingsError(f"runtime openvino runs on the CPU, not on {device}")
     if requested == "openvino" and not openvino_available():
-        raise ValueError("runtime openvino: the openvino package is not installed (pip install openvino)")
+        raise SettingsError("runtime openvino: the openvino package is not installed (pip install openvino)")
     if requested == "auto":
         return "openvino" if device.type == "cpu" and openvino_available() else "torch"
     return requested

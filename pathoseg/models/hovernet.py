@@ -14,9 +14,11 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from pathoseg.errors import SettingsError
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
@@ -164,7 +166,7 @@ class HoVerNet(nn.Module):
     def __init__(self, encoder: str = "light", n_classes: int = 5, np_classes: int = 2):
         super().__init__()
         if encoder not in ENCODERS:
-            raise ValueError(f"unknown encoder {encoder!r}; choose one of {sorted(ENCODERS)}")
+            raise SettingsError(f"unknown encoder {encoder!r}; choose one of {sorted(ENCODERS)}")
         encoder_cls, decoder_widths = ENCODERS[encoder]
         self.encoder = encoder_cls()
         self.decoder = Decoder(self.encoder.widths, decoder_widths)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from pathoseg.config import ModelConfig
+from pathoseg.errors import SettingsError
 from pathoseg.geometry import Box, PatchGrid
 from pathoseg.models.engines import build_engine, choose_runtime
 from pathoseg.models.hovernet import fused_for_inference
@@ -41,7 +42,7 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA GPU is available on this machine")
+        raise SettingsError(f"--device {device}: no CUDA GPU is available on this machine")
     return resolved
 
 
@@ -66,7 +67,7 @@ class Predictor:
                  batch_size: int = 0, precision: str = "auto", runtime: str = "auto", tta: bool = False,
                  int8_ir: Path | None = None):
         if patch_px % 32 or patch_px <= 2 * context_px:
-            raise ValueError(f"patch_px {patch_px} must be a multiple of 32 larger than twice context_px")
+            raise SettingsError(f"patch_px {patch_px} must be a multiple of 32 larger than twice context_px")
         self.device = device
         self.patch_px, self.context_px = patch_px, context_px
         self.patches = PatchGrid(patch_px, context_px)

@@ -46,7 +46,7 @@ def smoothed_sobel_kernels(sigma_px: float) -> tuple[np.ndarray, np.ndarray]:
     return np.convolve(gaussian, [-1, 0, 1]), np.convolve(gaussian, [1, 2, 1])
 
 
-def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocConfig = PostprocConfig(),
+def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocConfig | None = None,
                         interior_prob: np.ndarray | None = None) -> np.ndarray:
     """Watershed of the HV boundary energy from markers inside the nuclear-pixel mask.
 
@@ -54,6 +54,7 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocCon
     ----------
     np_prob : (H, W) float, probability of nucleus.
     hv : (2, H, W) float, HV maps in [-1, 1].
+    params : post-processing settings (the configuration's defaults when None).
     interior_prob : (H, W) float, probability of a nucleus's interior (three-class head), or None. With
         ``params.interior_threshold`` > 0, markers are where the HV energy is low *and* the interior is likely,
         which splits touching nuclei the HV maps blur but loses thin nuclei whose interior band is too narrow.
@@ -62,6 +63,7 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocCon
     -------
     (H, W) int32 instance labels, 0 = background, labels 1..N in raster order of their first pixel.
     """
+    params = params or PostprocConfig()
     foreground = remove_small_objects(np_prob >= params.np_threshold, max_size=params.min_object_px - 1)
     energy = boundary_energy(hv, params) * foreground
     markers = foreground & (energy < params.marker_threshold)

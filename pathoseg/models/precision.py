@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from pathoseg.config import PRECISIONS
+from pathoseg.errors import SettingsError
+
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -50,9 +52,9 @@ def choose_precision(requested: str, facts: DeviceFacts, int8_available: bool = 
     the model card), fp32 otherwise.
     """
     if requested not in PRECISIONS:
-        raise ValueError(f"precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
+        raise SettingsError(f"precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
     if requested == "int8" and not int8_available:
-        raise ValueError("precision int8 needs the OpenVINO runtime on the CPU and a model shipped with an int8 "
+        raise SettingsError("precision int8 needs the OpenVINO runtime on the CPU and a model shipped with an int8 "
                          "version (pathoseg info --system lists them)")
     if requested != "auto":
         return requested

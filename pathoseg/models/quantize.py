@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pathoseg.io.datasets import Sample
 from pathoseg.models.engines import InferenceGraph, openvino_model
 from pathoseg.models.hovernet import fused_for_inference
 from pathoseg.models.weights import WEIGHTS_DIR, LoadedModel, load_model, register, registered_models, sha256_of
-from pathoseg.train.data import Sample
 
 log = logging.getLogger(__name__)
 

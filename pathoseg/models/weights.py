@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from pathoseg.errors import InputError
+from pathoseg.io.files import atomic_path
 from pathoseg.models.hovernet import HoVerNet
 
 FORMAT = "pathoseg-checkpoint/1"
@@ -50,7 +51,7 @@ class LoadedModel:
     int8_ir: Path | None = None  # OpenVINO IR (.xml, .bin beside it) of the int8 version, where one ships
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be used (wrong format, checksum mismatch, unreadable)."""
 
 
@@ -75,9 +76,8 @@ def save_checkpoint(path: str | Path, network: torch.nn.Module, metadata: ModelM
                "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()}}
     if extra:
         payload["extra"] = extra
-    temporary = path.with_name(path.name + ".partial")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        torch.save(payload, temporary)
     return sha256_of(path)
 
 
@@ -153,9 +153,8 @@ def register(name: str, entry: dict) -> None:
     """Set a shipped model's registry entry (atomically)."""
     registry = registered_models()
     registry[name] = entry
-    temporary = REGISTRY.with_name(REGISTRY.name + ".partial")
-    temporary.write_text(json.dumps(registry, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, REGISTRY)
+    with atomic_path(REGISTRY) as temporary:
+        temporary.write_text(json.dumps(registry, indent=2, sort_keys=True) + "\n")
 
 
 def publish_checkpoint(source: str | Path, name: str | None = None, version: str | None = None) -> Path:

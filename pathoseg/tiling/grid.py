@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from pathoseg.errors import SettingsError
 from pathoseg.geometry import Box, PatchGrid
 
 
@@ -41,7 +42,7 @@ class Grid:
 
     def __post_init__(self):
         if self.region_px % self.tile_px:
-            raise ValueError(f"region_px {self.region_px} must be a multiple of tile_px {self.tile_px}")
+            raise SettingsError(f"region_px {self.region_px} must be a multiple of tile_px {self.tile_px}")
 
     @property
     def frame(self) -> Box:

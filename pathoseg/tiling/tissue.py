@@ -12,7 +12,11 @@ from skimage.draw import polygon as polygon_pixels
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk, remove_small_holes, remove_small_objects
 
+from pathoseg.config import Config
 from pathoseg.geometry import area_px_to_mm2
+from pathoseg.io.annotations import RegionOfInterest
+from pathoseg.io.slide import Slide, SlideError
+from pathoseg.optics import optical_density
 
 
 @dataclass
@@ -38,7 +42,7 @@ class TissueMask:
     def fraction(self) -> float:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
-    def within(self, region: shapely.Geometry, origin_xy: tuple[float, float]) -> "TissueMask":
+    def within(self, region: shapely.Geometry, origin_xy: tuple[float, float]) -> TissueMask:
         """The tissue inside ``region`` ((Multi)Polygon in level-0 pixels); ``origin_xy``: the mask's top-left."""
         return dataclasses.replace(self, mask=self.mask & polygon_mask(region, self.mask.shape, origin_xy,
                                                                        self.level0_per_px))
@@ -61,11 +65,6 @@ def polygon_mask(region: shapely.Geometry, shape: tuple[int, int], origin_xy: tu
             part[pixels(hole)] = False
         inside |= part
     return inside
-
-
-def optical_density(rgb: np.ndarray) -> np.ndarray:
-    """(h, w, 3) Beer-Lambert optical density of uint8 RGB (glass ~0, dense stain > 1)."""
-    return -np.log10((rgb.astype(np.float32) + 1) / 256)
 
 
 def is_darkfield(rgb: np.ndarray, max_bright_luminance: float = 80.0) -> bool:
@@ -113,3 +112,43 @@ def detect_tissue(rgb: np.ndarray, mpp: float, od_threshold_range: tuple[float, 
     area_px = 1.0 / (mpp * mpp)
     mask = remove_small_objects(mask, max_size=int(min_tissue_um2 * area_px))
     return remove_small_holes(mask, max_size=int(max_hole_um2 * area_px))
+
+
+def find_tissue(slide: Slide, config: Config) -> tuple[TissueMask, np.ndarray]:
+    """Tissue mask and the thumbnail it was computed on."""
+    tiling = config.tiling
+    bounds = slide.bounds
+    side_um = max(bounds.width, bounds.height) * slide.mpp
+    max_side = int(min(tiling.max_thumbnail_px, max(256, side_um / tiling.thumbnail_mpp)))
+    thumbnail, level0_per_px = slide.thumbnail(max_side)
+    thumb_mpp = slide.mpp * level0_per_px
+    mask = detect_tissue(thumbnail, thumb_mpp, tuple(tiling.tissue_od_range), tiling.tissue_closing_um,
+                         tiling.min_tissue_um2, tiling.max_tissue_hole_um2)
+    return TissueMask(mask, level0_per_px, thumb_mpp, is_darkfield(thumbnail)), thumbnail
+
+
+def sample_tissue_tiles(slide: Slide, tissue: TissueMask, n_tiles: int = 16, tile_px: int = 256,
+                        mpp: float = 0.5) -> list[np.ndarray]:
+    """Up to ``n_tiles`` (tile_px, tile_px, 3) uint8 tiles spread over the tissue, read near ``mpp``, each inside the
+    slide (cut to it where it is smaller)."""
+    rows, cols = np.nonzero(tissue.mask)
+    level = slide.level_for_mpp(mpp)
+    bounds, downsample = slide.bounds, slide.level_downsamples[level]
+    side_x = min(tile_px, int(bounds.width / downsample))
+    side_y = min(tile_px, int(bounds.height / downsample))
+    picks = np.linspace(0, len(rows) - 1, min(n_tiles, len(rows))).astype(int)
+    xs = np.clip(bounds.x + cols[picks] * tissue.level0_per_px, bounds.x, bounds.x1 - side_x * downsample)
+    ys = np.clip(bounds.y + rows[picks] * tissue.level0_per_px, bounds.y, bounds.y1 - side_y * downsample)
+    return [slide.read_region(int(x), int(y), level, side_x, side_y) for x, y in zip(xs, ys)]
+
+
+def tissue_in_roi(slide: Slide, tissue: TissueMask, roi: RegionOfInterest) -> TissueMask:
+    """The slide's tissue inside the region of interest; SlideError where there is none."""
+    bounds = slide.bounds
+    if not roi.region.intersects(slide.bounds_polygon):
+        raise SlideError(f"{roi.path}: its annotations lie outside {slide.path.name} (level-0 bounds {bounds.x}, "
+                         f"{bounds.y}, {bounds.width} x {bounds.height} px)")
+    inside = tissue.within(roi.region, (bounds.x, bounds.y))
+    if not inside.mask.any():
+        raise SlideError(f"{roi.path}: no tissue of {slide.path.name} inside its annotations")
+    return inside

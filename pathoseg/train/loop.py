@@ -17,14 +17,15 @@ import yaml
 from torch.optim.swa_utils import AveragedModel
 
 from pathoseg.config import load_config
+from pathoseg.errors import SettingsError
+from pathoseg.evaluation import evaluate_samples, is_positivity_dataset
+from pathoseg.io.datasets import Sample, load_dataset, read_class_names, read_manifest
 from pathoseg.models.infer import predictor_for, resolve_device
 from pathoseg.models.precision import autocast, resolve_precision
 from pathoseg.models.weights import ModelMetadata, build_network, load_model, read_checkpoint, save_checkpoint
-from pathoseg.evaluation import evaluate_samples, is_positivity_dataset
 from pathoseg.region import RegionSettings
 from pathoseg.system import usable_cores
 from pathoseg.train.augment import augment_sample
-from pathoseg.train.data import Sample, load_dataset, read_class_names, read_manifest
 from pathoseg.train.losses import hovernet_loss
 from pathoseg.train.targets import hv_targets, np_targets
 
@@ -80,7 +81,7 @@ class TrainConfig:
     precision: str = "auto"
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
         """Read a training config; ``base: other.yaml`` (beside it) takes every key not given, so a variant of a
         recipe states only how it differs."""
         raw = read_config_keys(Path(path))
@@ -134,7 +135,7 @@ def split_dataset(spec: DatasetSpec, mpp: float) -> tuple[list[Sample], list[Sam
     ids = list(read_manifest(Path(spec.path)))
     unknown = set(spec.validation_ids) - set(ids)
     if unknown:
-        raise ValueError(f"{spec.path}: validation ids not in MANIFEST.csv: {sorted(unknown)[:3]}")
+        raise SettingsError(f"{spec.path}: validation ids not in MANIFEST.csv: {sorted(unknown)[:3]}")
     train_ids = [i for i in ids if i not in set(spec.validation_ids)]
     return (load_dataset(spec.path, mpp, train_ids, spec.use_types),
             load_dataset(spec.path, None, spec.validation_ids, spec.use_types or spec.positivity_truth))

@@ -10,10 +10,10 @@ import numpy as np
 
 from pathoseg.config import PostprocConfig
 from pathoseg.evaluation import nuclei_of_maps
+from pathoseg.io.datasets import Sample
 from pathoseg.metrics import instance_metrics
 from pathoseg.models.infer import Predictor
 from pathoseg.region import RegionSettings
-from pathoseg.train.data import Sample
 
 log = logging.getLogger(__name__)
 

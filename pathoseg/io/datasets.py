@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image
 from skimage.transform import rescale
 
+from pathoseg.errors import InputError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
@@ -33,7 +35,7 @@ def read_manifest(folder: Path) -> dict[str, float]:
     """``{id: mpp}`` from a dataset folder's MANIFEST.csv."""
     manifest = Path(folder) / "MANIFEST.csv"
     if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest}: missing MANIFEST.csv (columns id, mpp)")
+        raise InputError(f"{manifest}: missing MANIFEST.csv (columns id, mpp)")
     with manifest.open(newline="") as handle:
         return {row["id"]: float(row["mpp"]) for row in csv.DictReader(handle)}
 
@@ -50,7 +52,7 @@ def find_image(folder: Path, sample_id: str) -> Path:
         path = Path(folder) / "images" / f"{sample_id}{suffix}"
         if path.is_file():
             return path
-    raise FileNotFoundError(f"{folder}/images: no image for id {sample_id!r}")
+    raise InputError(f"{folder}/images: no image for id {sample_id!r}")
 
 
 def resample_sample(sample: Sample, factor: float) -> Sample:
