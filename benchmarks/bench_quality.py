@@ -28,9 +28,14 @@ from pathoseg.tiling.tissue import find_tissue
 
 TILE_UM = 128.0
 SETS = ("monuseg/train", "consep/train", "nucls/train", "nucls/test", "dsb2018-histo/train", "deepliif-ihc/train")
-EXAMPLES = {"examples/he-tcga-tile.png": 0.25, "examples/ihc-dab-roi.png": 0.25, "examples/he-small.jpg": 0.5,
-            "examples/he-0.5mpp.ome.tif": None, "slides/CMU-1-Small-Region.svs": None,
-            "slides/TCGA-CR-7395-01A-01-TS1-lowres.svs": 1.0}
+EXAMPLES = {
+    "examples/he-tcga-tile.png": 0.25,
+    "examples/ihc-dab-roi.png": 0.25,
+    "examples/he-small.jpg": 0.5,
+    "examples/he-0.5mpp.ome.tif": None,
+    "slides/CMU-1-Small-Region.svs": None,
+    "slides/TCGA-CR-7395-01A-01-TS1-lowres.svs": 1.0,
+}
 WORST = {"blur_ratio": min, "ink_fraction": max, "dark_fraction": max, "mean_od": max, "neighbour_correlation": min}
 
 
@@ -44,9 +49,13 @@ def image_tiles(rgb: np.ndarray, mpp: float, tissue: np.ndarray | None = None) -
     if tissue is None:
         return rows[:, 2:], np.ones(len(rows), bool)
     scale = tissue.shape[0] / height
-    has_tissue = [tissue[int(r * tile_px * scale):int(np.ceil((r + 1) * tile_px * scale)),
-                         int(c * tile_px * scale):int(np.ceil((c + 1) * tile_px * scale))].any()
-                  for r, c in rows[:, :2].astype(int)]
+    has_tissue = [
+        tissue[
+            int(r * tile_px * scale) : int(np.ceil((r + 1) * tile_px * scale)),
+            int(c * tile_px * scale) : int(np.ceil((c + 1) * tile_px * scale)),
+        ].any()
+        for r, c in rows[:, :2].astype(int)
+    ]
     return rows[:, 2:], np.array(has_tissue, bool)
 
 
@@ -64,8 +73,12 @@ def real_images(data: Path):
             slide = open_slide(data / relative, mpp)
             bounds = slide.bounds
             tissue, _ = find_tissue(slide, load_config())
-            yield (relative.split("/")[-1], slide.read_region(bounds.x, bounds.y, 0, bounds.width, bounds.height),
-                   slide.mpp, tissue.mask)
+            yield (
+                relative.split("/")[-1],
+                slide.read_region(bounds.x, bounds.y, 0, bounds.width, bounds.height),
+                slide.mpp,
+                tissue.mask,
+            )
 
 
 def blurred(rgb: np.ndarray, sigma_um: float, mpp: float) -> np.ndarray:
@@ -103,26 +116,46 @@ def main() -> None:
     for name, rgb, mpp, tissue in real_images(args.data):
         by_set.setdefault(name, []).append(image_tiles(rgb, mpp, tissue))
         if name in ("monuseg", "nucls"):
-            for label, image in (("blur 0.5 µm", blurred(rgb, 0.5, mpp)), ("blur 1 µm", blurred(rgb, 1.0, mpp)),
-                                 ("blur 2 µm", blurred(rgb, 2.0, mpp)), ("green ink", inked(rgb)),
-                                 ("fold (OD x2)", folded(rgb, 2.0)), ("fold (OD x3)", folded(rgb, 3.0)),
-                                 ("noise", noise(rgb))):
+            for label, image in (
+                ("blur 0.5 µm", blurred(rgb, 0.5, mpp)),
+                ("blur 1 µm", blurred(rgb, 1.0, mpp)),
+                ("blur 2 µm", blurred(rgb, 2.0, mpp)),
+                ("green ink", inked(rgb)),
+                ("fold (OD x2)", folded(rgb, 2.0)),
+                ("fold (OD x3)", folded(rgb, 3.0)),
+                ("noise", noise(rgb)),
+            ):
                 degraded.setdefault(label, []).append(image_tiles(image, mpp))
     columns = list(WORST)
-    print(f"{'real images':28s} {'tiles':>6s} " + " ".join(f"{c:>21s}" for c in columns) + "  flagged "
-          + "/".join(TILE_FLAGS))
+    print(
+        f"{'real images':28s} {'tiles':>6s} "
+        + " ".join(f"{c:>21s}" for c in columns)
+        + "  flagged "
+        + "/".join(TILE_FLAGS)
+    )
     for name, parts in by_set.items():
         metrics, judged = (np.concatenate(part) for part in zip(*parts))
-        worst = [WORST[c](metrics[judged, TILE_METRICS.index(c)][np.isfinite(metrics[judged, TILE_METRICS.index(c)])],
-                          default=np.nan) for c in columns]
+        worst = [
+            WORST[c](
+                metrics[judged, TILE_METRICS.index(c)][np.isfinite(metrics[judged, TILE_METRICS.index(c)])],
+                default=np.nan,
+            )
+            for c in columns
+        ]
         counts = flag_counts(metrics, judged)
-        print(f"{name:28s} {int(judged.sum()):6d} " + " ".join(f"{w:21.4f}" for w in worst) + "  "
-              + "/".join(str(counts[f]) for f in TILE_FLAGS))
+        print(
+            f"{name:28s} {int(judged.sum()):6d} "
+            + " ".join(f"{w:21.4f}" for w in worst)
+            + "  "
+            + "/".join(str(counts[f]) for f in TILE_FLAGS)
+        )
     print(f"\n{'degraded (MoNuSeg, NuCLS)':28s} {'tiles':>6s}  share flagged " + " / ".join(TILE_FLAGS))
     for label, parts in degraded.items():
         metrics, judged = (np.concatenate(part) for part in zip(*parts))
         counts = flag_counts(metrics, judged)
-        print(f"{label:28s} {int(judged.sum()):6d}  " + " / ".join(f"{counts[f] / judged.sum():.2f}" for f in TILE_FLAGS))
+        print(
+            f"{label:28s} {int(judged.sum()):6d}  " + " / ".join(f"{counts[f] / judged.sum():.2f}" for f in TILE_FLAGS)
+        )
 
 
 if __name__ == "__main__":

@@ -49,10 +49,17 @@ def model_only_mpx_per_s(config, seconds: float) -> float:
     """Baseline: the predictor alone, with as many torch threads as the cluster has in all, in its own process (so
     that the client's peak RSS below is the pipeline's alone)."""
     model = config.model
-    settings = {"threads": config.cluster.threads_per_worker * local_workers(config.cluster), "name": model.name,
-                "device": model.device, "precision": model.precision, "runtime": model.runtime, "seconds": seconds}
-    run = subprocess.run([sys.executable, "-c", MODEL_ONLY, json.dumps(settings)], capture_output=True, text=True,
-                         check=True)
+    settings = {
+        "threads": config.cluster.threads_per_worker * local_workers(config.cluster),
+        "name": model.name,
+        "device": model.device,
+        "precision": model.precision,
+        "runtime": model.runtime,
+        "seconds": seconds,
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", MODEL_ONLY, json.dumps(settings)], capture_output=True, text=True, check=True
+    )
     return float(run.stdout.split()[-1])
 
 
@@ -62,12 +69,20 @@ def device_description() -> str:
     return f"CPU: {cpu_capability()}{gpu}; torch {torch.__version__}"
 
 
-def run_setting(slides: dict[int, Path], workdir: Path, model: str, runtime: str, precision: str, cluster: dict,
-                baseline_seconds: float) -> dict[int, dict]:
+def run_setting(
+    slides: dict[int, Path],
+    workdir: Path,
+    model: str,
+    runtime: str,
+    precision: str,
+    cluster: dict,
+    baseline_seconds: float,
+) -> dict[int, dict]:
     """Segment every slide with one model, inference setting and cluster shape; print one line per slide and
     return each slide's ``summary["run"]``."""
-    config = load_config(overrides={"cluster": cluster,
-                                    "model": {"name": model, "runtime": runtime, "precision": precision}})
+    config = load_config(
+        overrides={"cluster": cluster, "model": {"name": model, "runtime": runtime, "precision": precision}}
+    )
     threads = config.cluster.threads_per_worker
     baseline = model_only_mpx_per_s(config, baseline_seconds)
     runs = {}
@@ -78,13 +93,16 @@ def run_setting(slides: dict[int, Path], workdir: Path, model: str, runtime: str
         tasks = run["task_seconds"]
         shares = ", ".join(f"{k} {100 * v / sum(tasks.values()):.0f}%" for k, v in tasks.items())
         phases = ", ".join(f"{k} {v:.0f} s" for k, v in run["client_seconds"].items())
-        print(f"[{model} {runtime}/{precision} -> {run['device']} {run['runtime']}/{run['precision']}, "
-              f"{run['workers']} worker(s) x {threads} thread(s)] slide {side}x{side} px @0.25 µm: tissue "
-              f"{summary['tissue']['area_mm2']:.2f} mm², {summary['nuclei']} nuclei, {run['seconds']:.0f} s, "
-              f"end-to-end {run['tissue_mm2_per_second']:.4f} mm²/s = {run['mpx_per_second_at_40x']:.3f} Mpx/s at "
-              f"0.25 µm/px ({run['mpx_per_second'] / baseline:.2f}x model-only {baseline:.3f} Mpx/s at the model's "
-              f"mpp); phases: {phases}; region tasks: {shares}; peak RSS client {run['peak_rss_mb_client']:.0f} MB, "
-              f"largest worker {run['peak_rss_mb_worker']:.0f} MB", flush=True)
+        print(
+            f"[{model} {runtime}/{precision} -> {run['device']} {run['runtime']}/{run['precision']}, "
+            f"{run['workers']} worker(s) x {threads} thread(s)] slide {side}x{side} px @0.25 µm: tissue "
+            f"{summary['tissue']['area_mm2']:.2f} mm², {summary['nuclei']} nuclei, {run['seconds']:.0f} s, "
+            f"end-to-end {run['tissue_mm2_per_second']:.4f} mm²/s = {run['mpx_per_second_at_40x']:.3f} Mpx/s at "
+            f"0.25 µm/px ({run['mpx_per_second'] / baseline:.2f}x model-only {baseline:.3f} Mpx/s at the model's "
+            f"mpp); phases: {phases}; region tasks: {shares}; peak RSS client {run['peak_rss_mb_client']:.0f} MB, "
+            f"largest worker {run['peak_rss_mb_worker']:.0f} MB",
+            flush=True,
+        )
     return runs
 
 
@@ -97,22 +115,38 @@ def print_model_ratios(results: dict[tuple, dict[int, dict]], models: list[str])
             continue
         for side, run in runs.items():
             ratio = run["tissue_mm2_per_second"] / baseline[side]["tissue_mm2_per_second"]
-            print(f"{model} / {baseline_model} [{setting}, slide {side}]: {run['tissue_mm2_per_second']:.4f} / "
-                  f"{baseline[side]['tissue_mm2_per_second']:.4f} mm²/s = {ratio:.2f}x "
-                  f"({run['precision']} vs {baseline[side]['precision']})", flush=True)
+            print(
+                f"{model} / {baseline_model} [{setting}, slide {side}]: {run['tissue_mm2_per_second']:.4f} / "
+                f"{baseline[side]['tissue_mm2_per_second']:.4f} mm²/s = {ratio:.2f}x "
+                f"({run['precision']} vs {baseline[side]['precision']})",
+                flush=True,
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 20000], help="square slide sides (px)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[None],
-                        help="worker process counts to compare (default: the config's)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="worker process counts to compare (default: the config's)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: the config's)")
-    parser.add_argument("--models", nargs="+", default=["pathoseg-fast", "pathoseg-light"],
-                        help="models to compare; the last is the baseline of the ratios")
-    parser.add_argument("--settings", nargs="+", default=["auto/auto", "openvino/fp32"],
-                        help="runtime/precision pairs (auto/auto: what a default run picks; torch/bf16 where the CPU "
-                             "has native bfloat16)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["pathoseg-fast", "pathoseg-light"],
+        help="models to compare; the last is the baseline of the ratios",
+    )
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=["auto/auto", "openvino/fp32"],
+        help="runtime/precision pairs (auto/auto: what a default run picks; torch/bf16 where the CPU "
+        "has native bfloat16)",
+    )
     parser.add_argument("--baseline-seconds", type=float, default=20.0, help="how long the model-only run lasts")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
@@ -124,10 +158,14 @@ def main() -> None:
             for setting in args.settings:
                 runtime, precision = setting.split("/")
                 for workers in args.workers:
-                    cluster = {key: value for key, value in (("workers", workers),
-                                                             ("threads_per_worker", args.threads)) if value is not None}
-                    results[model, setting, workers] = run_setting(slides, Path(workdir), model, runtime, precision,
-                                                                   cluster, args.baseline_seconds)
+                    cluster = {
+                        key: value
+                        for key, value in (("workers", workers), ("threads_per_worker", args.threads))
+                        if value is not None
+                    }
+                    results[model, setting, workers] = run_setting(
+                        slides, Path(workdir), model, runtime, precision, cluster, args.baseline_seconds
+                    )
         print_model_ratios(results, args.models)
 
 

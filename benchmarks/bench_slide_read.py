@@ -57,14 +57,19 @@ def main() -> None:
         svs = write_synthetic_slide(Path(folder) / "slide.svs", args.size, args.size, kind="svs")
         print(f"{args.size}x{args.size} px slide at 0.25 µm/px, tissue detection:")
         print(f"  {'file, reader':<22} {'levels':>6} {'thumbnail':>10} {'seconds':>8} {'peak RSS':>10}")
-        for label, path, reader in (("OME-TIFF, OpenSlide", ome, "openslide"), ("OME-TIFF, pathoseg", ome, "pathoseg"),
-                                    ("SVS, OpenSlide", svs, "pathoseg")):
+        for label, path, reader in (
+            ("OME-TIFF, OpenSlide", ome, "openslide"),
+            ("OME-TIFF, pathoseg", ome, "pathoseg"),
+            ("SVS, OpenSlide", svs, "pathoseg"),
+        ):
             figures = measure(path, reader)
             if isinstance(figures, str):
                 print(f"  {label:<22} failed: {figures}")
                 continue
-            print(f"  {label:<22} {figures['levels']:>6} {figures['side_px']:>7} px {figures['seconds']:>8.2f} "
-                  f"{figures['peak_rss_mb']:>7.0f} MB")
+            print(
+                f"  {label:<22} {figures['levels']:>6} {figures['side_px']:>7} px {figures['seconds']:>8.2f} "
+                f"{figures['peak_rss_mb']:>7.0f} MB"
+            )
 
 
 if __name__ == "__main__":

@@ -55,9 +55,14 @@ def region_stages() -> None:
             predictor = Predictor(network, cpu, precision=precision, runtime=runtime)
             result = segment_region(0, rgb, window, core, predictor, settings, seconds)
             total = sum(seconds.values())
-            stages = "  ".join(f"{stage} {value:5.1f} ({100 * value / total:2.0f}%)" for stage, value in seconds.items())
-            print(f"  {runtime + '/' + precision:<15} {total:5.1f} s = {stages}; {len(result)} nuclei, "
-                  f"{core.width * core.height / total / 1e6:.3f} core Mpx/s", flush=True)
+            stages = "  ".join(
+                f"{stage} {value:5.1f} ({100 * value / total:2.0f}%)" for stage, value in seconds.items()
+            )
+            print(
+                f"  {runtime + '/' + precision:<15} {total:5.1f} s = {stages}; {len(result)} nuclei, "
+                f"{core.width * core.height / total / 1e6:.3f} core Mpx/s",
+                flush=True,
+            )
 
 
 def main() -> None:

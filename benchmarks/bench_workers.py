@@ -29,8 +29,10 @@ def noop(x):
 
 
 def per_task_overhead_s(workers: int, n_tasks: int = 200) -> float:
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         client.gather(client.map(noop, range(10), pure=False))
         started = time.time()
         client.gather(client.map(noop, range(n_tasks), pure=False))
@@ -53,12 +55,15 @@ def main() -> None:
             with open_runner(config.cluster, config.model, len(plan.regions)) as runner:
                 computed = run_regions(plan, config, lambda *_: None, runner)["regions_computed"]
             elapsed = time.time() - started
-            tissue_mpx = plan.tissue.area_mm2 / plan.metadata.mpp ** 2
+            tissue_mpx = plan.tissue.area_mm2 / plan.metadata.mpp**2
             task_s = elapsed * workers / max(1, computed)
             overhead = per_task_overhead_s(workers)
-            print(f"{workers} worker(s) x {threads} threads: {tissue_mpx / elapsed:.3f} tissue Mpx/s in tiling + "
-                  f"region tasks, {computed} regions, ~{task_s:.1f} s per region task, scheduling overhead "
-                  f"{overhead * 1000:.1f} ms/task = {100 * overhead / task_s:.2f}% of a task", flush=True)
+            print(
+                f"{workers} worker(s) x {threads} threads: {tissue_mpx / elapsed:.3f} tissue Mpx/s in tiling + "
+                f"region tasks, {computed} regions, ~{task_s:.1f} s per region task, scheduling overhead "
+                f"{overhead * 1000:.1f} ms/task = {100 * overhead / task_s:.2f}% of a task",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,10 @@ def compare(before: Path, after: Path) -> bool:
     for name in names:
         if name in NOT_COMPARED:
             continue
-        digests = [hashlib.sha256(normalised(folder / name)).hexdigest()[:16] if (folder / name).is_file()
-                   else "(missing)" for folder in (before, after)]
+        digests = [
+            hashlib.sha256(normalised(folder / name)).hexdigest()[:16] if (folder / name).is_file() else "(missing)"
+            for folder in (before, after)
+        ]
         same = digests[0] == digests[1]
         same_everywhere &= same
         print(f"{name:24s} {digests[0]:30s} {digests[1]:30s} {'yes' if same else 'NO'}")

@@ -21,8 +21,22 @@ from pathoseg.pipeline import segment_slide
 
 log = logging.getLogger(__name__)
 
-SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".svslide", ".bif", ".dcm",
-                  ".png", ".jpg", ".jpeg"}
+SLIDE_SUFFIXES = {
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".vms",
+    ".vmu",
+    ".svslide",
+    ".bif",
+    ".dcm",
+    ".png",
+    ".jpg",
+    ".jpeg",
+}
 MANIFEST_FIELDS = ["slide", "output", "status", "nuclei", "seconds", "roi", "error"]
 # What fails one slide and not the archive: its own input or output folder, or the filesystem it is read from.
 SLIDE_ERRORS = (PathosegError, OSError)
@@ -104,10 +118,15 @@ def write_table(path: Path, rows: list[dict], fields: list[str] | None = None) -
 def archive_row(slide_key: str, summary: dict) -> dict:
     """One row of the archive-level table: counts, densities and IHC scores of a slide."""
     counts = summary["counts"]
-    row = {"slide": slide_key, "nuclei": summary["nuclei"], "tissue_mm2": summary["tissue"]["area_mm2"],
-           "density_per_mm2": round(counts["density_per_mm2"], 2), "stain_mode": summary["stain_mode"],
-           "precision": summary["run"].get("precision", ""),
-           "tissue_mm2_per_second": summary["run"].get("tissue_mm2_per_second")}
+    row = {
+        "slide": slide_key,
+        "nuclei": summary["nuclei"],
+        "tissue_mm2": summary["tissue"]["area_mm2"],
+        "density_per_mm2": round(counts["density_per_mm2"], 2),
+        "stain_mode": summary["stain_mode"],
+        "precision": summary["run"].get("precision", ""),
+        "tissue_mm2_per_second": summary["run"].get("tissue_mm2_per_second"),
+    }
     for name, values in counts["classes"].items():
         row[f"{name}_count"] = values["count"]
         row[f"{name}_per_mm2"] = round(values["density_per_mm2"], 2)
@@ -116,9 +135,16 @@ def archive_row(slide_key: str, summary: dict) -> dict:
     return row
 
 
-def run_batch(archive: Path, out_root: Path, config: Config, runner: RegionRunner | None = None,
-              pattern: str | None = None, on_slide: Callable[[Path, str], None] | None = None,
-              progress=None, roi_dir: Path | None = None) -> list[dict]:
+def run_batch(
+    archive: Path,
+    out_root: Path,
+    config: Config,
+    runner: RegionRunner | None = None,
+    pattern: str | None = None,
+    on_slide: Callable[[Path, str], None] | None = None,
+    progress=None,
+    roi_dir: Path | None = None,
+) -> list[dict]:
     """Segment every slide of ``archive`` into ``out_root/<safe name>/``; returns the manifest rows.
 
     A slide whose output is complete (summary.json present, manifest says ok, same annotation file) is skipped; a
@@ -137,8 +163,11 @@ def run_batch(archive: Path, out_root: Path, config: Config, runner: RegionRunne
         roi = roi_for(slide, roi_dir)
         roi_name = roi.name if roi else ""
         before = previous.get(key, {})
-        done = (before.get("status") in ("ok", "skipped") and before.get("roi", "") == roi_name
-                and (out_dir / "summary.json").is_file())
+        done = (
+            before.get("status") in ("ok", "skipped")
+            and before.get("roi", "") == roi_name
+            and (out_dir / "summary.json").is_file()
+        )
         if done:
             rows[key] = {**before, "status": "skipped"}
         else:
@@ -146,8 +175,13 @@ def run_batch(archive: Path, out_root: Path, config: Config, runner: RegionRunne
             row = {"slide": key, "output": out_dir.name, "roi": roi_name}
             try:
                 summary = segment_slide(slide, out_dir, config, progress=progress, runner=runner, roi_path=roi)
-                rows[key] = {**row, "status": "ok", "nuclei": summary["nuclei"],
-                             "seconds": round(time.time() - started, 1), "error": ""}
+                rows[key] = {
+                    **row,
+                    "status": "ok",
+                    "nuclei": summary["nuclei"],
+                    "seconds": round(time.time() - started, 1),
+                    "error": "",
+                }
             except DiskFullError:
                 raise  # every later slide would fail the same way
             except SLIDE_ERRORS as error:
@@ -155,8 +189,12 @@ def run_batch(archive: Path, out_root: Path, config: Config, runner: RegionRunne
                 rows[key] = failed_row(row, started, str(error).splitlines()[0] if str(error) else repr(error))
             except Exception as error:  # a bug: the archive goes on, the row and the log say it is one
                 log.exception("%s failed on a bug in pathoseg; please report it with this traceback", key)
-                rows[key] = failed_row(row, started, f"bug in pathoseg (please report it; traceback in the log): "
-                                                     f"{error.__class__.__name__}: {error}".splitlines()[0])
+                rows[key] = failed_row(
+                    row,
+                    started,
+                    f"bug in pathoseg (please report it; traceback in the log): "
+                    f"{error.__class__.__name__}: {error}".splitlines()[0],
+                )
         if on_slide:
             on_slide(slide, rows[key]["status"])
         write_table(manifest_path, [*rows.values()], MANIFEST_FIELDS)

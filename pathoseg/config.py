@@ -168,8 +168,10 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         raise ConfigError(f"cluster.workers: {config.cluster.workers!r} is not a positive whole number or auto")
     tiling = config.tiling
     if tiling.tile_px % 16 or tiling.region_px % tiling.tile_px:
-        raise ConfigError(f"tiling: tile_px ({tiling.tile_px}) must be a multiple of 16 and region_px "
-                          f"({tiling.region_px}) a multiple of tile_px")
+        raise ConfigError(
+            f"tiling: tile_px ({tiling.tile_px}) must be a multiple of 16 and region_px "
+            f"({tiling.region_px}) a multiple of tile_px"
+        )
     return config
 
 

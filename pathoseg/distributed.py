@@ -50,8 +50,7 @@ def get_predictor(model: ModelConfig) -> Predictor:
     if key not in _PREDICTORS:
         loaded = load_model(model.name)
         predictor = _PREDICTORS[key] = predictor_for(loaded.network, model, int8_ir=loaded.int8_ir)
-        log.info("loaded model %s on %s (%s, %s)", model.name, predictor.device, predictor.runtime,
-                 predictor.precision)
+        log.info("loaded model %s on %s (%s, %s)", model.name, predictor.device, predictor.runtime, predictor.precision)
     return _PREDICTORS[key]
 
 
@@ -61,8 +60,11 @@ def predictor_facts(model: ModelConfig) -> dict[str, str]:
     device = resolve_device(model.device)
     runtime = choose_runtime(model.runtime, device)
     int8_available = runtime == "openvino" and int8_ir_of(model.name) is not None
-    return {"device": str(device), "runtime": runtime,
-            "precision": resolve_precision(model.precision, device, int8_available)}
+    return {
+        "device": str(device),
+        "runtime": runtime,
+        "precision": resolve_precision(model.precision, device, int8_available),
+    }
 
 
 class ModelPlugin(WorkerPlugin):
@@ -78,8 +80,9 @@ class ModelPlugin(WorkerPlugin):
         get_predictor(self.model)
 
 
-def region_task(store_path: str, region: Region, settings: RegionSettings, model: ModelConfig,
-                *tiled_blocks: int) -> RegionResult:
+def region_task(
+    store_path: str, region: Region, settings: RegionSettings, model: ModelConfig, *tiled_blocks: int
+) -> RegionResult:
     """Read the pixels a region's inference sees from the zarr store and segment it (runs on a worker).
 
     ``tiled_blocks`` are the results of the tiling tasks it waits for (unused).
@@ -113,8 +116,9 @@ class RegionRunner:
     """Runs region tasks and hands each result to a callback as soon as it is done (the workers load the model when
     the first are sent), and maps other functions over the workers (``map_in_order``)."""
 
-    def __init__(self, client: Client | None, model: ModelConfig, resources: dict | None = None,
-                 torch_threads: int = 1):
+    def __init__(
+        self, client: Client | None, model: ModelConfig, resources: dict | None = None, torch_threads: int = 1
+    ):
         self.client, self.model, self.resources, self.torch_threads = client, model, resources, torch_threads
         self._workers_load_the_model = False
 
@@ -125,16 +129,26 @@ class RegionRunner:
         answers = self.client.run(unusable_paths, [str(p) for p in readable], [str(p) for p in writable])
         for worker, problems in sorted(answers.items()):
             if problems:
-                raise ClusterError(f"worker {worker}: cannot {problems[0]} (the slides and the output folder must "
-                                   f"be on a filesystem every worker shares, under the same path)")
+                raise ClusterError(
+                    f"worker {worker}: cannot {problems[0]} (the slides and the output folder must "
+                    f"be on a filesystem every worker shares, under the same path)"
+                )
 
-    def run(self, job: TileJob, block_tiles: Mapping[Block, list], regions: list[Region], settings: RegionSettings,
-            on_result: Callable[[RegionResult], None], on_tiles: Callable[[int], None] = lambda n: None) -> None:
+    def run(
+        self,
+        job: TileJob,
+        block_tiles: Mapping[Block, list],
+        regions: list[Region],
+        settings: RegionSettings,
+        on_result: Callable[[RegionResult], None],
+        on_tiles: Callable[[int], None] = lambda n: None,
+    ) -> None:
         """Tile the blocks in ``block_tiles`` (block -> its tiles) and segment ``regions``.
 
         Each block is tiled once, ordered just before the first region whose window needs it; ``on_tiles`` gets
         the number of tiles each tiling task wrote, ``on_result`` each region's result, as soon as they are done.
         """
+
         def needs(region: Region) -> list[Block]:
             return [block for block in job.grid.blocks_in(region.reads) if block in block_tiles]
 
@@ -157,12 +171,28 @@ class RegionRunner:
             for block in needs(region):
                 if block not in tiling:
                     tiling[block] = self.client.submit(
-                        tile_block, job, block, block_tiles[block], retries=2, pure=False,
-                        key=f"pathoseg-tiles-{job.store_path}-{block[0]}_{block[1]}")
-            segmenting.append(self.client.submit(
-                region_task, job.store_path, region, settings, self.model, *(tiling[b] for b in needs(region)),
-                key=f"pathoseg-region-{job.store_path}-{region.index}", resources=self.resources, retries=2,
-                pure=False))
+                        tile_block,
+                        job,
+                        block,
+                        block_tiles[block],
+                        retries=2,
+                        pure=False,
+                        key=f"pathoseg-tiles-{job.store_path}-{block[0]}_{block[1]}",
+                    )
+            segmenting.append(
+                self.client.submit(
+                    region_task,
+                    job.store_path,
+                    region,
+                    settings,
+                    self.model,
+                    *(tiling[b] for b in needs(region)),
+                    key=f"pathoseg-region-{job.store_path}-{region.index}",
+                    resources=self.resources,
+                    retries=2,
+                    pure=False,
+                )
+            )
         futures = [*tiling.values(), *segmenting]
         try:
             for future in as_completed(futures):
@@ -201,8 +231,10 @@ class RegionRunner:
         if self.client is None:
             return {**predictor_facts(self.model), "workers": 1}
         per_worker = list(self.client.run(predictor_facts, self.model).values())
-        return {**{key: ",".join(sorted({facts[key] for facts in per_worker})) for key in per_worker[0]},
-                "workers": len(per_worker)}
+        return {
+            **{key: ",".join(sorted({facts[key] for facts in per_worker})) for key in per_worker[0]},
+            "workers": len(per_worker),
+        }
 
     def worker_peak_rss_bytes(self) -> int:
         """Largest peak RSS of any worker process (this process when in-process)."""
@@ -219,8 +251,9 @@ class ClusterError(PathosegError):
 
 def unusable_paths(readable: list[str], writable: list[str]) -> list[str]:
     """What this process cannot do with the given paths, e.g. ``["read /a/slide.svs"]`` (runs on workers)."""
-    return ([f"read {path}" for path in readable if not os.access(path, os.R_OK)]
-            + [f"write {path}" for path in writable if not os.access(path, os.W_OK)])
+    return [f"read {path}" for path in readable if not os.access(path, os.R_OK)] + [
+        f"write {path}" for path in writable if not os.access(path, os.W_OK)
+    ]
 
 
 def region_resources(cluster: ClusterConfig, model: ModelConfig, local_gpu: bool = False) -> dict | None:
@@ -237,8 +270,10 @@ def _connect(cluster: ClusterConfig) -> Client:
     try:
         client = Client(address, timeout=f"{cluster.connect_timeout_s}s")
     except (OSError, TimeoutError, ValueError) as error:
-        raise ClusterError(f"{address}: no Dask scheduler answered within {cluster.connect_timeout_s:.0f} s "
-                           f"({error.__class__.__name__})") from None
+        raise ClusterError(
+            f"{address}: no Dask scheduler answered within {cluster.connect_timeout_s:.0f} s "
+            f"({error.__class__.__name__})"
+        ) from None
     try:
         client.wait_for_workers(1, timeout=cluster.worker_timeout_s)
     except TimeoutError:
@@ -249,15 +284,19 @@ def _connect(cluster: ClusterConfig) -> Client:
     if broken:
         client.close()
         worker, error = sorted(broken.items())[0]
-        raise ClusterError(f"worker {worker}: cannot run pathoseg ({error.__class__.__name__}: "
-                           f"{str(error).splitlines()[0] if str(error) else ''}); install it in the workers' "
-                           f"environment") from None
+        raise ClusterError(
+            f"worker {worker}: cannot run pathoseg ({error.__class__.__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); install it in the workers' "
+            f"environment"
+        ) from None
     other = {worker: version for worker, version in versions.items() if version != __version__}
     if other:
         client.close()
         worker, version = sorted(other.items())[0]
-        raise ClusterError(f"worker {worker}: runs pathoseg {version}, this client {__version__}; install the same "
-                           f"version on every worker (results would otherwise depend on where a region ran)")
+        raise ClusterError(
+            f"worker {worker}: runs pathoseg {version}, this client {__version__}; install the same "
+            f"version on every worker (results would otherwise depend on where a region ran)"
+        )
     return client
 
 
@@ -281,8 +320,14 @@ def open_runner(cluster: ClusterConfig, model: ModelConfig, tasks: int | None = 
         device = resolve_device(model.device)
         gpu_memory = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
         resources = region_resources(cluster, model, device.type == "cuda")
-        local = LocalCluster(n_workers=local_workers(cluster, tasks, gpu_memory), threads_per_worker=1,
-                             processes=True, dashboard_address=None, resources=resources, silence_logs=logging.ERROR)
+        local = LocalCluster(
+            n_workers=local_workers(cluster, tasks, gpu_memory),
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            resources=resources,
+            silence_logs=logging.ERROR,
+        )
         client = Client(local)
     else:
         resources = region_resources(cluster, model)

@@ -44,13 +44,21 @@ def _mean_of_defined(values: list[float]) -> float:
 
 def is_positivity_dataset(class_names: dict[int, str] | None) -> bool:
     """True for IHC truth: two classes, 1 = ...negative, 2 = ...positive (e.g. Ki67-negative / Ki67-positive)."""
-    return (class_names is not None and sorted(class_names) == [1, 2]
-            and class_names[1].lower().endswith("negative") and class_names[2].lower().endswith("positive"))
+    return (
+        class_names is not None
+        and sorted(class_names) == [1, 2]
+        and class_names[1].lower().endswith("negative")
+        and class_names[2].lower().endswith("positive")
+    )
 
 
-def positivity_scores(true_xy_by_image: Sequence[np.ndarray], true_positive_by_image: Sequence[np.ndarray],
-                      pred_xy_by_image: Sequence[np.ndarray], pred_positive_by_image: Sequence[np.ndarray],
-                      radius_px: float) -> dict[str, float]:
+def positivity_scores(
+    true_xy_by_image: Sequence[np.ndarray],
+    true_positive_by_image: Sequence[np.ndarray],
+    pred_xy_by_image: Sequence[np.ndarray],
+    pred_positive_by_image: Sequence[np.ndarray],
+    radius_px: float,
+) -> dict[str, float]:
     """Detection F1 (centroids within ``radius_px``, paired within each image), positive/negative agreement on the
     matched nuclei, and the positivity index (positive / all nuclei, %) of truth and prediction with its error in
     percentage points and the counts behind it, over one or more images.
@@ -62,15 +70,21 @@ def positivity_scores(true_xy_by_image: Sequence[np.ndarray], true_positive_by_i
     true_positive, pred_positive = np.concatenate(true_positive_by_image), np.concatenate(pred_positive_by_image)
     true_index = 100 * float(np.mean(true_positive)) if len(true_positive) else float("nan")
     pred_index = 100 * float(np.mean(pred_positive)) if len(pred_positive) else float("nan")
-    return {"f1_detection": f1(rows.size, len(pred_xy) - rows.size, len(true_xy) - rows.size),
-            "positivity_agreement": float(np.mean(true_positive[rows] == pred_positive[cols])) if rows.size
-            else float("nan"),
-            "true_index_percent": true_index, "pred_index_percent": pred_index,
-            "index_error_points": pred_index - true_index,
-            # the index's numerators and denominators: an error from extra positives reads differently from one
-            # from missed (pale) negatives
-            "true_nuclei": len(true_xy), "true_positive_nuclei": int(np.sum(true_positive)),
-            "pred_nuclei": len(pred_xy), "pred_positive_nuclei": int(np.sum(pred_positive))}
+    return {
+        "f1_detection": f1(rows.size, len(pred_xy) - rows.size, len(true_xy) - rows.size),
+        "positivity_agreement": float(np.mean(true_positive[rows] == pred_positive[cols]))
+        if rows.size
+        else float("nan"),
+        "true_index_percent": true_index,
+        "pred_index_percent": pred_index,
+        "index_error_points": pred_index - true_index,
+        # the index's numerators and denominators: an error from extra positives reads differently from one
+        # from missed (pale) negatives
+        "true_nuclei": len(true_xy),
+        "true_positive_nuclei": int(np.sum(true_positive)),
+        "pred_nuclei": len(pred_xy),
+        "pred_positive_nuclei": int(np.sum(pred_positive)),
+    }
 
 
 def registration_scores(true_xy: np.ndarray, pred_xy: np.ndarray, radius_px: float) -> dict:
@@ -84,8 +98,10 @@ def registration_scores(true_xy: np.ndarray, pred_xy: np.ndarray, radius_px: flo
     if not np.all(np.isfinite(shift)):
         return {"truth_shift_px": [float("nan")] * 2, "f1_detection_shift_removed": float("nan")}
     rows, _ = pair_centroids(true_xy - shift, pred_xy, radius_px)
-    return {"truth_shift_px": [float(v) for v in shift[::-1]],
-            "f1_detection_shift_removed": f1(rows.size, len(pred_xy) - rows.size, len(true_xy) - rows.size)}
+    return {
+        "truth_shift_px": [float(v) for v in shift[::-1]],
+        "f1_detection_shift_removed": f1(rows.size, len(pred_xy) - rows.size, len(true_xy) - rows.size),
+    }
 
 
 class PositivityAccumulator:
@@ -109,11 +125,14 @@ class PositivityAccumulator:
     def result(self) -> dict:
         pooled = positivity_scores(*self.pooled, self.radius_px)
         errors = [abs(scores["index_error_points"]) for scores in self.per_image.values()]
-        return {"f1_detection": pooled["f1_detection"], "positivity_agreement": pooled["positivity_agreement"],
-                "index_error_points_mean_abs": _mean_of_defined(errors),
-                "index_error_points_max_abs": max(errors, default=float("nan")),
-                "pooled_true_index_percent": pooled["true_index_percent"],
-                "pooled_pred_index_percent": pooled["pred_index_percent"]}
+        return {
+            "f1_detection": pooled["f1_detection"],
+            "positivity_agreement": pooled["positivity_agreement"],
+            "index_error_points_mean_abs": _mean_of_defined(errors),
+            "index_error_points_max_abs": max(errors, default=float("nan")),
+            "pooled_true_index_percent": pooled["true_index_percent"],
+            "pooled_pred_index_percent": pooled["pred_index_percent"],
+        }
 
 
 class Accumulator:
@@ -144,17 +163,22 @@ class Accumulator:
         overall = {k: _mean_of_defined([m[k] for m in scored]) for k in METRIC_KEYS}
         overall["images_scored"] = len(scored)
         if self.true_xy:
-            class_pq = {f"pq_type_{cls}": _mean_of_defined([m.get(f"pq_type_{cls}", np.nan)
-                                                             for m in self.per_image.values()])
-                        for cls in self.classes}
+            class_pq = {
+                f"pq_type_{cls}": _mean_of_defined([m.get(f"pq_type_{cls}", np.nan) for m in self.per_image.values()])
+                for cls in self.classes
+            }
             overall.update(class_pq, mpq=_mean_of_defined(list(class_pq.values())))
-            overall.update(detection_and_type_f1(self.true_xy, self.true_cls, self.pred_xy, self.pred_cls,
-                                                 self.classes, self.radius_px))
+            overall.update(
+                detection_and_type_f1(
+                    self.true_xy, self.true_cls, self.pred_xy, self.pred_cls, self.classes, self.radius_px
+                )
+            )
         return {"overall": overall, "per_image": self.per_image}
 
 
-def nuclei_of_maps(rgb: np.ndarray, maps: PredictionMaps, settings: RegionSettings
-                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def nuclei_of_maps(
+    rgb: np.ndarray, maps: PredictionMaps, settings: RegionSettings
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The nuclei ``pathoseg segment`` outputs for an image at the model's mpp, from its prediction maps
     (``region.owned_nuclei`` over the whole image). Returns the (H, W) instance map (1..N) of the plausible nuclei
     and their measurements ((N,) arrays, ``class_id`` among them)."""
@@ -164,8 +188,9 @@ def nuclei_of_maps(rgb: np.ndarray, maps: PredictionMaps, settings: RegionSettin
     return keep_labels(labels, np.nonzero(keep)[0] + 1), {key: values[keep] for key, values in measurements.items()}
 
 
-def nuclei_at_sample_resolution(predictor: Predictor, sample: Sample, settings: RegionSettings
-                                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def nuclei_at_sample_resolution(
+    predictor: Predictor, sample: Sample, settings: RegionSettings
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``nuclei_of_maps`` for a sample at its own resolution, whatever the model's: the image is resampled to the
     model's mpp and the nuclei's outlines (as ``segment`` writes them) are drawn back onto the sample's grid, so a
     model is scored against the truth as annotated. Returns the (H, W) instance map and the measurements."""
@@ -174,8 +199,10 @@ def nuclei_at_sample_resolution(predictor: Predictor, sample: Sample, settings: 
         return nuclei_of_maps(sample.image, predictor.predict(sample.image), settings)
     image = resample_image(sample.image, factor)
     labels, measurements = nuclei_of_maps(image, predictor.predict(image), settings)
-    rings = [None if polygon is None else np.asarray(polygon.exterior.coords) / factor
-             for polygon in instance_polygons(labels, settings.simplify_px)]
+    rings = [
+        None if polygon is None else np.asarray(polygon.exterior.coords) / factor
+        for polygon in instance_polygons(labels, settings.simplify_px)
+    ]
     return rasterise_rings(rings, sample.instances.shape), measurements
 
 
@@ -184,9 +211,14 @@ def match_radius_px(samples: Sequence[Sample]) -> float:
     return MATCH_RADIUS_UM / float(np.median([sample.mpp for sample in samples])) if samples else 12.0
 
 
-def evaluate_samples(predictor: Predictor, samples: list[Sample], settings: RegionSettings,
-                     n_classes: int | None = None, positive_dab_od: float | None = None,
-                     estimate_stains: bool = False) -> dict:
+def evaluate_samples(
+    predictor: Predictor,
+    samples: list[Sample],
+    settings: RegionSettings,
+    n_classes: int | None = None,
+    positive_dab_od: float | None = None,
+    estimate_stains: bool = False,
+) -> dict:
     """Run the model over samples (at their own resolution, see ``nuclei_at_sample_resolution``): mean per-image
     metrics, pooled detection/type F1 (centroids within ``MATCH_RADIUS_UM``).
 
@@ -200,8 +232,9 @@ def evaluate_samples(predictor: Predictor, samples: list[Sample], settings: Regi
     accumulator = Accumulator(list(range(1, n_classes)) if n_classes else None, radius_px)
     positivity = PositivityAccumulator(radius_px) if positive_dab_od is not None else None
     for sample in samples:
-        sample_settings = (settings.with_stain_matrix(estimate_hdab_vectors(sample.image).matrix) if estimate_stains
-                           else settings)
+        sample_settings = (
+            settings.with_stain_matrix(estimate_hdab_vectors(sample.image).matrix) if estimate_stains else settings
+        )
         pred, measurements = nuclei_at_sample_resolution(predictor, sample, sample_settings)
         accumulator.add(sample, pred, measurements["class_id"].astype(int) if n_classes else None)
         if positivity is not None:
@@ -217,8 +250,9 @@ def _with_positivity(result: dict, positivity: PositivityAccumulator | None) -> 
     return result
 
 
-def rasterise_geojson(path: Path, shape: tuple[int, int], class_ids: dict[str, int], scale: float = 1.0
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def rasterise_geojson(
+    path: Path, shape: tuple[int, int], class_ids: dict[str, int], scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Instance map (H, W) and (N,) class ids from a GeoJSON of polygons in the image's pixel coordinates
     (multiplied by ``scale`` first: 2 maps a 20x image's outlines onto its 40x truth)."""
     rings, classes = [], []
@@ -250,8 +284,9 @@ def find_prediction(folder: Path, sample_id: str) -> Path:
         path = folder / f"{sample_id}{suffix}"
         if path.is_file():
             return path
-    raise InputError(f"{folder}: no prediction for image {sample_id!r} (expected {sample_id}.png or "
-                            f"{sample_id}.geojson)")
+    raise InputError(
+        f"{folder}: no prediction for image {sample_id!r} (expected {sample_id}.png or {sample_id}.geojson)"
+    )
 
 
 def evaluate_folder(pred_folder: str | Path, dataset: str | Path) -> dict:
@@ -262,7 +297,7 @@ def evaluate_folder(pred_folder: str | Path, dataset: str | Path) -> dict:
     names = read_class_names(dataset)
     ihc = is_positivity_dataset(names)
     # IHC truth: segment's DAB bins (QuPath's names) are negative (1) or positive (2).
-    class_ids = (dict(zip(DAB_BIN_NAMES, (1, 2, 2, 2))) if ihc else {name: int(i) for i, name in (names or {}).items()})
+    class_ids = dict(zip(DAB_BIN_NAMES, (1, 2, 2, 2))) if ihc else {name: int(i) for i, name in (names or {}).items()}
     manifest = read_manifest(dataset)
     radius_px = MATCH_RADIUS_UM / float(np.median(list(manifest.values())))
     accumulator = Accumulator(None if ihc else sorted(class_ids.values()) or None, radius_px)

@@ -80,8 +80,7 @@ class PatchGrid:
 
     def span(self, start: int, stop: int) -> tuple[int, int]:
         """Frame positions ``[lo, hi)`` the patches covering ``[start, stop)`` see (may lie outside the frame)."""
-        return (start // self.step * self.step - self.context_px,
-                -(-stop // self.step) * self.step + self.context_px)
+        return (start // self.step * self.step - self.context_px, -(-stop // self.step) * self.step + self.context_px)
 
     def seen(self, start: int, stop: int, size: int) -> np.ndarray:
         """(hi - lo,) frame indices, in ``[0, size)``, of the positions the patches covering ``[start, stop)`` see."""
@@ -90,8 +89,12 @@ class PatchGrid:
     def reads(self, window: Box, frame: Box) -> Box:
         """The box of ``frame`` pixels the patches covering ``window`` see (mirrored positions resolved)."""
         rows, cols = self.seen(window.y, window.y1, frame.height), self.seen(window.x, window.x1, frame.width)
-        return Box(int(cols.min()), int(rows.min()), int(cols.max()) + 1 - int(cols.min()),
-                   int(rows.max()) + 1 - int(rows.min()))
+        return Box(
+            int(cols.min()),
+            int(rows.min()),
+            int(cols.max()) + 1 - int(cols.min()),
+            int(rows.max()) + 1 - int(rows.min()),
+        )
 
 
 @dataclass(frozen=True)
@@ -140,11 +143,14 @@ def area_px_to_mm2(area_px: float, mpp: float) -> float:
 def area_throughput(tissue_mm2: float, model_mpp: float, seconds: float) -> dict[str, float | None]:
     """Speed of a run over ``tissue_mm2`` of tissue: mm² per second, and tissue megapixels per second at the model's
     mpp and at 0.25 µm/px (40x), the last two comparable across models of different resolutions."""
-    tissue_mpx = tissue_mm2 / model_mpp ** 2
+    tissue_mpx = tissue_mm2 / model_mpp**2
 
     def per_second(amount: float, digits: int) -> float | None:
         return round(amount / seconds, digits) if seconds else None
 
-    return {"tissue_mpx_at_model_mpp": round(tissue_mpx, 3), "mpx_per_second": per_second(tissue_mpx, 4),
-            "mpx_per_second_at_40x": per_second(tissue_mm2 / MPP_40X ** 2, 4),
-            "tissue_mm2_per_second": per_second(tissue_mm2, 5)}
+    return {
+        "tissue_mpx_at_model_mpp": round(tissue_mpx, 3),
+        "mpx_per_second": per_second(tissue_mpx, 4),
+        "mpx_per_second_at_40x": per_second(tissue_mm2 / MPP_40X**2, 4),
+        "tissue_mm2_per_second": per_second(tissue_mm2, 5),
+    }

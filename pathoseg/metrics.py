@@ -114,8 +114,9 @@ def pair_centroids(true_xy: np.ndarray, pred_xy: np.ndarray, radius_px: float) -
     return rows[close], cols[close]
 
 
-def pair_centroids_by_image(true_xy_by_image: Sequence[np.ndarray], pred_xy_by_image: Sequence[np.ndarray],
-                            radius_px: float) -> tuple[np.ndarray, np.ndarray]:
+def pair_centroids_by_image(
+    true_xy_by_image: Sequence[np.ndarray], pred_xy_by_image: Sequence[np.ndarray], radius_px: float
+) -> tuple[np.ndarray, np.ndarray]:
     """``pair_centroids`` within each image, so that nuclei of different images never pair; the pairs index the
     images' centroids concatenated in order.
 
@@ -153,9 +154,14 @@ def f1(tp: int, fp: int, fn: int) -> float:
     return 2 * tp / denominator if denominator else 1.0
 
 
-def detection_and_type_f1(true_xy_by_image: Sequence[np.ndarray], true_class_by_image: Sequence[np.ndarray],
-                          pred_xy_by_image: Sequence[np.ndarray], pred_class_by_image: Sequence[np.ndarray],
-                          classes: list[int], radius_px: float = 12.0) -> dict[str, float]:
+def detection_and_type_f1(
+    true_xy_by_image: Sequence[np.ndarray],
+    true_class_by_image: Sequence[np.ndarray],
+    pred_xy_by_image: Sequence[np.ndarray],
+    pred_class_by_image: Sequence[np.ndarray],
+    classes: list[int],
+    radius_px: float = 12.0,
+) -> dict[str, float]:
     """HoVer-Net's detection F1 and per-class type F1 (Graham et al. 2019; weights 2, 2, 1, 1 as in its compute_stats)
     over one or more images: nuclei are paired within each image, the counts summed over the images.
 
@@ -188,8 +194,9 @@ def instances_of_class(labels: np.ndarray, classes: np.ndarray, cls: int) -> np.
     return lookup[labels]
 
 
-def class_panoptic_quality(true: np.ndarray, true_classes: np.ndarray, pred: np.ndarray, pred_classes: np.ndarray,
-                           classes: list[int]) -> dict[int, float]:
+def class_panoptic_quality(
+    true: np.ndarray, true_classes: np.ndarray, pred: np.ndarray, pred_classes: np.ndarray, classes: list[int]
+) -> dict[int, float]:
     """PQ of each class in one image, NaN where the ground truth has none of it (PanNuke's convention).
 
     Parameters
@@ -209,8 +216,12 @@ def class_panoptic_quality(true: np.ndarray, true_classes: np.ndarray, pred: np.
 
 def instance_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """All instance metrics of one image: dice, aji, aji_plus, dq, sq, pq, tp, fp, fn."""
-    return {"dice": dice(true, pred), "aji": aggregated_jaccard(true, pred),
-            "aji_plus": aggregated_jaccard(true, pred, one_to_one=True), **panoptic_quality(true, pred)}
+    return {
+        "dice": dice(true, pred),
+        "aji": aggregated_jaccard(true, pred),
+        "aji_plus": aggregated_jaccard(true, pred, one_to_one=True),
+        **panoptic_quality(true, pred),
+    }
 
 
 def majority_types(instances: np.ndarray, types: np.ndarray) -> np.ndarray:
@@ -218,6 +229,7 @@ def majority_types(instances: np.ndarray, types: np.ndarray) -> np.ndarray:
     n_instances = int(instances.max())
     n_types = int(types.max()) + 1
     inside = (instances > 0) & (types > 0)
-    votes = np.bincount((instances[inside] - 1) * n_types + types[inside],
-                        minlength=n_instances * n_types).reshape(n_instances, n_types)
+    votes = np.bincount((instances[inside] - 1) * n_types + types[inside], minlength=n_instances * n_types).reshape(
+        n_instances, n_types
+    )
     return np.where(votes.sum(axis=1) > 0, votes.argmax(axis=1), 0)

@@ -46,10 +46,15 @@ class NucleusStyle:
     dab_thresholds: tuple[float, ...]
 
     @classmethod
-    def of(cls, class_names: list[str], class_colors: list[list[int]], stain_mode: str,
-           dab_thresholds: list[float]) -> NucleusStyle:
-        return cls(tuple(class_names), tuple(tuple(int(c) for c in color) for color in class_colors), stain_mode,
-                   tuple(dab_thresholds))
+    def of(
+        cls, class_names: list[str], class_colors: list[list[int]], stain_mode: str, dab_thresholds: list[float]
+    ) -> NucleusStyle:
+        return cls(
+            tuple(class_names),
+            tuple(tuple(int(c) for c in color) for color in class_colors),
+            stain_mode,
+            tuple(dab_thresholds),
+        )
 
     def labels(self, result: RegionResult) -> tuple[list[str], list[list[int]], np.ndarray | None]:
         """Classification name and [r, g, b] colour of each of a region's nuclei, and its DAB bin (IHC mode)."""
@@ -60,8 +65,9 @@ class NucleusStyle:
         return [self.class_names[i] for i in ids], [list(self.class_colors[i]) for i in ids], None
 
 
-def region_geojson_fragment(nuclei_dir: str, index: int, frame: SlideFrame, slide_key: str, style: NucleusStyle,
-                            compress: bool) -> tuple[int, bytes, int, int]:
+def region_geojson_fragment(
+    nuclei_dir: str, index: int, frame: SlideFrame, slide_key: str, style: NucleusStyle, compress: bool
+) -> tuple[int, bytes, int, int]:
     """A saved region's nuclei as QuPath detections in level-0 pixels, outlines snapped to QuPath's grid
     (``snap_rings``), for ``FeatureCollectionWriter.write_fragment``: (number of nuclei written, ``encode_fragment``
     of their Feature texts, outlines repaired, nuclei dropped). Runs on a worker, or here without a cluster."""
@@ -72,9 +78,17 @@ def region_geojson_fragment(nuclei_dir: str, index: int, frame: SlideFrame, slid
     if style.stain_mode == "ihc":
         measurements["Model class"] = result.measurements["class_id"].astype(float)
     rings, repaired = snap_rings([frame.model_to_level0(ring) for ring in result.polygons])
-    features = [nucleus_feature(ring, names[i], colors[i], {name: values[i] for name, values in measurements.items()},
-                                f"{slide_key}:{centroids[i, 0]:.2f}:{centroids[i, 1]:.2f}")
-                for i, ring in enumerate(rings) if ring is not None]
+    features = [
+        nucleus_feature(
+            ring,
+            names[i],
+            colors[i],
+            {name: values[i] for name, values in measurements.items()},
+            f"{slide_key}:{centroids[i, 0]:.2f}:{centroids[i, 1]:.2f}",
+        )
+        for i, ring in enumerate(rings)
+        if ring is not None
+    ]
     return len(features), encode_fragment(features_text(features), compress), repaired, len(rings) - len(features)
 
 
@@ -102,8 +116,15 @@ def write_nuclei_table(path: Path, results: Iterable[RegionResult], frame: Slide
             xy = frame.model_to_level0(result.centroids) if len(result.centroids) else result.centroids
             for i, name in enumerate(names):
                 model_class = style.class_names[int(result.measurements["class_id"][i])]
-                writer.writerow([f"{xy[i, 0]:.2f}", f"{xy[i, 1]:.2f}", name, model_class,
-                                 *(f"{float(result.measurements[key][i]):.5g}" for key in MEASUREMENT_NAMES)])
+                writer.writerow(
+                    [
+                        f"{xy[i, 0]:.2f}",
+                        f"{xy[i, 1]:.2f}",
+                        name,
+                        model_class,
+                        *(f"{float(result.measurements[key][i]):.5g}" for key in MEASUREMENT_NAMES),
+                    ]
+                )
                 count += 1
     return count
 
@@ -156,8 +177,9 @@ def write_summary_csv(path: Path, summary: dict) -> None:
         temporary.write_text(buffer.getvalue())
 
 
-def level0_outlines(results: Iterable[RegionResult], frame: SlideFrame, style: NucleusStyle,
-                    box: Box | None = None) -> Iterator[tuple[np.ndarray, list[int]]]:
+def level0_outlines(
+    results: Iterable[RegionResult], frame: SlideFrame, style: NucleusStyle, box: Box | None = None
+) -> Iterator[tuple[np.ndarray, list[int]]]:
     """(ring (K, 2), colour) of each nucleus, in level-0 pixels relative to ``box``'s corner (default: the slide's
     bounds); with ``box`` (level-0), only the nuclei whose centroid lies in it."""
     corner = np.array([box.x, box.y] if box else [frame.origin_x, frame.origin_y], float)
@@ -176,8 +198,9 @@ ROI_COLOR = [255, 190, 0]
 MIN_OUTLINED_NUCLEUS_PX = 3.0
 
 
-def level0_centroids(results: Iterable[RegionResult], frame: SlideFrame,
-                     style: NucleusStyle) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def level0_centroids(
+    results: Iterable[RegionResult], frame: SlideFrame, style: NucleusStyle
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Per region: (N, 2) nucleus centroids in level-0 pixels relative to the slide's bounds, (N, 3) their colours."""
     corner = np.array([frame.origin_x, frame.origin_y], float)
     for result in results:
@@ -185,16 +208,29 @@ def level0_centroids(results: Iterable[RegionResult], frame: SlideFrame,
         yield frame.model_to_level0(result.centroids.reshape(-1, 2)) - corner, np.array(colors).reshape(-1, 3)
 
 
-def write_overlay(path: Path, thumbnail: np.ndarray, level0_per_thumb_px: float, results: Iterable[RegionResult],
-                  frame: SlideFrame, style: NucleusStyle, roi: shapely.Geometry | None = None) -> None:
+def write_overlay(
+    path: Path,
+    thumbnail: np.ndarray,
+    level0_per_thumb_px: float,
+    results: Iterable[RegionResult],
+    frame: SlideFrame,
+    style: NucleusStyle,
+    roi: shapely.Geometry | None = None,
+) -> None:
     """Thumbnail of the bounded region with nucleus outlines coloured by class (or DAB bin), or coloured dots where
     nuclei are too small to outline at the thumbnail's scale (a whole slide), and the outline of the region of
     interest ((Multi)Polygon, level-0 pixels) where there is one."""
     scale = 1 / level0_per_thumb_px
     corner = np.array([frame.origin_x, frame.origin_y])
-    roi_rings = [] if roi is None else [(np.asarray(ring.coords) - corner, ROI_COLOR)
-                                        for polygon in shapely.get_parts(roi)
-                                        for ring in (polygon.exterior, *polygon.interiors)]
+    roi_rings = (
+        []
+        if roi is None
+        else [
+            (np.asarray(ring.coords) - corner, ROI_COLOR)
+            for polygon in shapely.get_parts(roi)
+            for ring in (polygon.exterior, *polygon.interiors)
+        ]
+    )
     if 8.0 / frame.slide_mpp * scale < MIN_OUTLINED_NUCLEUS_PX:
         dots = draw_dots(thumbnail, level0_centroids(results, frame, style), scale)
         image = draw_overlay(np.asarray(dots), roi_rings, scale)
@@ -229,9 +265,15 @@ def _square(bbox_level0: list[int]) -> shapely.Polygon:
     return shapely.box(x, y, x + w, y + h)
 
 
-def write_review_geojson(path: Path, squares: list[dict], slide_key: str, bounds_level0: Box,
-                         hotspot: dict | None = None, quality_areas: dict[str, shapely.Geometry] | None = None,
-                         quality: QualityMap | None = None) -> dict[str, int]:
+def write_review_geojson(
+    path: Path,
+    squares: list[dict],
+    slide_key: str,
+    bounds_level0: Box,
+    hotspot: dict | None = None,
+    quality_areas: dict[str, shapely.Geometry] | None = None,
+    quality: QualityMap | None = None,
+) -> dict[str, int]:
     """QuPath annotations to look at: the review squares named by rank and mean confidence, the IHC positivity
     hotspot (``measure.areas.positivity_hotspot``) where there is one, and the areas input QC flagged
     (``flagged_areas``, with ``quality``'s figures), each cut to the slide's ``bounds_level0`` (grid squares run
@@ -245,26 +287,56 @@ def write_review_geojson(path: Path, squares: list[dict], slide_key: str, bounds
     features = []
     if hotspot is not None:
         x, y = hotspot["bbox_level0"][:2]
-        measurements = {"Nuclei": hotspot["n_nuclei"], "Positive": hotspot["positive"],
-                        "Positive %": round(hotspot["positive_percent"], 2)}
-        features.append(annotation(_square(hotspot["bbox_level0"]), "Hotspot", HOTSPOT_COLOR, measurements,
-                                   f"{slide_key}:hotspot:{x}:{y}",
-                                   f"Hotspot: {hotspot['positive_percent']:.1f}% positive "
-                                   f"({hotspot['positive']}/{hotspot['n_nuclei']})"))
+        measurements = {
+            "Nuclei": hotspot["n_nuclei"],
+            "Positive": hotspot["positive"],
+            "Positive %": round(hotspot["positive_percent"], 2),
+        }
+        features.append(
+            annotation(
+                _square(hotspot["bbox_level0"]),
+                "Hotspot",
+                HOTSPOT_COLOR,
+                measurements,
+                f"{slide_key}:hotspot:{x}:{y}",
+                f"Hotspot: {hotspot['positive_percent']:.1f}% positive ({hotspot['positive']}/{hotspot['n_nuclei']})",
+            )
+        )
     for rank, square in enumerate(squares, start=1):
         x, y = square["bbox_level0"][:2]
-        measurements = {"Nuclei": square["nuclei"], "Mean confidence": square["mean_confidence"],
-                        "Low-confidence %": square["low_confidence_percent"]}
-        features.append(annotation(_square(square["bbox_level0"]), "Review", [255, 0, 255], measurements,
-                                   f"{slide_key}:review:{x}:{y}",
-                                   f"Review {rank}: mean confidence {square['mean_confidence']:.2f}"))
+        measurements = {
+            "Nuclei": square["nuclei"],
+            "Mean confidence": square["mean_confidence"],
+            "Low-confidence %": square["low_confidence_percent"],
+        }
+        features.append(
+            annotation(
+                _square(square["bbox_level0"]),
+                "Review",
+                [255, 0, 255],
+                measurements,
+                f"{slide_key}:review:{x}:{y}",
+                f"Review {rank}: mean confidence {square['mean_confidence']:.2f}",
+            )
+        )
     flagged = quality.summary()["flagged"] if quality is not None else {}
     for check, area in (quality_areas or {}).items():
         figures = flagged.get(check, {})
-        measurements = {"Tiles": figures.get("tiles"), "Area mm^2": figures.get("area_mm2"),
-                        "Tissue tiles %": 100 * figures.get("fraction", float("nan"))}
-        features.append(annotation(area, f"QC: {QC_NAMES[check]}", FLAG_COLORS[check], measurements,
-                                   f"{slide_key}:qc:{check}", f"QC: {QC_NAMES[check]}"))
+        measurements = {
+            "Tiles": figures.get("tiles"),
+            "Area mm^2": figures.get("area_mm2"),
+            "Tissue tiles %": 100 * figures.get("fraction", float("nan")),
+        }
+        features.append(
+            annotation(
+                area,
+                f"QC: {QC_NAMES[check]}",
+                FLAG_COLORS[check],
+                measurements,
+                f"{slide_key}:qc:{check}",
+                f"QC: {QC_NAMES[check]}",
+            )
+        )
     with FeatureCollectionWriter(path) as writer:
         for feature in features:
             if feature is not None:
@@ -272,28 +344,38 @@ def write_review_geojson(path: Path, squares: list[dict], slide_key: str, bounds
     return {"written": writer.count, "dropped": len(features) - writer.count}
 
 
-def write_quality_map(path: Path, thumbnail: np.ndarray, level0_per_thumb_px: float, quality: QualityMap,
-                      frame: SlideFrame) -> None:
+def write_quality_map(
+    path: Path, thumbnail: np.ndarray, level0_per_thumb_px: float, quality: QualityMap, frame: SlideFrame
+) -> None:
     """quality.png: the thumbnail with the tiles each check flagged tinted in the check's ``FLAG_COLORS`` colour."""
     image = np.asarray(thumbnail, np.float32).copy()
     thumb_per_tile = quality.tile_px * frame.level0_per_model_px / level0_per_thumb_px
     for check, mask in quality.flags.items():
         for row, col in zip(*np.nonzero(mask)):
-            cells = (slice(int(row * thumb_per_tile), int(np.ceil((row + 1) * thumb_per_tile))),
-                     slice(int(col * thumb_per_tile), int(np.ceil((col + 1) * thumb_per_tile))))
+            cells = (
+                slice(int(row * thumb_per_tile), int(np.ceil((row + 1) * thumb_per_tile))),
+                slice(int(col * thumb_per_tile), int(np.ceil((col + 1) * thumb_per_tile))),
+            )
             image[cells] = 0.45 * image[cells] + 0.55 * np.array(FLAG_COLORS[check], np.float32)
     save_png(Image.fromarray(image.clip(0, 255).astype(np.uint8)), path)
 
 
-def draw_crop(slide, box_level0: Box, results: Iterable[RegionResult], frame: SlideFrame, style: NucleusStyle,
-              max_side_px: int = 1024):
+def draw_crop(
+    slide,
+    box_level0: Box,
+    results: Iterable[RegionResult],
+    frame: SlideFrame,
+    style: NucleusStyle,
+    max_side_px: int = 1024,
+):
     """A crop of the slide (read at the finest level where it fits in ``max_side_px``) with the outlines of the
     nuclei whose centroid lies inside."""
     side = max(box_level0.width, box_level0.height)
     downsamples = slide.level_downsamples
     level = next((i for i, d in enumerate(downsamples) if side / d <= max_side_px), len(downsamples) - 1)
     downsample = downsamples[level]
-    pixels = slide.read_region(box_level0.x, box_level0.y, level, int(box_level0.width / downsample),
-                               int(box_level0.height / downsample))
+    pixels = slide.read_region(
+        box_level0.x, box_level0.y, level, int(box_level0.width / downsample), int(box_level0.height / downsample)
+    )
     outlines = level0_outlines(results, frame, style, box_level0)
     return draw_overlay(pixels, outlines, 1 / downsample)

@@ -42,9 +42,14 @@ class RegionSettings:
     def from_config(cls, config: Config, mpp: float) -> RegionSettings:
         """Settings of a run's configuration, for a model working at ``mpp``."""
         stain_matrix = config.stain.stain_matrix
-        return cls(mpp=mpp, tile_px=config.tiling.tile_px, postproc=config.postproc, filters=config.filters,
-                   simplify_px=config.output.simplify_px,
-                   stain_matrix=None if stain_matrix is None else tuple(map(tuple, stain_matrix)))
+        return cls(
+            mpp=mpp,
+            tile_px=config.tiling.tile_px,
+            postproc=config.postproc,
+            filters=config.filters,
+            simplify_px=config.output.simplify_px,
+            stain_matrix=None if stain_matrix is None else tuple(map(tuple, stain_matrix)),
+        )
 
     def with_stain_matrix(self, matrix) -> RegionSettings:
         """These settings measuring with ``matrix`` ((3, 3), rows = stain OD vectors)."""
@@ -71,8 +76,14 @@ def timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
     seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - started
 
 
-def owned_nuclei(rgb: np.ndarray, maps: PredictionMaps, window: Box, core: Box, settings: RegionSettings,
-                 seconds: dict[str, float] | None = None) -> tuple[np.ndarray, list, dict, dict]:
+def owned_nuclei(
+    rgb: np.ndarray,
+    maps: PredictionMaps,
+    window: Box,
+    core: Box,
+    settings: RegionSettings,
+    seconds: dict[str, float] | None = None,
+) -> tuple[np.ndarray, list, dict, dict]:
     """The one post-processing chain (``segment``, ``evaluate`` and training validation): instances from a window's
     maps, those whose centroid the core owns, their outlines, measurements and plausibility filters.
 
@@ -98,8 +109,15 @@ def owned_nuclei(rgb: np.ndarray, maps: PredictionMaps, window: Box, core: Box, 
     return owned, outlines, measurements, filters
 
 
-def nuclei_from_maps(index: int, rgb: np.ndarray, maps: PredictionMaps, window: Box, core: Box,
-                     settings: RegionSettings, seconds: dict[str, float] | None = None) -> RegionResult:
+def nuclei_from_maps(
+    index: int,
+    rgb: np.ndarray,
+    maps: PredictionMaps,
+    window: Box,
+    core: Box,
+    settings: RegionSettings,
+    seconds: dict[str, float] | None = None,
+) -> RegionResult:
     """A region's result: its ``owned_nuclei`` that are plausible and inside the region of interest, and the input
     QC of its core's tiles."""
     seconds = {} if seconds is None else seconds
@@ -113,12 +131,20 @@ def nuclei_from_maps(index: int, rgb: np.ndarray, maps: PredictionMaps, window: 
     removed = {name: int(filters[name].sum()) for name in ("too_small", "too_large", "irregular", "degenerate")}
     with timed(seconds, "quality"):
         quality = region_quality(rgb, window, core, settings.tile_px, settings.mpp)
-    return RegionResult(index, polygons, centroids, {key: values[keep] for key, values in measurements.items()},
-                        removed, quality, seconds)
+    return RegionResult(
+        index,
+        polygons,
+        centroids,
+        {key: values[keep] for key, values in measurements.items()},
+        removed,
+        quality,
+        seconds,
+    )
 
 
-def plausible_nuclei(labels: np.ndarray, outlines: list, rgb: np.ndarray, maps: PredictionMaps,
-                     settings: RegionSettings) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def plausible_nuclei(
+    labels: np.ndarray, outlines: list, rgb: np.ndarray, maps: PredictionMaps, settings: RegionSettings
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Measure instances 1..N and flag the implausible ones (too small, too large, irregular, no outline).
 
     Parameters
@@ -137,13 +163,19 @@ def plausible_nuclei(labels: np.ndarray, outlines: list, rgb: np.ndarray, maps: 
     return measurements, plausible(measurements, settings.filters)
 
 
-def segment_region(region: Region, pixels: np.ndarray, frame: Box, predictor: Predictor, settings: RegionSettings,
-                   seconds: dict[str, float] | None = None) -> RegionResult:
+def segment_region(
+    region: Region,
+    pixels: np.ndarray,
+    frame: Box,
+    predictor: Predictor,
+    settings: RegionSettings,
+    seconds: dict[str, float] | None = None,
+) -> RegionResult:
     """Model + post-processing + ownership on one region; ``pixels`` (h, w, 3) uint8 are the frame's pixels in
     ``region.reads``."""
     seconds = {} if seconds is None else seconds
     window, reads = region.window, region.reads
     with timed(seconds, "inference"):
         maps = predictor.predict_window(pixels, reads, window, frame)
-    rgb = pixels[window.y - reads.y:window.y1 - reads.y, window.x - reads.x:window.x1 - reads.x]
+    rgb = pixels[window.y - reads.y : window.y1 - reads.y, window.x - reads.x : window.x1 - reads.x]
     return nuclei_from_maps(region.index, rgb, maps, window, region.core, settings, seconds)

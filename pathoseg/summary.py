@@ -60,20 +60,35 @@ class SlideSummary:
 
 def slide_facts(slide: Slide) -> dict:
     bounds = slide.bounds
-    return {"path": str(slide.path), "vendor": slide.vendor, "dimensions": list(slide.dimensions),
-            "levels": len(slide.level_dimensions), "mpp": slide.mpp, "mpp_source": slide.mpp_source,
-            "objective_power": slide.objective_power,
-            "bounds": [bounds.x, bounds.y, bounds.width, bounds.height]}
+    return {
+        "path": str(slide.path),
+        "vendor": slide.vendor,
+        "dimensions": list(slide.dimensions),
+        "levels": len(slide.level_dimensions),
+        "mpp": slide.mpp,
+        "mpp_source": slide.mpp_source,
+        "objective_power": slide.objective_power,
+        "bounds": [bounds.x, bounds.y, bounds.width, bounds.height],
+    }
 
 
 def model_facts(metadata: ModelMetadata, sha256: str) -> dict:
-    return {"name": metadata.name, "sha256": sha256, "encoder": metadata.encoder, "mpp": metadata.mpp,
-            "classes": metadata.class_names[1:]}
+    return {
+        "name": metadata.name,
+        "sha256": sha256,
+        "encoder": metadata.encoder,
+        "mpp": metadata.mpp,
+        "classes": metadata.class_names[1:],
+    }
 
 
 def tissue_facts(tissue: TissueMask) -> dict:
-    return {"area_mm2": round(tissue.area_mm2, 4), "fraction": round(tissue.fraction, 4),
-            "mask_mpp": round(tissue.mpp, 3), "darkfield": tissue.darkfield}
+    return {
+        "area_mm2": round(tissue.area_mm2, 4),
+        "fraction": round(tissue.fraction, 4),
+        "mask_mpp": round(tissue.mpp, 3),
+        "darkfield": tissue.darkfield,
+    }
 
 
 def choose_stain_mode(config: Config, eosin_od_means: np.ndarray) -> str:
@@ -91,21 +106,46 @@ def choose_stain_mode(config: Config, eosin_od_means: np.ndarray) -> str:
 def ihc_facts(bins: np.ndarray, dab_od_means: np.ndarray, dab_thresholds: list[float], hotspot: dict | None) -> dict:
     """Positivity of (N,) DAB bins, the nuclei whose call is borderline (certainty under 0.5), the hotspot."""
     borderline = int(np.sum(positivity_certainty(dab_od_means, dab_thresholds[0]) < 0.5))
-    return {**positivity_summary(bins), "dab_thresholds": dab_thresholds, "borderline_nuclei": borderline,
-            "hotspot": hotspot}
+    return {
+        **positivity_summary(bins),
+        "dab_thresholds": dab_thresholds,
+        "borderline_nuclei": borderline,
+        "hotspot": hotspot,
+    }
 
 
 def grid_facts(grid: Grid, n_tiles: int, n_regions: int) -> dict:
-    return {"tiles": n_tiles, "regions": n_regions, "tile_px": grid.tile_px, "region_px": grid.region_px,
-            "margin_px": grid.margin_px, "model_width_px": grid.width_px, "model_height_px": grid.height_px}
+    return {
+        "tiles": n_tiles,
+        "regions": n_regions,
+        "tile_px": grid.tile_px,
+        "region_px": grid.region_px,
+        "margin_px": grid.margin_px,
+        "model_width_px": grid.width_px,
+        "model_height_px": grid.height_px,
+    }
 
 
-def run_facts(seconds: float, tissue_mm2: float, model_mpp: float, client_seconds: dict[str, float],
-              peak_rss_bytes: int, region_facts: dict, n_regions: int, scheduler: str, version: str) -> dict:
+def run_facts(
+    seconds: float,
+    tissue_mm2: float,
+    model_mpp: float,
+    client_seconds: dict[str, float],
+    peak_rss_bytes: int,
+    region_facts: dict,
+    n_regions: int,
+    scheduler: str,
+    version: str,
+) -> dict:
     """The run's time and speed (``area_throughput``), the client's phases and memory, the region tasks'
     ``region_facts`` (``pipeline.run_regions``), regions reused from an earlier run."""
-    return {"seconds": round(seconds, 2), **area_throughput(tissue_mm2, model_mpp, seconds),
-            "client_seconds": {phase: round(value, 2) for phase, value in client_seconds.items()},
-            "peak_rss_mb_client": round(peak_rss_bytes / 2**20, 1), **region_facts,
-            "regions_reused": n_regions - region_facts["regions_computed"], "scheduler": scheduler,
-            "pathoseg_version": version}
+    return {
+        "seconds": round(seconds, 2),
+        **area_throughput(tissue_mm2, model_mpp, seconds),
+        "client_seconds": {phase: round(value, 2) for phase, value in client_seconds.items()},
+        "peak_rss_mb_client": round(peak_rss_bytes / 2**20, 1),
+        **region_facts,
+        "regions_reused": n_regions - region_facts["regions_computed"],
+        "scheduler": scheduler,
+        "pathoseg_version": version,
+    }

@@ -96,8 +96,17 @@ def _tiles(slide: SyntheticSlide, width: int, height: int, downsample: float, ti
             yield slide.render(x, y, tile_px, tile_px, downsample)
 
 
-def write_synthetic_slide(path: str | Path, width: int, height: int, mpp: float = 0.25, kind: str = "svs",
-                          tile_px: int = 512, seed: int = 0, min_level_px: int = 1024, quality: int = 85) -> Path:
+def write_synthetic_slide(
+    path: str | Path,
+    width: int,
+    height: int,
+    mpp: float = 0.25,
+    kind: str = "svs",
+    tile_px: int = 512,
+    seed: int = 0,
+    min_level_px: int = 1024,
+    quality: int = 85,
+) -> Path:
     """Write a pyramidal JPEG-tiled slide: ``kind`` ``svs`` (Aperio), ``tiff`` (generic: one page per level) or
     ``ome-tiff`` (the reduced levels in SubIFDs of the first page, as QuPath and bfconvert write them).
 
@@ -115,17 +124,28 @@ def write_synthetic_slide(path: str | Path, width: int, height: int, mpp: float 
             level_mpp = mpp * downsample
             options = {}
             if kind == "svs":
-                options["description"] = (f"Aperio Image Library v12.0.15 \n{width}x{height} [0,0 {width}x{height}] "
-                                          f"({tile_px}x{tile_px}) JPEG/RGB Q={quality}|AppMag = {round(10 / mpp)}|"
-                                          f"MPP = {level_mpp}")
+                options["description"] = (
+                    f"Aperio Image Library v12.0.15 \n{width}x{height} [0,0 {width}x{height}] "
+                    f"({tile_px}x{tile_px}) JPEG/RGB Q={quality}|AppMag = {round(10 / mpp)}|"
+                    f"MPP = {level_mpp}"
+                )
             if kind == "ome-tiff" and downsample == 1:
-                options.update(subifds=len(downsamples) - 1, metadata={"axes": "YXS", "PhysicalSizeX": mpp,
-                                                                       "PhysicalSizeY": mpp})
+                options.update(
+                    subifds=len(downsamples) - 1, metadata={"axes": "YXS", "PhysicalSizeX": mpp, "PhysicalSizeY": mpp}
+                )
             else:
                 options["metadata"] = None
-            writer.write(_tiles(slide, level_w, level_h, downsample, tile_px), shape=(level_h, level_w, 3),
-                         dtype=np.uint8, tile=(tile_px, tile_px), compression="jpeg",
-                         compressionargs={"level": quality}, photometric="rgb",
-                         resolution=(1e4 / level_mpp, 1e4 / level_mpp), resolutionunit="CENTIMETER",
-                         subfiletype=0 if downsample == 1 else 1, **options)
+            writer.write(
+                _tiles(slide, level_w, level_h, downsample, tile_px),
+                shape=(level_h, level_w, 3),
+                dtype=np.uint8,
+                tile=(tile_px, tile_px),
+                compression="jpeg",
+                compressionargs={"level": quality},
+                photometric="rgb",
+                resolution=(1e4 / level_mpp, 1e4 / level_mpp),
+                resolutionunit="CENTIMETER",
+                subfiletype=0 if downsample == 1 else 1,
+                **options,
+            )
     return path

@@ -46,8 +46,9 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def cgroup_memory_headroom_bytes(proc_cgroup: Path = Path("/proc/self/cgroup"),
-                                 cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
+def cgroup_memory_headroom_bytes(
+    proc_cgroup: Path = Path("/proc/self/cgroup"), cgroup_root: Path = Path("/sys/fs/cgroup")
+) -> int | None:
     """What this process's control groups still allow it (limit minus usage, the tightest over the group and its
     ancestors; cgroup v1 and v2): SLURM jobs and containers are capped this way, below what the machine has free.
     None where no limit is set or readable."""
@@ -82,8 +83,10 @@ def local_workers(cluster: ClusterConfig, tasks: int | None = None, gpu_memory_b
         return cluster.workers
     available = psutil.virtual_memory().available
     headroom = cgroup_memory_headroom_bytes()
-    limits = [usable_cores() // cluster.threads_per_worker,
-              min(available, available if headroom is None else headroom) // WORKER_MEMORY_BYTES]
+    limits = [
+        usable_cores() // cluster.threads_per_worker,
+        min(available, available if headroom is None else headroom) // WORKER_MEMORY_BYTES,
+    ]
     if gpu_memory_bytes:
         limits.append(gpu_memory_bytes // GPU_WORKER_MEMORY_BYTES)
     if tasks:
@@ -95,18 +98,26 @@ def system_facts() -> dict:
     """Devices and the choices ``auto`` makes on them."""
     cpu = torch.device("cpu")
     facts = {
-        "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_native_bf16": cpu_has_native_bf16(), "cores": os.cpu_count(), "usable_cores": usable_cores(),
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable_cores(),
         "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "openvino": _openvino_version(),
+        "torch": torch.__version__,
+        "openvino": _openvino_version(),
         "cpu_auto": {"runtime": choose_runtime("auto", cpu), "precision": resolve_precision("auto", cpu)},
         "cuda": [],
     }
     for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         device = torch.device("cuda", index)
-        facts["cuda"].append({"name": torch.cuda.get_device_name(device),
-                              "capability": ".".join(map(str, torch.cuda.get_device_capability(device))),
-                              "auto_precision": resolve_precision("auto", device)})
+        facts["cuda"].append(
+            {
+                "name": torch.cuda.get_device_name(device),
+                "capability": ".".join(map(str, torch.cuda.get_device_capability(device))),
+                "auto_precision": resolve_precision("auto", device),
+            }
+        )
     return facts
 
 
@@ -118,9 +129,17 @@ def _openvino_version() -> str | None:
     return openvino.__version__.split("-")[0]
 
 
-def model_mpx_per_second(network: torch.nn.Module, device: torch.device, precision: str, runtime: str,
-                         seconds: float = 2.0, side_px: int = 960, patch_px: int = 512, batch_size: int = 0,
-                         int8_ir: Path | None = None) -> float:
+def model_mpx_per_second(
+    network: torch.nn.Module,
+    device: torch.device,
+    precision: str,
+    runtime: str,
+    seconds: float = 2.0,
+    side_px: int = 960,
+    patch_px: int = 512,
+    batch_size: int = 0,
+    int8_ir: Path | None = None,
+) -> float:
     """Model-only throughput: megapixels per second of ``Predictor.predict`` on a (side_px, side_px) image of
     stained-looking noise (no glass, so every patch runs), after one warm-up call. The default side is two
     patch steps: four patches. ``int8_ir``: the model's int8 version (``LoadedModel.int8_ir``)."""

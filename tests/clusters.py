@@ -28,8 +28,10 @@ from pathoseg.io.regions import finished_regions
 BIN = Path(sys.executable).parent
 
 
-SMALL_CONFIG = ("tiling: {region_px: 512, margin_px: 96}\n"
-                "cluster: {threads_per_worker: 1, connect_timeout_s: 5, worker_timeout_s: 30}\n")
+SMALL_CONFIG = (
+    "tiling: {region_px: 512, margin_px: 96}\n"
+    "cluster: {threads_per_worker: 1, connect_timeout_s: 5, worker_timeout_s: 30}\n"
+)
 
 
 def client_folder(tmp_path: Path) -> Path:
@@ -83,28 +85,58 @@ class DaskCluster:
             return client.run(os.getpid)
 
 
-def start_worker(address: str, workdir: Path, name: str, resources: str | None = None,
-                 command: list[str] | None = None, env: dict | None = None) -> subprocess.Popen:
+def start_worker(
+    address: str,
+    workdir: Path,
+    name: str,
+    resources: str | None = None,
+    command: list[str] | None = None,
+    env: dict | None = None,
+) -> subprocess.Popen:
     """A ``dask worker`` (1 process x 1 thread) whose working and local directories are its own."""
     workdir.mkdir(parents=True, exist_ok=True)
-    args = [*(command or [str(BIN / "dask"), "worker"]), address, "--nthreads", "1", "--nworkers", "1",
-            "--no-dashboard", "--local-directory", str(workdir), "--name", name]
+    args = [
+        *(command or [str(BIN / "dask"), "worker"]),
+        address,
+        "--nthreads",
+        "1",
+        "--nworkers",
+        "1",
+        "--no-dashboard",
+        "--local-directory",
+        str(workdir),
+        "--name",
+        name,
+    ]
     if resources:
         args += ["--resources", resources]
-    return subprocess.Popen(args, cwd=workdir, env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(workdir / "worker.log", "w"))
+    return subprocess.Popen(
+        args, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / "worker.log", "w")
+    )
 
 
 @contextmanager
-def dask_cli_cluster(workdir: Path, worker_resources: tuple[str | None, ...] = (None, None)
-                     ) -> Iterator[DaskCluster]:
+def dask_cli_cluster(workdir: Path, worker_resources: tuple[str | None, ...] = (None, None)) -> Iterator[DaskCluster]:
     """``dask scheduler`` plus one ``dask worker`` per entry of ``worker_resources`` (e.g. "GPU=1")."""
     scheduler_dir = workdir / "scheduler"
     scheduler_dir.mkdir(parents=True)
     scheduler_file = scheduler_dir / "scheduler.json"
-    scheduler = subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                                  "--no-dashboard", "--scheduler-file", str(scheduler_file)], cwd=scheduler_dir,
-                                 stdout=subprocess.DEVNULL, stderr=open(scheduler_dir / "scheduler.log", "w"))
+    scheduler = subprocess.Popen(
+        [
+            str(BIN / "dask"),
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        cwd=scheduler_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=open(scheduler_dir / "scheduler.log", "w"),
+    )
     cluster = DaskCluster("", scheduler)
     try:
         wait_for(scheduler_file.is_file, 60, "scheduler file")
@@ -175,14 +207,31 @@ def slurm_cluster(root: Path) -> Iterator[dict]:
     for folder in ("state", "spool"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     conf = root / "slurm.conf"
-    conf.write_text(SLURM_CONF.format(host=socket.gethostname().split(".")[0], root=root, cpus=os.cpu_count(),
-                                      memory_mb=12000, ctld_port=free_port(), slurmd_port=free_port()))
+    conf.write_text(
+        SLURM_CONF.format(
+            host=socket.gethostname().split(".")[0],
+            root=root,
+            cpus=os.cpu_count(),
+            memory_mb=12000,
+            ctld_port=free_port(),
+            slurmd_port=free_port(),
+        )
+    )
     env = {**os.environ, "SLURM_CONF": str(conf)}
-    daemons = [subprocess.Popen([shutil.which(daemon), "-D"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=open(root / f"{daemon}.out", "w")) for daemon in ("slurmctld", "slurmd")]
+    daemons = [
+        subprocess.Popen(
+            [shutil.which(daemon), "-D"], env=env, stdout=subprocess.DEVNULL, stderr=open(root / f"{daemon}.out", "w")
+        )
+        for daemon in ("slurmctld", "slurmd")
+    ]
     try:
-        wait_for(lambda: "idle" in subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True,
-                                                  text=True).stdout, 60, "an idle SLURM node")
+        wait_for(
+            lambda: (
+                "idle" in subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True).stdout
+            ),
+            60,
+            "an idle SLURM node",
+        )
         yield env
     finally:
         for daemon in daemons:
@@ -196,5 +245,10 @@ def slurm_cluster(root: Path) -> Iterator[dict]:
 
 def wait_for_slurm_jobs(env: dict, job_id: str, timeout_s: float = 600) -> None:
     """Until no job (or array element) of ``job_id`` is queued or running."""
-    wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", job_id], env=env, capture_output=True,
-                                        text=True).stdout.strip(), timeout_s, f"SLURM job {job_id} to finish")
+    wait_for(
+        lambda: (
+            not subprocess.run(["squeue", "-h", "-j", job_id], env=env, capture_output=True, text=True).stdout.strip()
+        ),
+        timeout_s,
+        f"SLURM job {job_id} to finish",
+    )

@@ -25,15 +25,24 @@ def shared(relative: str) -> Path:
 @pytest.fixture(scope="session")
 def svs_slide(tmp_path_factory) -> Path:
     """Aperio SVS, JPEG tiles, 3 levels, mpp 0.25 (40x)."""
-    return write_synthetic_slide(tmp_path_factory.mktemp("slides") / "synthetic.svs", 2600, 1800, kind="svs",
-                                 tile_px=256, min_level_px=512)
+    return write_synthetic_slide(
+        tmp_path_factory.mktemp("slides") / "synthetic.svs", 2600, 1800, kind="svs", tile_px=256, min_level_px=512
+    )
 
 
 @pytest.fixture(scope="session")
 def tiff_slide(tmp_path_factory) -> Path:
     """Generic pyramidal TIFF, JPEG tiles, mpp 0.5 (20x): the tiler must upsample to the model's 0.25."""
-    return write_synthetic_slide(tmp_path_factory.mktemp("slides") / "synthetic.tiff", 1400, 1000, mpp=0.5,
-                                 kind="tiff", tile_px=256, seed=3, min_level_px=256)
+    return write_synthetic_slide(
+        tmp_path_factory.mktemp("slides") / "synthetic.tiff",
+        1400,
+        1000,
+        mpp=0.5,
+        kind="tiff",
+        tile_px=256,
+        seed=3,
+        min_level_px=256,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +51,7 @@ def archive(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("archive")
     (root / "cases").mkdir()
     for seed in (1, 2):
-        write_synthetic_slide(root / "cases" / f"slide{seed}.svs", 1500, 1200, tile_px=256, min_level_px=256,
-                              seed=seed)
+        write_synthetic_slide(root / "cases" / f"slide{seed}.svs", 1500, 1200, tile_px=256, min_level_px=256, seed=seed)
     return root
 
 
@@ -74,4 +82,3 @@ def copy_dicom_slide(folder, into, new_series_uid: bytes | None = None):
             data = data.replace(DICOM_SERIES_UID, new_series_uid)
         (into / f"{tag}{path.name}").write_bytes(data)
     return into
-

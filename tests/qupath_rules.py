@@ -20,8 +20,7 @@ FLOAT32_MAX = 3.4028234663852886e38  # QuPath stores measurements as 32-bit floa
 def valid_on_qupath_grid(geometry) -> bool:
     """What QuPath needs of a geometry to import the file: still valid, non-empty and of its type once snapped."""
     snapped = shapely.set_precision(geometry, QUPATH_GRID_PX, mode="pointwise")
-    return (snapped.geom_type == geometry.geom_type and snapped.is_valid and not snapped.is_empty
-            and snapped.area > 0)
+    return snapped.geom_type == geometry.geom_type and snapped.is_valid and not snapped.is_empty and snapped.area > 0
 
 
 def _reject_constant(name):
@@ -51,13 +50,17 @@ def _check_properties(props: dict, object_types: tuple[str, ...]) -> None:
         assert isinstance(name, str)
         assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{name}: {value!r}"
         assert math.isfinite(value) and abs(value) <= FLOAT32_MAX, f"{name}: {value!r}"
-    nested = [key for key, value in props.items() if isinstance(value, (dict, list))
-              and key not in ("classification", "measurements")]
+    nested = [
+        key
+        for key, value in props.items()
+        if isinstance(value, (dict, list)) and key not in ("classification", "measurements")
+    ]
     assert not nested, f"nested properties {nested} are dropped by QuPath"
 
 
-def check_qupath_geojson(path: Path, width: int, height: int,
-                         object_types: tuple[str, ...] = ("detection",)) -> list[dict]:
+def check_qupath_geojson(
+    path: Path, width: int, height: int, object_types: tuple[str, ...] = ("detection",)
+) -> list[dict]:
     """Assert every QuPath import rule (REFERENCE.md; qupath-core 0.6/0.7 ``PathIO.readObjects``) on a file of
     objects in a ``width`` x ``height`` level-0 slide; returns the features."""
     assert path.name.endswith((".geojson", ".geojson.gz")), "a file named only .gz reads nothing"

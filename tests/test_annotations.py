@@ -10,8 +10,13 @@ import shapely
 from pathoseg.io.annotations import AnnotationError, read_annotations, read_roi
 from pathoseg.tiling.tissue import polygon_mask
 
-SQUARE_WITH_HOLE = {"type": "Polygon", "coordinates": [[[0, 0], [400, 0], [400, 400], [0, 400], [0, 0]],
-                                                       [[100, 100], [300, 100], [300, 300], [100, 300], [100, 100]]]}
+SQUARE_WITH_HOLE = {
+    "type": "Polygon",
+    "coordinates": [
+        [[0, 0], [400, 0], [400, 400], [0, 400], [0, 0]],
+        [[100, 100], [300, 100], [300, 300], [100, 300], [100, 100]],
+    ],
+}
 BOWTIE = {"type": "Polygon", "coordinates": [[[500, 0], [700, 200], [700, 0], [500, 200], [500, 0]]]}
 
 
@@ -20,13 +25,16 @@ def feature(geometry, **properties):
 
 
 def test_qupath_export_gives_named_polygons_and_skips_detections(tmp_path):
-    collection = {"type": "FeatureCollection", "features": [
-        feature(SQUARE_WITH_HOLE, objectType="annotation", classification={"name": "Tumor", "color": [200, 0, 0]}),
-        feature(BOWTIE, objectType="annotation", name="hotspot"),
-        feature({"type": "Point", "coordinates": [5, 5]}, objectType="annotation", name="a point"),
-        feature({"type": "Polygon", "coordinates": [[[1, 1], [9, 1], [9, 9], [1, 1]]]}, objectType="detection"),
-        feature({"type": "Polygon", "coordinates": [[[0, 0], [50, 0], [50, 50], [0, 0]]]}),
-    ]}
+    collection = {
+        "type": "FeatureCollection",
+        "features": [
+            feature(SQUARE_WITH_HOLE, objectType="annotation", classification={"name": "Tumor", "color": [200, 0, 0]}),
+            feature(BOWTIE, objectType="annotation", name="hotspot"),
+            feature({"type": "Point", "coordinates": [5, 5]}, objectType="annotation", name="a point"),
+            feature({"type": "Polygon", "coordinates": [[[1, 1], [9, 1], [9, 9], [1, 1]]]}, objectType="detection"),
+            feature({"type": "Polygon", "coordinates": [[[0, 0], [50, 0], [50, 50], [0, 0]]]}),
+        ],
+    }
     path = tmp_path / "annotations.geojson.gz"
     path.write_bytes(gzip.compress(json.dumps(collection).encode()))
     annotations = read_annotations(path)
@@ -43,13 +51,19 @@ def test_array_feature_or_bare_geometry(tmp_path, document):
     assert [a.polygon.area for a in read_annotations(path)] == [120000]
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "no such file"),
-    ("{not json", "not a readable GeoJSON file"),
-    ('{"type": "Topology"}', "not GeoJSON features"),
-    (json.dumps([feature({"type": "Point", "coordinates": [1, 2]})]), "holds no polygon annotation"),
-    (json.dumps([feature({"type": "Polygon", "coordinates": [[[0, 0], [1]]]})]), "feature 1 has an invalid geometry"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such file"),
+        ("{not json", "not a readable GeoJSON file"),
+        ('{"type": "Topology"}', "not GeoJSON features"),
+        (json.dumps([feature({"type": "Point", "coordinates": [1, 2]})]), "holds no polygon annotation"),
+        (
+            json.dumps([feature({"type": "Polygon", "coordinates": [[[0, 0], [1]]]})]),
+            "feature 1 has an invalid geometry",
+        ),
+    ],
+)
 def test_bad_annotation_file_is_one_line_naming_it(tmp_path, content, message):
     path = tmp_path / "roi.geojson"
     if content is not None:
@@ -76,9 +90,14 @@ def test_ignore_annotations_are_cut_out(tmp_path):
     slide_box = shapely.box(0, 0, 1000, 800)
     necrosis = shapely.box(20, 20, 80, 80)  # inside the square, outside its hole
     path = tmp_path / "roi.geojson"
-    path.write_text(json.dumps([feature(SQUARE_WITH_HOLE, classification={"name": "Tumor"}),
-                                feature(shapely.geometry.mapping(necrosis), classification={"name": "Ignore*"},
-                                        name="necrosis")]))
+    path.write_text(
+        json.dumps(
+            [
+                feature(SQUARE_WITH_HOLE, classification={"name": "Tumor"}),
+                feature(shapely.geometry.mapping(necrosis), classification={"name": "Ignore*"}, name="necrosis"),
+            ]
+        )
+    )
     roi = read_roi(path, slide_box)
     assert [a.name for a in roi.annotations] == ["Tumor"]
     assert roi.region.area == roi.annotations[0].polygon.area == 120000 - 60 * 60

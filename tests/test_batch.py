@@ -24,8 +24,7 @@ def test_batch_archive_with_a_corrupt_slide(tmp_path):
     archive = tmp_path / "archive"
     (archive / "case 1").mkdir(parents=True)
     write_synthetic_slide(archive / "a.svs", 1100, 900, tile_px=256, min_level_px=256, seed=1)
-    write_synthetic_slide(archive / "case 1" / "b.tiff", 900, 800, kind="tiff", tile_px=256, min_level_px=256,
-                          seed=2)
+    write_synthetic_slide(archive / "case 1" / "b.tiff", 900, 800, kind="tiff", tile_px=256, min_level_px=256, seed=2)
     (archive / "broken.svs").write_bytes(b"II*\x00" + os.urandom(2000))
     out = tmp_path / "results"
     args = ["batch", str(archive), "-o", str(out), "--scheduler", "inprocess", "--quiet"]
@@ -85,9 +84,18 @@ def test_batch_limits_slides_to_their_annotations(tmp_path):
     rois.mkdir()
     write_synthetic_slide(archive / "a.svs", 1100, 900, tile_px=256, min_level_px=256, seed=1)
     write_synthetic_slide(archive / "b.svs", 700, 600, tile_px=256, min_level_px=256, seed=2)
-    (rois / "a.geojson").write_text(json.dumps(
-        {"type": "Feature", "properties": {"name": "tumour"}, "geometry": {
-            "type": "Polygon", "coordinates": [[[200, 200], [700, 200], [700, 600], [200, 600], [200, 200]]]}}))
+    (rois / "a.geojson").write_text(
+        json.dumps(
+            {
+                "type": "Feature",
+                "properties": {"name": "tumour"},
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [[[200, 200], [700, 200], [700, 600], [200, 600], [200, 200]]],
+                },
+            }
+        )
+    )
     args = ["batch", str(archive), "-o", str(out), "--scheduler", "inprocess", "--quiet"]
     result = CliRunner().invoke(main, [*args, "--roi-dir", str(rois)])
     assert result.exit_code == 0, result.output

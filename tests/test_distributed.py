@@ -20,8 +20,12 @@ from pathoseg.tiling import tiler
 
 
 def config_for(scheduler: str, workers: int = 1):
-    return load_config(overrides={"cluster": {"scheduler": scheduler, "workers": workers, "threads_per_worker": 1},
-                                  "tiling": {"region_px": 1024}})
+    return load_config(
+        overrides={
+            "cluster": {"scheduler": scheduler, "workers": workers, "threads_per_worker": 1},
+            "tiling": {"region_px": 1024},
+        }
+    )
 
 
 @pytest.mark.timeout(600)
@@ -40,9 +44,11 @@ def test_local_cluster_of_two_processes_matches_in_process(svs_slide, tmp_path):
 
 def test_auto_workers_use_the_cores_this_process_is_given():
     """A SLURM job or `taskset` gives the process fewer cores than the machine has: ``auto`` counts those."""
-    probe = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-             "from pathoseg.config import load_config; from pathoseg.system import local_workers; "
-             "print(local_workers(load_config().cluster))")
+    probe = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "from pathoseg.config import load_config; from pathoseg.system import local_workers; "
+        "print(local_workers(load_config().cluster))"
+    )
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "1\n"
 
 
@@ -83,12 +89,13 @@ def test_auto_workers_respect_a_cgroup_memory_limit():
         if child.is_dir():
             child.rmdir()
         pytest.skip(f"cannot make a cgroup here: {error}")
-    probe = ("import os, sys; open(sys.argv[1], 'w').write(str(os.getpid())); "
-             "from pathoseg.config import load_config; from pathoseg.system import cgroup_memory_headroom_bytes, "
-             "local_workers; print(cgroup_memory_headroom_bytes(), local_workers(load_config().cluster))")
+    probe = (
+        "import os, sys; open(sys.argv[1], 'w').write(str(os.getpid())); "
+        "from pathoseg.config import load_config; from pathoseg.system import cgroup_memory_headroom_bytes, "
+        "local_workers; print(cgroup_memory_headroom_bytes(), local_workers(load_config().cluster))"
+    )
     try:
-        run = subprocess.run([sys.executable, "-c", probe, str(child / "cgroup.procs")], capture_output=True,
-                             text=True)
+        run = subprocess.run([sys.executable, "-c", probe, str(child / "cgroup.procs")], capture_output=True, text=True)
     finally:
         child.rmdir()
     if "PermissionError" in run.stderr or "OSError" in run.stderr:
@@ -106,9 +113,12 @@ def test_cgroup_v1_memory_limit_of_a_slurm_job(tmp_path):
     proc_cgroup = tmp_path / "cgroup"
     proc_cgroup.write_text("12:cpu,cpuacct:/slurm/uid_0/job_5\n7:memory:/slurm/uid_0/job_5/step_0\n0::/\n")
     memory = tmp_path / "sys" / "memory"
-    for level, limit, usage in (("", 2**63 - 4096, 50 * 2**30), ("slurm", 2**63 - 4096, 20 * 2**30),
-                                ("slurm/uid_0/job_5", 6 * 2**30, 2**30),
-                                ("slurm/uid_0/job_5/step_0", 2**63 - 4096, 2**30)):
+    for level, limit, usage in (
+        ("", 2**63 - 4096, 50 * 2**30),
+        ("slurm", 2**63 - 4096, 20 * 2**30),
+        ("slurm/uid_0/job_5", 6 * 2**30, 2**30),
+        ("slurm/uid_0/job_5/step_0", 2**63 - 4096, 2**30),
+    ):
         (memory / level).mkdir(parents=True, exist_ok=True)
         (memory / level / "memory.limit_in_bytes").write_text(f"{limit}\n")
         (memory / level / "memory.usage_in_bytes").write_text(f"{usage}\n")
@@ -144,8 +154,9 @@ def test_a_plain_image_is_tiled_by_the_client_not_by_every_worker(tmp_path):
     assert len(opened) == 2 and set(opened.values()) == {0}
     in_process = segment_slide(image, tmp_path / "in", config_for("inprocess"), mpp=0.25)
     assert summary["nuclei"] == in_process["nuclei"] > 100
-    assert (gzip.decompress((tmp_path / "cluster" / "nuclei.geojson.gz").read_bytes())
-            == gzip.decompress((tmp_path / "in" / "nuclei.geojson.gz").read_bytes()))
+    assert gzip.decompress((tmp_path / "cluster" / "nuclei.geojson.gz").read_bytes()) == gzip.decompress(
+        (tmp_path / "in" / "nuclei.geojson.gz").read_bytes()
+    )
 
 
 def test_peak_rss_of_a_started_process_is_its_own():

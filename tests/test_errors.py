@@ -38,10 +38,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     assert len(result.output.strip().splitlines()) == 1 and str(tmp_path / "notes.png") in result.output
 
 
-@pytest.mark.parametrize("bug", [ZeroDivisionError("division by zero"),
-                                 ValueError("operands could not be broadcast together with shapes (3,) (4,)")])
+@pytest.mark.parametrize(
+    "bug",
+    [
+        ZeroDivisionError("division by zero"),
+        ValueError("operands could not be broadcast together with shapes (3,) (4,)"),
+    ],
+)
 def test_a_bug_shows_its_traceback_and_asks_for_a_report(tmp_path, monkeypatch, bug):
     """A ValueError from inside (numpy's, say) is a bug, not bad input: it is not turned into one tidy line."""
+
     def broken(*args, **kwargs):
         raise bug
 
@@ -56,6 +62,7 @@ def test_a_bug_shows_its_traceback_and_asks_for_a_report(tmp_path, monkeypatch, 
 def test_importing_pathoseg_leaves_pils_bomb_guard_alone(tmp_path):
     """PIL's limit is raised only while pathoseg opens a file the user named, and put back after."""
     import pathoseg.io.slide  # noqa: F401  (imported: the old code changed the limit on import)
+
     default = Image.MAX_IMAGE_PIXELS
     assert default is not None
     Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(tmp_path / "tile.png")
@@ -67,8 +74,13 @@ def test_importing_pathoseg_leaves_pils_bomb_guard_alone(tmp_path):
 def test_a_slide_is_closed_when_planning_it_fails(tmp_path):
     """No tissue in the slide: the run is refused, and the slide it opened is closed (reading it fails)."""
     blank = tmp_path / "blank.tif"
-    tifffile.imwrite(blank, np.full((512, 512, 3), 245, np.uint8), tile=(256, 256), resolution=(40000, 40000),
-                     resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        blank,
+        np.full((512, 512, 3), 245, np.uint8),
+        tile=(256, 256),
+        resolution=(40000, 40000),
+        resolutionunit="CENTIMETER",
+    )
     with pytest.raises(SlideError, match="no tissue") as refused:
         plan_slide(blank, tmp_path / "out", load_config())
     opened = next(entry.frame.f_locals["slide"] for entry in refused.traceback if "slide" in entry.frame.f_locals)

@@ -46,8 +46,11 @@ def test_ground_truth_as_geojson_scores_nearly_perfectly(dataset, tmp_path):
                 if polygon is None:
                     continue
                 name = names.get(int(types[i]), "unknown") if types is not None else "nucleus"
-                writer.write(nucleus_feature(np.asarray(polygon.exterior.coords)[:-1], name, [0, 0, 0],
-                                             {"x": 1.0}, f"{sample_id}:{i}"))
+                writer.write(
+                    nucleus_feature(
+                        np.asarray(polygon.exterior.coords)[:-1], name, [0, 0, 0], {"x": 1.0}, f"{sample_id}:{i}"
+                    )
+                )
     out = tmp_path / "metrics.json"
     result = CliRunner().invoke(main, ["evaluate", str(tmp_path), str(dataset), "-o", str(out)])
     assert result.exit_code == 0, result.output
@@ -75,8 +78,21 @@ def test_model_evaluation_measures_what_segment_writes(tmp_path):
         (dataset / sub / f"{sample_id}.png").symlink_to(source / sub / f"{sample_id}.png")
     (dataset / "MANIFEST.csv").write_text(f"id,mpp\n{sample_id},0.25\n")
     runner = CliRunner()
-    result = runner.invoke(main, ["segment", str(dataset / "images" / f"{sample_id}.png"), "--mpp", "0.25",
-                                  "-o", str(tmp_path / "run"), "--scheduler", "inprocess", "--quiet", "--no-gzip"])
+    result = runner.invoke(
+        main,
+        [
+            "segment",
+            str(dataset / "images" / f"{sample_id}.png"),
+            "--mpp",
+            "0.25",
+            "-o",
+            str(tmp_path / "run"),
+            "--scheduler",
+            "inprocess",
+            "--quiet",
+            "--no-gzip",
+        ],
+    )
     assert result.exit_code == 0, result.output
     (tmp_path / "pred").mkdir()
     (tmp_path / "run" / "nuclei.geojson").rename(tmp_path / "pred" / f"{sample_id}.geojson")
@@ -96,12 +112,14 @@ def test_model_evaluation_measures_what_segment_writes(tmp_path):
 def test_images_without_nuclei_are_left_out_of_the_means():
     from pathoseg.evaluation import Accumulator
     from pathoseg.io.datasets import Sample
+
     nuclei = np.zeros((8, 8), np.int32)
     nuclei[1:4, 1:4], nuclei[5:7, 5:7] = 1, 2
     accumulator = Accumulator(None, 12.0)
     accumulator.add(Sample("with", np.zeros((8, 8, 3), np.uint8), nuclei, None), nuclei, None)
-    accumulator.add(Sample("empty", np.zeros((8, 8, 3), np.uint8), np.zeros_like(nuclei), None),
-                    np.zeros_like(nuclei), None)
+    accumulator.add(
+        Sample("empty", np.zeros((8, 8, 3), np.uint8), np.zeros_like(nuclei), None), np.zeros_like(nuclei), None
+    )
     result = accumulator.result()
     assert result["per_image"]["empty"]["pq"] == 0  # PQ has no pairs to score there
     assert result["overall"]["pq"] == pytest.approx(1) and result["overall"]["images_scored"] == 1

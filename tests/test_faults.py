@@ -22,8 +22,12 @@ from pathoseg.synthetic import write_synthetic_slide
 
 
 def small_regions_config(scheduler: str, workers: int = 1):
-    return load_config(overrides={"cluster": {"scheduler": scheduler, "workers": workers, "threads_per_worker": 1},
-                                  "tiling": {"region_px": 512, "margin_px": 96}})
+    return load_config(
+        overrides={
+            "cluster": {"scheduler": scheduler, "workers": workers, "threads_per_worker": 1},
+            "tiling": {"region_px": 512, "margin_px": 96},
+        }
+    )
 
 
 def geojson_ids(path):
@@ -65,8 +69,9 @@ def test_batch_survives_a_killed_worker(tmp_path):
     rows = run_batch(archive, out, small_regions_config("inprocess"))
     assert {row["slide"]: row["status"] for row in rows}["slide1.svs"] == "skipped"
     with open(out / "manifest.csv", newline="") as handle:
-        assert {r["slide"]: r["nuclei"] for r in csv.DictReader(handle)} == \
-               {r["slide"]: r["nuclei"] for r in csv.DictReader(before.splitlines())}
+        assert {r["slide"]: r["nuclei"] for r in csv.DictReader(handle)} == {
+            r["slide"]: r["nuclei"] for r in csv.DictReader(before.splitlines())
+        }
 
 
 @pytest.mark.timeout(900)
@@ -74,8 +79,20 @@ def test_killed_client_leaves_no_complete_looking_output_and_resumes(svs_slide, 
     config_file = tmp_path / "small.yaml"
     config_file.write_text("tiling: {region_px: 512, margin_px: 96}\ncluster: {threads_per_worker: 1}\n")
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "pathoseg.cli", "segment", str(svs_slide), "-o", str(out), "-c",
-               str(config_file), "--scheduler", "inprocess", "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "pathoseg.cli",
+        "segment",
+        str(svs_slide),
+        "-o",
+        str(out),
+        "-c",
+        str(config_file),
+        "--scheduler",
+        "inprocess",
+        "--quiet",
+    ]
     process = subprocess.Popen(command)
     try:
         wait_for(lambda: len(finished_regions(out / "store.zarr" / "nuclei")) >= 2)
@@ -97,8 +114,19 @@ def small_slide(folder) -> os.PathLike:
 
 
 def segment_command(slide, out, *extra):
-    return [sys.executable, "-m", "pathoseg.cli", "segment", str(slide), "-o", str(out), "--scheduler", "inprocess",
-            "--quiet", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "pathoseg.cli",
+        "segment",
+        str(slide),
+        "-o",
+        str(out),
+        "--scheduler",
+        "inprocess",
+        "--quiet",
+        *extra,
+    ]
 
 
 def region_npz(out):
@@ -169,8 +197,13 @@ def small_disk(tmp_path):
     """A real 24 MB filesystem (tmpfs), to fill up; skipped where mounting is not allowed."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     yield disk
     subprocess.run(["umount", "-l", str(disk)], check=False)
@@ -196,16 +229,18 @@ def test_a_full_disk_is_one_line_keeps_the_outputs_and_a_rerun_completes(tmp_pat
     assert subprocess.run(segment_command(slide, out), capture_output=True, timeout=500).returncode == 0
     kept = {name: (out / name).read_bytes() for name in ("summary.json", "nuclei.geojson.gz", "report.html")}
     filler = fill_disk(small_disk, len(kept["nuclei.geojson.gz"]) // 2)  # the new GeoJSON fails halfway
-    full = subprocess.run(segment_command(slide, out, "--table", "--no-gzip"), capture_output=True, text=True,
-                          timeout=500)
+    full = subprocess.run(
+        segment_command(slide, out, "--table", "--no-gzip"), capture_output=True, text=True, timeout=500
+    )
     assert full.returncode == 3
     lines = full.stderr.strip().splitlines()
     assert len(lines) == 1 and "no space left on the disk" in lines[0] and str(out) in lines[0], full.stderr
     assert {name: (out / name).read_bytes() for name in kept} == kept
     assert not list(out.glob(".*.partial")) and not (out / "nuclei.geojson").exists()
     filler.unlink()
-    rerun = subprocess.run(segment_command(slide, out, "--table", "--no-gzip"), capture_output=True, text=True,
-                           timeout=500)
+    rerun = subprocess.run(
+        segment_command(slide, out, "--table", "--no-gzip"), capture_output=True, text=True, timeout=500
+    )
     assert rerun.returncode == 0, rerun.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["run"]["regions_computed"] == 0 and (out / "nuclei.csv").is_file()

@@ -41,7 +41,9 @@ def test_a_collection_without_features_is_valid(tmp_path):
     with FeatureCollectionWriter(tmp_path / "none.geojson.gz") as writer:
         writer.write_fragment(encode_fragment("", True), 0)
     assert json.loads(gzip.decompress((tmp_path / "none.geojson.gz").read_bytes())) == {
-        "type": "FeatureCollection", "features": []}
+        "type": "FeatureCollection",
+        "features": [],
+    }
 
 
 JAVA_GUNZIP = """
@@ -66,21 +68,39 @@ def test_java_reads_the_gzip_members_as_qupath_would(tmp_path):
         for part in (features[:2], features[2:]):
             writer.write_fragment(encode_fragment(features_text(part), True), len(part))
     (tmp_path / "Gunzip.java").write_text(JAVA_GUNZIP)
-    read = subprocess.run([java, str(tmp_path / "Gunzip.java"), str(path)], capture_output=True, check=True,
-                          timeout=120).stdout
+    read = subprocess.run(
+        [java, str(tmp_path / "Gunzip.java"), str(path)], capture_output=True, check=True, timeout=120
+    ).stdout
     assert read == gzip.decompress(path.read_bytes()) and json.loads(read)["features"] == features
 
 
 def adversarial_rings() -> list[np.ndarray]:
     """Outlines that QuPath's 0.01 px snapping breaks or that are broken already: a bow-tie, two lobes joined by a
     neck narrower than the grid, a sliver, a near-touching fold, a spike, a ring smaller than the grid."""
-    return [np.array([[0, 0], [10, 10], [10, 0], [0, 10]], float),
-            np.array([[0, 0], [4, 0], [4, 1.998], [6, 1.998], [6, 0], [10, 0], [10, 4], [6, 4], [6, 2.002],
-                      [4, 2.002], [4, 4], [0, 4]], float),
-            np.array([[0, 0], [20, 0.003], [20, 0.006], [0, 0.004]], float),
-            np.array([[0, 0], [10, 0], [10, 10], [5.003, 10], [5.003, 2], [4.997, 2], [4.997, 10], [0, 10]], float),
-            np.array([[0, 0], [10, 0], [10, 5], [30, 5.001], [10, 5.002], [10, 10], [0, 10]], float),
-            np.array([[0, 0], [0.004, 0], [0.004, 0.004]], float)]
+    return [
+        np.array([[0, 0], [10, 10], [10, 0], [0, 10]], float),
+        np.array(
+            [
+                [0, 0],
+                [4, 0],
+                [4, 1.998],
+                [6, 1.998],
+                [6, 0],
+                [10, 0],
+                [10, 4],
+                [6, 4],
+                [6, 2.002],
+                [4, 2.002],
+                [4, 4],
+                [0, 4],
+            ],
+            float,
+        ),
+        np.array([[0, 0], [20, 0.003], [20, 0.006], [0, 0.004]], float),
+        np.array([[0, 0], [10, 0], [10, 10], [5.003, 10], [5.003, 2], [4.997, 2], [4.997, 10], [0, 10]], float),
+        np.array([[0, 0], [10, 0], [10, 5], [30, 5.001], [10, 5.002], [10, 10], [0, 10]], float),
+        np.array([[0, 0], [0.004, 0], [0.004, 0.004]], float),
+    ]
 
 
 def test_snapped_outlines_are_valid_on_qupaths_grid():
@@ -124,8 +144,14 @@ def good_annotation() -> dict:
 
     from pathoseg.io.geojson import annotation_feature
 
-    return annotation_feature(MultiPolygon([box(0, 0, 10, 10), box(20, 0, 30, 10)]), "QC: Pen ink", [0, 160, 0],
-                              {"Tiles": 2}, "slide:qc:ink", "QC: Pen ink")
+    return annotation_feature(
+        MultiPolygon([box(0, 0, 10, 10), box(20, 0, 30, 10)]),
+        "QC: Pen ink",
+        [0, 160, 0],
+        {"Tiles": 2},
+        "slide:qc:ink",
+        "QC: Pen ink",
+    )
 
 
 # Each breaks one of QuPath's import rules (REFERENCE.md): the whole file is rejected, or objects are silently
@@ -143,13 +169,34 @@ BREAKS = {
     "no objectType": lambda f: f["properties"].pop("objectType"),
     "unclosed ring": lambda f: f["geometry"].update(coordinates=[[[0, 0], [4, 0], [4, 4], [0, 4]]]),
     "bow-tie": lambda f: f["geometry"].update(coordinates=[[[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]]),
-    "hole outside its shell": lambda f: f["geometry"].update(coordinates=[
-        [[0, 0], [4, 0], [4, 4], [0, 4], [0, 0]], [[10, 10], [12, 10], [12, 12], [10, 12], [10, 10]]]),
-    "overlapping parts": lambda f: f.update(geometry={"type": "MultiPolygon", "coordinates": [
-        [[[0, 0], [4, 0], [4, 4], [0, 4], [0, 0]]], [[[2, 2], [6, 2], [6, 6], [2, 6], [2, 2]]]]}),
-    "pinched apart by the snapping": lambda f: f["geometry"].update(coordinates=[
-        [[0, 0], [4, 0], [4, 1.998], [6, 1.998], [6, 0], [10, 0], [10, 4], [6, 4], [6, 2.002], [4, 2.002], [4, 4],
-         [0, 4], [0, 0]]]),
+    "hole outside its shell": lambda f: f["geometry"].update(
+        coordinates=[[[0, 0], [4, 0], [4, 4], [0, 4], [0, 0]], [[10, 10], [12, 10], [12, 12], [10, 12], [10, 10]]]
+    ),
+    "overlapping parts": lambda f: f.update(
+        geometry={
+            "type": "MultiPolygon",
+            "coordinates": [[[[0, 0], [4, 0], [4, 4], [0, 4], [0, 0]]], [[[2, 2], [6, 2], [6, 6], [2, 6], [2, 2]]]],
+        }
+    ),
+    "pinched apart by the snapping": lambda f: f["geometry"].update(
+        coordinates=[
+            [
+                [0, 0],
+                [4, 0],
+                [4, 1.998],
+                [6, 1.998],
+                [6, 0],
+                [10, 0],
+                [10, 4],
+                [6, 4],
+                [6, 2.002],
+                [4, 2.002],
+                [4, 4],
+                [0, 4],
+                [0, 0],
+            ]
+        ]
+    ),
 }
 
 
@@ -185,8 +232,9 @@ def test_annotations_are_repaired_onto_qupaths_grid_or_dropped():
 
     from pathoseg.io.geojson import annotation_feature
 
-    bow_tie = annotation_feature(Polygon([[0, 0], [10, 10], [10, 0], [0, 10]]), "QC", [0, 0, 0], {"Tiles": 1}, "a",
-                                 "bow-tie")
+    bow_tie = annotation_feature(
+        Polygon([[0, 0], [10, 10], [10, 0], [0, 10]]), "QC", [0, 0, 0], {"Tiles": 1}, "a", "bow-tie"
+    )
     repaired = shape(bow_tie["geometry"])
     assert repaired.geom_type == "MultiPolygon" and valid_on_qupath_grid(repaired)
     assert repaired.area == pytest.approx(50)

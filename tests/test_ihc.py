@@ -42,12 +42,21 @@ def test_positivity_scores_by_hand():
     assert scores["positivity_agreement"] == pytest.approx(2 / 3)
     assert scores["true_index_percent"] == 50 and scores["pred_index_percent"] == 75
     assert scores["index_error_points"] == 25
-    assert (scores["true_nuclei"], scores["true_positive_nuclei"], scores["pred_nuclei"],
-            scores["pred_positive_nuclei"]) == (4, 2, 4, 3)
+    assert (
+        scores["true_nuclei"],
+        scores["true_positive_nuclei"],
+        scores["pred_nuclei"],
+        scores["pred_positive_nuclei"],
+    ) == (4, 2, 4, 3)
     # Pooled with a second image whose one detection lies where the first image's missed nucleus is: a false
     # positive there, not a hit here.
-    pooled = positivity_scores([true_xy, np.zeros((0, 2))], [true_positive, np.zeros(0, bool)],
-                               [pred_xy, true_xy[3:]], [pred_positive, np.array([True])], radius_px=12)
+    pooled = positivity_scores(
+        [true_xy, np.zeros((0, 2))],
+        [true_positive, np.zeros(0, bool)],
+        [pred_xy, true_xy[3:]],
+        [pred_positive, np.array([True])],
+        radius_px=12,
+    )
     assert pooled["f1_detection"] == pytest.approx(2 * 3 / (2 * 3 + 2 + 1))
     assert pooled["pred_index_percent"] == 80
 
@@ -59,8 +68,12 @@ def test_truth_offset_is_measured_and_removed():
     nuclei = np.stack(np.meshgrid(np.arange(5) * 40.0, np.arange(5) * 40.0), -1).reshape(-1, 2)
     true_xy = nuclei + [8, 0]
     pred_xy = nuclei + rng.uniform(-5, 5, nuclei.shape)
-    assert positivity_scores([true_xy], [np.zeros(25, bool)], [pred_xy], [np.zeros(25, bool)], radius_px=12)[
-        "f1_detection"] < 0.9
+    assert (
+        positivity_scores([true_xy], [np.zeros(25, bool)], [pred_xy], [np.zeros(25, bool)], radius_px=12)[
+            "f1_detection"
+        ]
+        < 0.9
+    )
     scores = registration_scores(true_xy, pred_xy, radius_px=12)
     assert scores["f1_detection_shift_removed"] == 1.0
     assert scores["truth_shift_px"] == pytest.approx([0, 8], abs=1.5)  # (x, y)
@@ -105,8 +118,15 @@ def test_evaluate_reads_segments_dab_bins_against_ihc_truth(tmp_path):
         with FeatureCollectionWriter(predictions / f"{sample_id}.geojson") as writer:
             for polygon, name in zip(instance_polygons(labels, 0), calls[sample_id]):
                 if name is not None:
-                    writer.write(nucleus_feature(np.asarray(polygon.exterior.coords)[:-1], name, [0, 0, 0],
-                                                 {"x": 1.0}, f"{sample_id}:{name}:{polygon.centroid.x}"))
+                    writer.write(
+                        nucleus_feature(
+                            np.asarray(polygon.exterior.coords)[:-1],
+                            name,
+                            [0, 0, 0],
+                            {"x": 1.0},
+                            f"{sample_id}:{name}:{polygon.centroid.x}",
+                        )
+                    )
     out = tmp_path / "metrics.json"
     result = CliRunner().invoke(main, ["evaluate", str(predictions), str(tmp_path / "truth"), "-o", str(out)])
     assert result.exit_code == 0, result.output
@@ -157,8 +177,24 @@ def test_segment_records_the_slides_stain_vectors(tmp_path):
     roi = shared("examples/ihc-dab-roi.png")
     config = tmp_path / "estimate.yaml"
     config.write_text("stain: {estimate_vectors: true}\n")
-    result = CliRunner().invoke(main, ["segment", str(roi), "--mpp", "0.25", "--stain", "ihc", "-c", str(config),
-                                       "--scheduler", "inprocess", "-o", str(tmp_path / "out"), "--quiet"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "segment",
+            str(roi),
+            "--mpp",
+            "0.25",
+            "--stain",
+            "ihc",
+            "-c",
+            str(config),
+            "--scheduler",
+            "inprocess",
+            "-o",
+            str(tmp_path / "out"),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     vectors = summary["stain_vectors"]

@@ -19,11 +19,11 @@ from pathoseg.stitch.polygons import instance_polygons
 @pytest.fixture
 def two_ellipses():
     labels = np.zeros((120, 160), np.int32)
-    labels[ellipse(40, 50, 20, 30, shape=labels.shape)] = 1       # semi-axes 20 (rows) x 30 (cols)
-    labels[ellipse(85, 115, 15, 15, shape=labels.shape)] = 2      # a disk of radius 15
+    labels[ellipse(40, 50, 20, 30, shape=labels.shape)] = 1  # semi-axes 20 (rows) x 30 (cols)
+    labels[ellipse(85, 115, 15, 15, shape=labels.shape)] = 2  # a disk of radius 15
     rgb = np.full((120, 160, 3), 240, np.uint8)
-    rgb[labels == 1] = (60, 40, 120)     # hematoxylin-like
-    rgb[labels == 2] = (150, 90, 40)     # DAB brown
+    rgb[labels == 1] = (60, 40, 120)  # hematoxylin-like
+    rgb[labels == 2] = (150, 90, 40)  # DAB brown
     n_classes = 5
     nc_prob = np.zeros((n_classes, *labels.shape), np.float32)
     nc_prob[0] = 1
@@ -89,13 +89,17 @@ def test_pixel_shape_measures_are_regionprops():
     labels = np.zeros((200, 200), np.int32)
     for label in range(1, 40):
         row, col = rng.integers(10, 190, 2)
-        labels[ellipse(row, col, rng.integers(3, 12), rng.integers(3, 12), shape=labels.shape,
-                       rotation=rng.uniform(0, np.pi))] = label
+        labels[
+            ellipse(
+                row, col, rng.integers(3, 12), rng.integers(3, 12), shape=labels.shape, rotation=rng.uniform(0, np.pi)
+            )
+        ] = label
     labels[rng.random(labels.shape) < 0.05] = 0  # ragged edges and holes
     labels = keep_labels(labels, np.unique(labels)[1:])
     n = int(labels.max())
-    table = regionprops_table(labels, properties=("perimeter", "eccentricity", "axis_major_length",
-                                                  "axis_minor_length"))
+    table = regionprops_table(
+        labels, properties=("perimeter", "eccentricity", "axis_major_length", "axis_minor_length")
+    )
     rows, cols = np.nonzero(labels)
     major, minor, eccentricity = ellipse_axes(rows, cols, labels[rows, cols], n)
     np.testing.assert_allclose(pixel_perimeters(labels, n), table["perimeter"], rtol=1e-12)

@@ -18,11 +18,11 @@ from pathoseg.metrics import (
 @pytest.fixture
 def simple_pair():
     true = np.zeros((4, 4), int)
-    true[0:2, 0:2] = 1          # 4 px
-    true[3, 3] = 2              # 1 px
+    true[0:2, 0:2] = 1  # 4 px
+    true[3, 3] = 2  # 1 px
     pred = np.zeros((4, 4), int)
-    pred[0:2, 0:3] = 7          # 6 px: IoU with true 1 = 4/6
-    pred[3, 2:4] = 9            # 2 px: IoU with true 2 = 1/2, not > 0.5
+    pred[0:2, 0:3] = 7  # 6 px: IoU with true 1 = 4/6
+    pred[3, 2:4] = 9  # 2 px: IoU with true 2 = 1/2, not > 0.5
     return true, pred
 
 
@@ -62,8 +62,8 @@ def test_detection_and_type_f1_by_hand():
     pred_xy = np.array([[0, 1], [0, 21], [0, 100]], float)
     result = detection_and_type_f1([true_xy], [np.array([1, 1, 2])], [pred_xy], [np.array([1, 2, 2])], [1, 2], 12)
     assert result["f1_detection"] == pytest.approx(4 / 6)
-    assert result["f1_type_1"] == pytest.approx(2 / (2 + 2))          # tp 1, fn_paired 1
-    assert result["f1_type_2"] == pytest.approx(0.0)                  # fp_paired 1, fp 1, fn 1
+    assert result["f1_type_1"] == pytest.approx(2 / (2 + 2))  # tp 1, fn_paired 1
+    assert result["f1_type_2"] == pytest.approx(0.0)  # fp_paired 1, fp 1, fn 1
     assert (result["n_true_type_1"], result["n_true_type_2"]) == (2, 1)
 
 
@@ -73,8 +73,9 @@ def test_detection_f1_pairs_nuclei_within_each_image_only():
     found, missed, empty = np.array([[10.0, 10.0]]), np.array([[50.0, 50.0]]), np.zeros((0, 2))
     true_xy = [np.concatenate([found, missed]), empty]
     pred_xy = [found + 1, missed]
-    result = detection_and_type_f1(true_xy, [np.array([1, 1]), np.zeros(0, int)], pred_xy,
-                                   [np.array([1]), np.array([1])], [1], 12)
+    result = detection_and_type_f1(
+        true_xy, [np.array([1, 1]), np.zeros(0, int)], pred_xy, [np.array([1]), np.array([1])], [1], 12
+    )
     assert result["f1_detection"] == pytest.approx(2 / (2 + 1 + 1))
     assert result["f1_type_1"] == pytest.approx(2 / (2 + 1 + 1))
     assert pair_centroids_by_image(true_xy, pred_xy, 12)[0].tolist() == [0]
@@ -89,9 +90,9 @@ def test_majority_types():
 def test_class_panoptic_quality_by_hand():
     true = np.array([[1, 1, 0, 2, 2, 0, 3]])
     true_classes = np.array([1, 1, 2])
-    pred = np.array([[1, 1, 0, 2, 2, 2, 3]])   # label 2: IoU 2/3 with true 2; label 3 matches true 3
-    pred_classes = np.array([1, 2, 2])          # true 2 (class 1) predicted class 2
+    pred = np.array([[1, 1, 0, 2, 2, 2, 3]])  # label 2: IoU 2/3 with true 2; label 3 matches true 3
+    pred_classes = np.array([1, 2, 2])  # true 2 (class 1) predicted class 2
     result = class_panoptic_quality(true, true_classes, pred, pred_classes, [1, 2, 3])
-    assert result[1] == pytest.approx(1 / (1 + 0.5 * 1))           # tp 1 (IoU 1), fn 1
-    assert result[2] == pytest.approx(1 / (1 + 0.5 * 1))           # tp 1 (true 3), fp 1 (pred 2)
-    assert np.isnan(result[3])                                      # no class-3 ground truth
+    assert result[1] == pytest.approx(1 / (1 + 0.5 * 1))  # tp 1 (IoU 1), fn 1
+    assert result[2] == pytest.approx(1 / (1 + 0.5 * 1))  # tp 1 (true 3), fp 1 (pred 2)
+    assert np.isnan(result[3])  # no class-3 ground truth

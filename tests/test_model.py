@@ -64,11 +64,14 @@ def test_nuclear_pixel_targets_mark_a_boundary_band():
 def test_boundary_energy_is_gaussian_then_sobel():
     """The one-pass-per-axis energy equals smoothing with scipy's Gaussian and then differentiating with Sobel."""
     from pathoseg.models.postproc import boundary_energy
+
     rng = np.random.default_rng(0)
     hv = np.clip(ndimage.gaussian_filter(rng.normal(size=(2, 120, 90)), (0, 3, 3)) * 8, -1, 1).astype(np.float32)
     params = PostprocConfig(hv_smooth_sigma_px=1.3)
-    slopes = [-ndimage.sobel(ndimage.gaussian_filter(hv[0], 1.3), axis=1),
-              -ndimage.sobel(ndimage.gaussian_filter(hv[1], 1.3), axis=0)]
+    slopes = [
+        -ndimage.sobel(ndimage.gaussian_filter(hv[0], 1.3), axis=1),
+        -ndimage.sobel(ndimage.gaussian_filter(hv[1], 1.3), axis=0),
+    ]
     expected = np.clip(np.maximum(*slopes) / (8 * params.gradient_scale), 0, 1)
     assert expected.max() > 0.5
     np.testing.assert_allclose(boundary_energy(hv, params), expected, atol=1e-5)
@@ -92,8 +95,10 @@ def test_lower_resolution_rescan_keeps_size_and_blurs():
     image = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
     rescanned = rescan_at_lower_resolution(rng, image)
     assert rescanned.shape == image.shape and rescanned.dtype == np.uint8
-    assert np.abs(np.diff(rescanned.astype(float), axis=1)).mean() < 0.6 * np.abs(np.diff(image.astype(float),
-                                                                                          axis=1)).mean()
+    assert (
+        np.abs(np.diff(rescanned.astype(float), axis=1)).mean()
+        < 0.6 * np.abs(np.diff(image.astype(float), axis=1)).mean()
+    )
 
 
 def test_batchnorm_folding_keeps_the_function():
@@ -135,11 +140,13 @@ def test_training_steps_reduce_the_loss(np_classes):
         instances[disk(centre, 9, shape=instances.shape)] = label
     image = np.full((64, 64, 3), 230, np.uint8)
     image[instances > 0] = (90, 50, 140)
-    batch = {"image": torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255,
-             "np": torch.from_numpy(np_targets(instances, 2 if np_classes == 3 else 0))[None],
-             "hv": torch.from_numpy(hv_targets(instances))[None],
-             "nc": torch.from_numpy((instances > 0).astype(np.int64) * 2)[None],
-             "has_types": torch.ones(1)}
+    batch = {
+        "image": torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255,
+        "np": torch.from_numpy(np_targets(instances, 2 if np_classes == 3 else 0))[None],
+        "hv": torch.from_numpy(hv_targets(instances))[None],
+        "nc": torch.from_numpy((instances > 0).astype(np.int64) * 2)[None],
+        "has_types": torch.ones(1),
+    }
     network = HoVerNet("light", np_classes=np_classes)
     optimiser = torch.optim.Adam(network.parameters(), 3e-3)
     losses = []
@@ -189,6 +196,7 @@ def _write_disk_dataset(folder, n_images: int = 3, size_px: int = 96, ki67: bool
     """A dataset folder in shared/data's layout: purple disks on pink, with instance labels and a manifest; with
     ``ki67`` IHC truth instead: blue and brown disks on white, typed Ki67-negative / Ki67-positive."""
     from PIL import Image
+
     rng = np.random.default_rng(0)
     for sub in ("images", "labels", "types"):
         (folder / sub).mkdir(parents=True)
@@ -216,6 +224,7 @@ def test_augmentation_processes_follow_the_device():
     training one process, since the model needs the cores; a number is kept."""
     from pathoseg.system import usable_cores
     from pathoseg.train.loop import loader_worker_count
+
     assert loader_worker_count("auto", torch.device("cpu")) == 1
     assert loader_worker_count("auto", torch.device("cuda", 0)) == max(1, usable_cores() - 1)
     assert loader_worker_count(3, torch.device("cuda", 0)) == 3
@@ -224,12 +233,25 @@ def test_augmentation_processes_follow_the_device():
 
 def test_train_resumes_and_keeps_averaged_weights(tmp_path):
     from pathoseg.train.loop import DatasetSpec, train
+
     _write_disk_dataset(tmp_path / "data")
     _write_disk_dataset(tmp_path / "ki67" / "train", n_images=1, ki67=True)
-    config = TrainConfig(name="tiny", output=str(tmp_path / "run"), input_size_px=64, batch_size=2, steps=3,
-                         warmup_steps=1, validate_every=3, loader_workers=0, device="cpu", threads=1,
-                         datasets=[DatasetSpec(str(tmp_path / "data"), validation_ids=["img2"]),
-                                   DatasetSpec(str(tmp_path / "ki67" / "train"), weight=0, validation_ids=["img0"])])
+    config = TrainConfig(
+        name="tiny",
+        output=str(tmp_path / "run"),
+        input_size_px=64,
+        batch_size=2,
+        steps=3,
+        warmup_steps=1,
+        validate_every=3,
+        loader_workers=0,
+        device="cpu",
+        threads=1,
+        datasets=[
+            DatasetSpec(str(tmp_path / "data"), validation_ids=["img2"]),
+            DatasetSpec(str(tmp_path / "ki67" / "train"), weight=0, validation_ids=["img0"]),
+        ],
+    )
     best = train(config)
     assert best.is_file()
     history = json.loads(read_checkpoint(best)["extra"]["history"])
@@ -266,8 +288,12 @@ def test_training_configs_share_one_validation_split():
     paths = sorted([*(REPO / "configs").glob("train-*.yaml"), *(REPO / "configs").glob("ablation-*.yaml")])
     configs = {path.name: TrainConfig.from_yaml(path) for path in paths}
     assert {config.encoder for config in configs.values()} == {"light", "preact-resnet50"}
-    monuseg = {tuple(spec.validation_ids) for config in configs.values() for spec in config.datasets
-               if spec.path.endswith("monuseg/train")}
+    monuseg = {
+        tuple(spec.validation_ids)
+        for config in configs.values()
+        for spec in config.datasets
+        if spec.path.endswith("monuseg/train")
+    }
     assert len(monuseg) == 1 and len(next(iter(monuseg))) == 5
     current = [config for name, config in configs.items() if name != "train-light.yaml"]
     splits = {tuple((spec.path, tuple(spec.validation_ids)) for spec in config.datasets) for config in current}
@@ -331,12 +357,15 @@ def test_postproc_tuning_prefers_the_threshold_that_finds_the_nuclei():
 
     assert "interior_threshold" in postproc_grid(3) and "interior_threshold" not in postproc_grid(2)
     config = TrainConfig.from_yaml(REPO / "configs" / "train-light.yaml")
-    validation = {"monuseg": load_dataset(shared("monuseg/train"), 0.25, config.datasets[0].validation_ids[1:2]),
-                  "consep": load_dataset(shared("consep/train"), 0.25, ["train_7_005"], use_types=False)}
+    validation = {
+        "monuseg": load_dataset(shared("monuseg/train"), 0.25, config.datasets[0].validation_ids[1:2]),
+        "consep": load_dataset(shared("consep/train"), 0.25, ["train_7_005"], use_types=False),
+    }
     loaded = load_model()
     settings = RegionSettings.from_config(load_config(), loaded.metadata.mpp)
-    best, tried = tune_postproc(Predictor(loaded.network, resolve_device("cpu")), validation, settings,
-                                {"np_threshold": [0.5, 0.97]})
+    best, tried = tune_postproc(
+        Predictor(loaded.network, resolve_device("cpu")), validation, settings, {"np_threshold": [0.5, 0.97]}
+    )
     assert best.np_threshold == 0.5 and best.marker_threshold == settings.postproc.marker_threshold
     assert {"monuseg_pq", "consep_aji", "pq"} <= tried[0].keys()
     assert tried[0]["pq"] == np.mean([tried[0]["monuseg_pq"], tried[0]["consep_pq"]]) > tried[1]["pq"]

@@ -35,8 +35,9 @@ def svs_run(svs_slide, tmp_path_factory):
 
 def test_segment_writes_every_output(svs_run):
     out, result = svs_run
-    assert {"nuclei.geojson.gz", "summary.json", "summary.csv", "overlay.png", "store.zarr",
-            "config.yaml"} <= set(os.listdir(out))
+    assert {"nuclei.geojson.gz", "summary.json", "summary.csv", "overlay.png", "store.zarr", "config.yaml"} <= set(
+        os.listdir(out)
+    )
     # the run's configuration, which -c takes back: the defaults and the options given
     assert load_config(out / "config.yaml") == load_config(None, {"cluster": {"scheduler": "inprocess"}})
     assert not [name for name in os.listdir(out) if "partial" in name]
@@ -56,8 +57,13 @@ def test_geojson_follows_qupath_rules(svs_run, svs_slide):
     names = {f["properties"]["classification"]["name"] for f in features}
     assert names <= {"other", "inflammatory", "epithelial", "spindle"}
     measurements = features[0]["properties"]["measurements"]
-    assert {"Nucleus: Area µm^2", "Nucleus: Perimeter µm", "Nucleus: Circularity", "Class probability",
-            "Nucleus: Hematoxylin OD mean"} <= set(measurements)
+    assert {
+        "Nucleus: Area µm^2",
+        "Nucleus: Perimeter µm",
+        "Nucleus: Circularity",
+        "Class probability",
+        "Nucleus: Hematoxylin OD mean",
+    } <= set(measurements)
 
 
 def test_nuclei_match_the_synthetic_truth(svs_run, svs_slide):
@@ -96,8 +102,9 @@ def test_rerun_reuses_the_store_and_gives_the_same_nuclei(svs_run, svs_slide):
 def test_ome_tiff_pyramid_gives_the_svs_nuclei(svs_run, tmp_path):
     """The same tiles in an OME-TIFF pyramid (levels in SubIFDs, which OpenSlide does not read) segment to the same
     nuclei as in the SVS."""
-    ome = write_synthetic_slide(tmp_path / "synthetic.ome.tif", 2600, 1800, kind="ome-tiff", tile_px=256,
-                                min_level_px=512)
+    ome = write_synthetic_slide(
+        tmp_path / "synthetic.ome.tif", 2600, 1800, kind="ome-tiff", tile_px=256, min_level_px=512
+    )
     result = run("segment", ome, "-o", tmp_path / "out", "--scheduler", "inprocess", "--quiet", "--no-gzip")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -107,15 +114,38 @@ def test_ome_tiff_pyramid_gives_the_svs_nuclei(svs_run, tmp_path):
     assert [f["geometry"] for f in nuclei] == [f["geometry"] for f in svs_nuclei]
 
 
-ROI = {"type": "FeatureCollection", "features": [
-    {"type": "Feature", "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}},
-     "geometry": {"type": "Polygon", "coordinates": [[[300, 300], [1400, 250], [1500, 1200], [350, 1300], [300, 300]],
-                                                     [[700, 600], [1000, 600], [1000, 900], [700, 900], [700, 600]]]}},
-    {"type": "Feature", "properties": {"objectType": "annotation", "name": "hotspot 1"},
-     "geometry": {"type": "Polygon", "coordinates": [[[1800, 200], [2400, 200], [2400, 900], [1800, 900],
-                                                      [1800, 200]]]}},
-    {"type": "Feature", "properties": {"objectType": "annotation", "classification": {"name": "Ignore*"}},
-     "geometry": {"type": "Polygon", "coordinates": [[[400, 400], [700, 400], [700, 550], [400, 550], [400, 400]]]}}]}
+ROI = {
+    "type": "FeatureCollection",
+    "features": [
+        {
+            "type": "Feature",
+            "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}},
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [
+                    [[300, 300], [1400, 250], [1500, 1200], [350, 1300], [300, 300]],
+                    [[700, 600], [1000, 600], [1000, 900], [700, 900], [700, 600]],
+                ],
+            },
+        },
+        {
+            "type": "Feature",
+            "properties": {"objectType": "annotation", "name": "hotspot 1"},
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [[[1800, 200], [2400, 200], [2400, 900], [1800, 900], [1800, 200]]],
+            },
+        },
+        {
+            "type": "Feature",
+            "properties": {"objectType": "annotation", "classification": {"name": "Ignore*"}},
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [[[400, 400], [700, 400], [700, 550], [400, 550], [400, 400]]],
+            },
+        },
+    ],
+}
 
 
 def test_roi_gives_the_whole_runs_nuclei_inside_it(svs_run, svs_slide, tmp_path):
@@ -140,18 +170,24 @@ def test_roi_gives_the_whole_runs_nuclei_inside_it(svs_run, svs_slide, tmp_path)
     tumour, hotspot = summary["roi"]["annotations"]
     assert (tumour["name"], hotspot["name"]) == ("Tumor", "hotspot 1")
     assert tumour["n_nuclei"] + hotspot["n_nuclei"] == summary["nuclei"] == len(inside)
-    assert tumour["area_mm2"] == pytest.approx(tumour_polygon.difference(ignored).area * 0.25 ** 2 * 1e-6, rel=1e-3)
-    assert summary["tissue"]["area_mm2"] == pytest.approx(tumour["tissue_area_mm2"] + hotspot["tissue_area_mm2"],
-                                                          rel=1e-3)
+    assert tumour["area_mm2"] == pytest.approx(tumour_polygon.difference(ignored).area * 0.25**2 * 1e-6, rel=1e-3)
+    assert summary["tissue"]["area_mm2"] == pytest.approx(
+        tumour["tissue_area_mm2"] + hotspot["tissue_area_mm2"], rel=1e-3
+    )
     assert f"Tumor: {tumour['n_nuclei']} nuclei" in result.output
     assert "Regions of interest" in (out / "report.html").read_text()
 
 
-@pytest.mark.parametrize("polygon, message", [
-    ([[5000, 5000], [6000, 5000], [6000, 6000], [5000, 5000]],
-     "its annotations lie outside synthetic.svs (level-0 bounds 0, 0, 2600 x 1800 px)"),
-    ([[2, 2], [60, 2], [60, 60], [2, 2]], "no tissue of synthetic.svs inside its annotations"),
-])
+@pytest.mark.parametrize(
+    "polygon, message",
+    [
+        (
+            [[5000, 5000], [6000, 5000], [6000, 6000], [5000, 5000]],
+            "its annotations lie outside synthetic.svs (level-0 bounds 0, 0, 2600 x 1800 px)",
+        ),
+        ([[2, 2], [60, 2], [60, 60], [2, 2]], "no tissue of synthetic.svs inside its annotations"),
+    ],
+)
 def test_roi_without_tissue_is_one_line(svs_slide, tmp_path, polygon, message):
     roi_path = tmp_path / "roi.geojson"
     roi_path.write_text(json.dumps({"type": "Polygon", "coordinates": [polygon]}))
@@ -185,19 +221,20 @@ def test_dropped_store_pixels_keep_reruns_instant(svs_run, svs_slide, tmp_path):
 
 
 def test_upsampled_generic_tiff_and_plain_geojson(tiff_slide, tmp_path):
-    result = run("segment", tiff_slide, "-o", tmp_path, "--scheduler", "inprocess", "--quiet", "--no-gzip",
-                 "--table")
+    result = run("segment", tiff_slide, "-o", tmp_path, "--scheduler", "inprocess", "--quiet", "--no-gzip", "--table")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["grid"]["model_width_px"] == 2800  # 1400 px at 0.5 µm -> 2800 at 0.25
     features = check_qupath_geojson(tmp_path / "nuclei.geojson", 1400, 1000)
     import csv
+
     with open(tmp_path / "nuclei.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(features) == summary["nuclei"]
     areas = sorted(float(r["area_um2"]) for r in rows)
-    assert areas == pytest.approx(sorted(f["properties"]["measurements"]["Nucleus: Area µm^2"] for f in features),
-                                  rel=1e-4)
+    assert areas == pytest.approx(
+        sorted(f["properties"]["measurements"]["Nucleus: Area µm^2"] for f in features), rel=1e-4
+    )
 
 
 def test_info_prints_slide_facts(svs_slide):
@@ -216,10 +253,12 @@ def test_bad_input_is_one_line_and_nonzero(case, tmp_path, svs_slide):
         args = ["segment", tmp_path / "bad.tiff", "-o", out]
     elif case == "no-mpp":
         from PIL import Image
+
         Image.new("RGB", (300, 300), (200, 100, 180)).save(tmp_path / "plain.png")
         args = ["segment", tmp_path / "plain.png", "-o", out]
     elif case == "empty":
         from PIL import Image
+
         Image.new("RGB", (600, 600), (245, 245, 245)).save(tmp_path / "glass.png")
         args = ["segment", tmp_path / "glass.png", "-o", out, "--mpp", "0.25"]
     else:
@@ -260,8 +299,10 @@ def test_demo_writes_a_slide_and_segments_it(tmp_path):
 
 def nuclei_of(out_dir) -> list:
     with gzip.open(out_dir / "nuclei.geojson.gz", "rt") as handle:
-        return sorted((f["geometry"]["coordinates"], f["properties"]["classification"]["name"])
-                      for f in json.load(handle)["features"])
+        return sorted(
+            (f["geometry"]["coordinates"], f["properties"]["classification"]["name"])
+            for f in json.load(handle)["features"]
+        )
 
 
 def test_fast_model_at_half_resolution_tiled_equals_one_piece(svs_slide, tmp_path):
@@ -276,8 +317,19 @@ def test_fast_model_at_half_resolution_tiled_equals_one_piece(svs_slide, tmp_pat
         config = tmp_path / f"regions-{region_px}.yaml"
         config.write_text(f"tiling: {{tile_px: 256, region_px: {region_px}, margin_px: {margin_px}}}\n")
         out = outputs[region_px] = tmp_path / f"out-{region_px}"
-        result = run("segment", svs_slide, "-o", out, "-c", config, "--model", "pathoseg-fast", "--scheduler",
-                     "inprocess", "--quiet")
+        result = run(
+            "segment",
+            svs_slide,
+            "-o",
+            out,
+            "-c",
+            config,
+            "--model",
+            "pathoseg-fast",
+            "--scheduler",
+            "inprocess",
+            "--quiet",
+        )
         assert result.exit_code == 0, result.output
     summaries = {size: json.loads((out / "summary.json").read_text()) for size, out in outputs.items()}
     assert summaries[256]["grid"]["model_width_px"] == 1300  # 2600 px at 0.25 µm -> 1300 at 0.5

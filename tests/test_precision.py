@@ -18,14 +18,17 @@ from pathoseg.models.infer import Predictor
 from pathoseg.models.precision import DeviceFacts, choose_precision, cpu_has_native_bf16, resolve_precision
 
 
-@pytest.mark.parametrize("facts, expected", [
-    (DeviceFacts("cpu", cpu_native_bf16=False), "fp32"),  # AVX2 laptops: bf16 runs ~10x slower there
-    (DeviceFacts("cpu", cpu_native_bf16=True), "bf16"),  # AVX-512 BF16 / AMX
-    (DeviceFacts("cuda", cuda_capability=(7, 5)), "fp16"),  # T4, V100 (7.0)
-    (DeviceFacts("cuda", cuda_capability=(8, 0)), "bf16"),  # A100
-    (DeviceFacts("cuda", cuda_capability=(9, 0)), "bf16"),  # H100
-    (DeviceFacts("mps"), "fp32"),
-])
+@pytest.mark.parametrize(
+    "facts, expected",
+    [
+        (DeviceFacts("cpu", cpu_native_bf16=False), "fp32"),  # AVX2 laptops: bf16 runs ~10x slower there
+        (DeviceFacts("cpu", cpu_native_bf16=True), "bf16"),  # AVX-512 BF16 / AMX
+        (DeviceFacts("cuda", cuda_capability=(7, 5)), "fp16"),  # T4, V100 (7.0)
+        (DeviceFacts("cuda", cuda_capability=(8, 0)), "bf16"),  # A100
+        (DeviceFacts("cuda", cuda_capability=(9, 0)), "bf16"),  # H100
+        (DeviceFacts("mps"), "fp32"),
+    ],
+)
 def test_auto_picks_the_native_precision(facts, expected):
     assert choose_precision("auto", facts) == expected
 
@@ -97,8 +100,11 @@ def test_run_facts_are_what_the_built_predictor_runs(runtime, precision):
 
     model = load_config(overrides={"model": {"runtime": runtime, "precision": precision}}).model
     predictor = predictor_for(HoVerNet("light").eval(), model, int8_ir=int8_ir_of(model.name))
-    assert predictor_facts(model) == {"device": str(predictor.device), "runtime": predictor.runtime,
-                                      "precision": predictor.precision}
+    assert predictor_facts(model) == {
+        "device": str(predictor.device),
+        "runtime": predictor.runtime,
+        "precision": predictor.precision,
+    }
 
 
 @pytest.mark.skipif(not openvino_available(), reason="openvino is not installed")
@@ -110,8 +116,9 @@ def test_openvino_gives_pytorchs_maps(np_classes):
     frame, window = Box(0, 0, 150, 200), Box(5, 7, 140, 190)  # patches on the frame's grid, not the window's
     maps = {}
     for runtime in ("torch", "openvino"):
-        predictor = Predictor(network, torch.device("cpu"), patch_px=64, context_px=8, batch_size=3,
-                              precision="fp32", runtime=runtime)
+        predictor = Predictor(
+            network, torch.device("cpu"), patch_px=64, context_px=8, batch_size=3, precision="fp32", runtime=runtime
+        )
         reads = predictor.patches.reads(window, frame)
         maps[runtime] = predictor.predict_window(image[reads.slices], reads, window, frame)
     for name in ("np_prob", "hv", "nc_prob", "interior_prob"):
@@ -127,8 +134,9 @@ def test_flip_tta_makes_the_maps_flip_equivariant():
     torch.manual_seed(0)
     network = HoVerNet("light", np_classes=3).eval()
     image = (np.random.default_rng(2).random((96, 96, 3)) * 255).astype(np.uint8)
-    predictor = Predictor(network, torch.device("cpu"), patch_px=96, context_px=8, precision="fp32", runtime="torch",
-                          tta=True)
+    predictor = Predictor(
+        network, torch.device("cpu"), patch_px=96, context_px=8, precision="fp32", runtime="torch", tta=True
+    )
     maps, mirrored = predictor.predict(image), predictor.predict(np.ascontiguousarray(image[:, ::-1]))
     assert np.allclose(mirrored.np_prob[:, ::-1], maps.np_prob, atol=1e-4)
     assert np.allclose(mirrored.interior_prob[:, ::-1], maps.interior_prob, atol=2e-3)
@@ -149,8 +157,9 @@ def test_info_system_reports_the_machine_and_measures_each_precision():
     assert result.exit_code == 0, result.output
     facts = json.loads(result.output)
     int8_here = facts["cpu_auto"]["runtime"] == "openvino" and load_model("pathoseg-light").int8_ir is not None
-    assert facts["cpu_auto"]["precision"] == choose_precision("auto", DeviceFacts("cpu", cpu_native_bf16=
-                                                                       cpu_has_native_bf16()), int8_here)
+    assert facts["cpu_auto"]["precision"] == choose_precision(
+        "auto", DeviceFacts("cpu", cpu_native_bf16=cpu_has_native_bf16()), int8_here
+    )
     assert facts["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     speeds = facts["model_mpx_per_second_per_thread"]
     assert {"torch/fp32", "torch/bf16"} <= set(speeds) and all(value > 0 for value in speeds.values())

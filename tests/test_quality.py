@@ -20,10 +20,17 @@ from pathoseg.io.slide import open_slide
 from pathoseg.measure.quality import TILE_FLAGS, input_quality, region_quality, tile_flags
 from pathoseg.tiling.tissue import find_tissue, sample_tissue_tiles
 
-REAL_INPUTS = [("examples/he-tcga-tile.png", 0.25), ("examples/ihc-dab-roi.png", 0.25), ("examples/he-small.jpg", 0.5),
-               ("examples/he-0.5mpp.ome.tif", None), ("slides/CMU-1-Small-Region.svs", None),
-               ("slides/TCGA-CR-7395-01A-01-TS1-lowres.svs", 1.0), ("slides/Hamamatsu-test3-DAPI-2-387.ndpi", None),
-               ("deepliif-ihc/train/images/lung_1.png", 0.25), ("deepliif-ihc/train/images/bladder_1.png", 0.25)]
+REAL_INPUTS = [
+    ("examples/he-tcga-tile.png", 0.25),
+    ("examples/ihc-dab-roi.png", 0.25),
+    ("examples/he-small.jpg", 0.5),
+    ("examples/he-0.5mpp.ome.tif", None),
+    ("slides/CMU-1-Small-Region.svs", None),
+    ("slides/TCGA-CR-7395-01A-01-TS1-lowres.svs", 1.0),
+    ("slides/Hamamatsu-test3-DAPI-2-387.ndpi", None),
+    ("deepliif-ihc/train/images/lung_1.png", 0.25),
+    ("deepliif-ihc/train/images/bladder_1.png", 0.25),
+]
 
 
 @pytest.mark.parametrize("relative, mpp", REAL_INPUTS)
@@ -39,8 +46,20 @@ def test_real_tissue_passes_every_check(relative, mpp, model_mpp):
 def test_noise_is_called_out_in_the_summary_and_report(tmp_path):
     noise = np.random.default_rng(0).integers(0, 256, (400, 400, 3)).astype(np.uint8)
     Image.fromarray(noise).save(tmp_path / "noise.png")
-    result = CliRunner().invoke(main, ["segment", str(tmp_path / "noise.png"), "--mpp", "0.25", "-o",
-                                       str(tmp_path / "out"), "--scheduler", "inprocess", "--quiet"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "segment",
+            str(tmp_path / "noise.png"),
+            "--mpp",
+            "0.25",
+            "-o",
+            str(tmp_path / "out"),
+            "--scheduler",
+            "inprocess",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     quality = json.loads((tmp_path / "out" / "summary.json").read_text())["quality"]
     assert quality["neighbour_correlation"] < 0.1
@@ -62,11 +81,14 @@ def test_black_tissue_is_called_out():
 
 def test_an_image_too_small_for_nuclei_is_one_line(tmp_path):
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "tiny.png")
-    result = CliRunner().invoke(main, ["segment", str(tmp_path / "tiny.png"), "--mpp", "0.25", "-o",
-                                       str(tmp_path / "out"), "--quiet"])
+    result = CliRunner().invoke(
+        main, ["segment", str(tmp_path / "tiny.png"), "--mpp", "0.25", "-o", str(tmp_path / "out"), "--quiet"]
+    )
     assert result.exit_code == 2
-    assert result.output.strip().splitlines() == [f"error: {tmp_path / 'tiny.png'}: 2.5 µm across, too small to hold "
-                                                  "nuclei with their surroundings (at least 32 µm)"]
+    assert result.output.strip().splitlines() == [
+        f"error: {tmp_path / 'tiny.png'}: 2.5 µm across, too small to hold "
+        "nuclei with their surroundings (at least 32 µm)"
+    ]
 
 
 def tiles_of(rgb: np.ndarray, mpp: float, tile_um: float = 128.0) -> dict[str, np.ndarray]:
@@ -85,8 +107,9 @@ def manifest_images(relative: str):
         yield np.asarray(Image.open(next((folder / "images").glob(f"{image_id}.*"))).convert("RGB")), float(mpp)
 
 
-@pytest.mark.parametrize("relative", ["monuseg/train", "consep/train", "nucls/test", "dsb2018-histo/train",
-                                      "deepliif-ihc/train"])
+@pytest.mark.parametrize(
+    "relative", ["monuseg/train", "consep/train", "nucls/test", "dsb2018-histo/train", "deepliif-ihc/train"]
+)
 def test_no_real_tile_is_flagged(relative):
     """Every image of a real data set, in tiles of 128 µm: no check flags any of them (the thresholds' margins are
     in the module docstring, from benchmarks/bench_quality.py)."""
@@ -109,9 +132,12 @@ def folded(rgb: np.ndarray, layers: float) -> np.ndarray:
     return (255 * (np.clip(rgb, 1, 255) / 255.0) ** layers).astype(np.uint8)
 
 
-DEGRADED = {"blur": lambda rgb, mpp: blurred(rgb, 2.0, mpp), "ink": lambda rgb, mpp: green_ink(rgb),
-            "dark": lambda rgb, mpp: folded(rgb, 3.0),
-            "not_tissue": lambda rgb, mpp: np.random.default_rng(0).integers(0, 256, rgb.shape).astype(np.uint8)}
+DEGRADED = {
+    "blur": lambda rgb, mpp: blurred(rgb, 2.0, mpp),
+    "ink": lambda rgb, mpp: green_ink(rgb),
+    "dark": lambda rgb, mpp: folded(rgb, 3.0),
+    "not_tissue": lambda rgb, mpp: np.random.default_rng(0).integers(0, 256, rgb.shape).astype(np.uint8),
+}
 MIN_SHARE = {"blur": 0.9, "ink": 0.8, "dark": 0.25, "not_tissue": 1.0}  # a fold is caught only when darker than
 # any real tile: OD x3 flags ~40% (benchmarks/bench_quality.py)
 
@@ -135,8 +161,20 @@ def test_blur_and_ink_are_mapped_in_the_summary_review_file_and_report(tmp_path)
     image = np.concatenate([blurred(images[0], 2.0, 0.25), green_ink(images[1], slice(500, None))], axis=1)
     Image.fromarray(image).save(tmp_path / "faults.png")
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["segment", str(tmp_path / "faults.png"), "--mpp", "0.25", "-o", str(out),
-                                       "--scheduler", "inprocess", "--quiet"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "segment",
+            str(tmp_path / "faults.png"),
+            "--mpp",
+            "0.25",
+            "-o",
+            str(out),
+            "--scheduler",
+            "inprocess",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     quality = json.loads((out / "summary.json").read_text())["quality"]
     flagged = quality["tiles"]["flagged"]

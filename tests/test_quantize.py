@@ -59,9 +59,12 @@ def test_shipped_int8_version_finds_the_nuclei_fp32_finds():
     loaded = load_model("pathoseg-light")
     assert loaded.int8_ir == xml
     settings = RegionSettings.from_config(load_config(), loaded.metadata.mpp)
-    labels = {precision: nuclei_of_maps(rgb, Predictor(loaded.network, CPU, precision=precision,
-                                                       int8_ir=xml).predict(rgb), settings)[0]
-              for precision in ("fp32", "int8")}
+    labels = {
+        precision: nuclei_of_maps(
+            rgb, Predictor(loaded.network, CPU, precision=precision, int8_ir=xml).predict(rgb), settings
+        )[0]
+        for precision in ("fp32", "int8")
+    }
     agreement = instance_metrics(labels["fp32"], labels["int8"])
     assert labels["fp32"].max() > 60
     assert agreement["dq"] > 0.95 and agreement["pq"] > 0.85

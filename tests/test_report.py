@@ -76,8 +76,9 @@ def test_tissue_region_stats_by_hand():
     origin = (1000.0, 2000.0)
     centroids = np.array([[10, 10], [20, 12], [45, 25], [2, 2]], float) * 16 + origin  # last: outside the mask
     class_ids = np.array([1, 2, 2, 1])
-    stats = tissue_region_stats(tissue, origin, centroids, class_ids, ["background", "a", "b"],
-                                dab_bins=np.array([0, 3, 1, 2]))
+    stats = tissue_region_stats(
+        tissue, origin, centroids, class_ids, ["background", "a", "b"], dab_bins=np.array([0, 3, 1, 2])
+    )
     assert [s["id"] for s in stats] == [1, 2]
     big, small = stats
     assert big["bbox_level0"] == [1000 + 5 * 16, 2000 + 5 * 16, 20 * 16, 10 * 16]
@@ -125,8 +126,23 @@ def ihc_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ihc")
     config = out / "hotspot.yaml"
     config.write_text(f"stain:\n  hotspot_field_um: {HOTSPOT_FIELD_UM}\n  hotspot_min_nuclei: {HOTSPOT_MIN_NUCLEI}\n")
-    result = CliRunner().invoke(main, ["segment", str(image), "--mpp", "0.25", "-o", str(out), "--scheduler",
-                                       "inprocess", "--quiet", "-c", str(config)], catch_exceptions=False)
+    result = CliRunner().invoke(
+        main,
+        [
+            "segment",
+            str(image),
+            "--mpp",
+            "0.25",
+            "-o",
+            str(out),
+            "--scheduler",
+            "inprocess",
+            "--quiet",
+            "-c",
+            str(config),
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     return image, out
 
@@ -147,8 +163,13 @@ def test_ihc_hotspot_is_the_field_of_highest_index(ihc_run):
 
     x, y = hotspot["bbox_level0"][:2]
     assert field(x, y) == (hotspot["n_nuclei"], hotspot["positive"]) and hotspot["n_nuclei"] >= HOTSPOT_MIN_NUCLEI
-    shares = [p / n for n, p in (field(gx, gy) for gx in np.arange(-side, 1024, side / 4)
-                                 for gy in np.arange(-side, 1024, side / 4)) if n >= HOTSPOT_MIN_NUCLEI]
+    shares = [
+        p / n
+        for n, p in (
+            field(gx, gy) for gx in np.arange(-side, 1024, side / 4) for gy in np.arange(-side, 1024, side / 4)
+        )
+        if n >= HOTSPOT_MIN_NUCLEI
+    ]
     assert hotspot["positive_percent"] == pytest.approx(100 * max(shares))
     review = json.loads((out / "review.geojson").read_text())["features"]
     assert review[0]["properties"]["name"].startswith(f"Hotspot: {hotspot['positive_percent']:.1f}% positive")
@@ -186,8 +207,11 @@ def test_ihc_report_and_brown_nuclei(ihc_run):
 
 
 def test_he_report_shows_counts_per_class_and_regions(tmp_path, svs_slide):
-    result = CliRunner().invoke(main, ["segment", str(svs_slide), "-o", str(tmp_path), "--scheduler", "inprocess",
-                                       "--quiet", "--stain", "he"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        main,
+        ["segment", str(svs_slide), "-o", str(tmp_path), "--scheduler", "inprocess", "--quiet", "--stain", "he"],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     parser = parse_report(tmp_path / "report.html")
@@ -205,8 +229,11 @@ def test_fluorescence_slide_is_flagged(tmp_path, caplog):
     """A DAPI slide runs, but the user is told, on the terminal and in the report, that it is outside what the model
     was trained on; densities are per mm² of glowing tissue, not of the whole black slide."""
     slide = shared("slides/Hamamatsu-test3-DAPI-2-387.ndpi")
-    result = CliRunner().invoke(main, ["segment", str(slide), "-o", str(tmp_path), "--scheduler", "inprocess",
-                                       "--quiet"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        main,
+        ["segment", str(slide), "-o", str(tmp_path), "--scheduler", "inprocess", "--quiet"],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     assert "a dark background, as in fluorescence" in caplog.text  # a warning, shown without -v
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -222,8 +249,14 @@ def test_whole_slide_overlay_draws_nuclei_as_dots(tmp_path):
     names = ["background", "other", "inflammatory", "epithelial"]
     colors = [[0, 0, 0], [10, 20, 30], [40, 50, 60], [70, 80, 90]]
     thumbnail = np.full((100, 100, 3), 255, np.uint8)
-    write_overlay(tmp_path / "overlay.png", thumbnail, 100.0, [result], frame,
-                  NucleusStyle.of(names, colors, "he", [0.2, 0.4, 0.6]))
+    write_overlay(
+        tmp_path / "overlay.png",
+        thumbnail,
+        100.0,
+        [result],
+        frame,
+        NucleusStyle.of(names, colors, "he", [0.2, 0.4, 0.6]),
+    )
     overlay = np.asarray(Image.open(tmp_path / "overlay.png"))
     assert overlay[20, 10].tolist() == [10, 20, 30] and overlay[70, 50].tolist() == [40, 50, 60]
     assert overlay[1, 99].tolist() == [70, 80, 90]

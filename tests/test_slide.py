@@ -47,11 +47,14 @@ def test_png_needs_mpp():
     assert open_slide(path, mpp=0.25).mpp == 0.25
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda tmp: tmp / "absent.svs", "no such file"),
-    (lambda tmp: (tmp / "notes.svs").write_text("hello") and tmp / "notes.svs", "not a readable slide"),
-    (lambda tmp: tmp, "is a folder"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda tmp: tmp / "absent.svs", "no such file"),
+        (lambda tmp: (tmp / "notes.svs").write_text("hello") and tmp / "notes.svs", "not a readable slide"),
+        (lambda tmp: tmp, "is a folder"),
+    ],
+)
 def test_bad_input_names_file_and_problem(tmp_path, make, message):
     path = make(tmp_path)
     with pytest.raises(SlideError, match=message) as error:
@@ -129,8 +132,15 @@ def test_strip_tiff_reads_like_the_image(tmp_path, monkeypatch, rows_per_strip):
     monkeypatch.setattr("pathoseg.io.tiff.MAX_LAZY_STRIP_BYTES", 1 * 2**20)
     rgb = iio.imread(shared("examples/he-tcga-tile.png"))[..., :3]
     path = tmp_path / "strips.tif"
-    tifffile.imwrite(path, rgb, photometric="rgb", rowsperstrip=rows_per_strip, compression="zlib",
-                     resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        path,
+        rgb,
+        photometric="rgb",
+        rowsperstrip=rows_per_strip,
+        compression="zlib",
+        resolution=(1e4 / 0.25, 1e4 / 0.25),
+        resolutionunit="CENTIMETER",
+    )
     assert openslide.OpenSlide.detect_format(str(path)) is None  # OpenSlide would hand it to PIL, whole
     slide = open_slide(path)
     assert slide.vendor == "tiff" and slide.mpp == pytest.approx(0.25)
@@ -149,10 +159,13 @@ def test_grey_and_planar_tiffs(tmp_path):
     assert np.array_equal(open_slide(grey, mpp=0.5).read_region(0, 0, 0, 30, 20), np.repeat(rgb[:20, :30, 1:2], 3, 2))
 
 
-@pytest.mark.parametrize("name, shape, options", [
-    ("channels.ome.tif", (5, 64, 64), {"metadata": {"axes": "CYX"}}),
-    ("samples.tif", (64, 64, 6), {"photometric": "rgb", "planarconfig": "contig"}),
-])
+@pytest.mark.parametrize(
+    "name, shape, options",
+    [
+        ("channels.ome.tif", (5, 64, 64), {"metadata": {"axes": "CYX"}}),
+        ("samples.tif", (64, 64, 6), {"photometric": "rgb", "planarconfig": "contig"}),
+    ],
+)
 def test_multichannel_tiff_is_refused_in_one_line(tmp_path, name, shape, options):
     path = tmp_path / name
     tifffile.imwrite(path, np.zeros(shape, np.uint8), **options)
@@ -163,8 +176,9 @@ def test_multichannel_tiff_is_refused_in_one_line(tmp_path, name, shape, options
 def test_oversized_plain_image_names_the_fix(monkeypatch):
     monkeypatch.setattr("pathoseg.io.slide.MAX_PLAIN_IMAGE_PX", 100_000)
     path = shared("examples/he-small.jpg")
-    with pytest.raises(SlideError, match="500x300 px is too large to decode as a plain JPEG image; save it as a "
-                                         "tiled pyramidal TIFF") as error:
+    with pytest.raises(
+        SlideError, match="500x300 px is too large to decode as a plain JPEG image; save it as a tiled pyramidal TIFF"
+    ) as error:
         open_slide(path)
     assert str(path) in str(error.value)
 
@@ -183,10 +197,18 @@ def test_ome_tiff_with_label_and_macro_images_opens_the_slide(tmp_path):
     rgb = iio.imread(shared("examples/he-tcga-tile.png"))[..., :3]
     path = tmp_path / "converted.ome.tif"
     with tifffile.TiffWriter(path, ome=True) as writer:
-        writer.write(np.full((200, 300, 3), 220, np.uint8), photometric="rgb",
-                     metadata={"axes": "YXS", "Name": "label", "PhysicalSizeX": 40.0, "PhysicalSizeY": 40.0})
-        writer.write(rgb, photometric="rgb", tile=(256, 256), subifds=1,
-                     metadata={"axes": "YXS", "Name": "slide", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25})
+        writer.write(
+            np.full((200, 300, 3), 220, np.uint8),
+            photometric="rgb",
+            metadata={"axes": "YXS", "Name": "label", "PhysicalSizeX": 40.0, "PhysicalSizeY": 40.0},
+        )
+        writer.write(
+            rgb,
+            photometric="rgb",
+            tile=(256, 256),
+            subifds=1,
+            metadata={"axes": "YXS", "Name": "slide", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25},
+        )
         writer.write(rgb[::2, ::2], photometric="rgb", tile=(256, 256), subfiletype=1)
     slide = open_slide(path)
     assert slide.dimensions == (1024, 1024) and len(slide.level_dimensions) == 2

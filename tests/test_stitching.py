@@ -35,8 +35,7 @@ def pixel_sets(labels: np.ndarray, offset_xy: tuple[int, int], full_width: int) 
 def tiled_nuclei(np_prob, hv, region_px, margin_px):
     """Post-process region by region; keep what each region owns; nuclei as pixel sets of the whole image."""
     height, width = np_prob.shape
-    grid = Grid(width, height, tile_px=region_px, region_px=region_px, margin_px=margin_px,
-                patches=PatchGrid(512, 16))
+    grid = Grid(width, height, tile_px=region_px, region_px=region_px, margin_px=margin_px, patches=PatchGrid(512, 16))
     nuclei, owned_total = set(), 0
     for region in grid.regions():
         window = region.window
@@ -66,8 +65,14 @@ def synthetic_instances(height: int, width: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     instances = np.zeros((height, width), np.int32)
     for label in range(1, height * width // 700):
-        rows, cols = ellipse(rng.uniform(0, height), rng.uniform(0, width), rng.uniform(8, 18), rng.uniform(8, 18),
-                             (height, width), rotation=rng.uniform(0, np.pi))
+        rows, cols = ellipse(
+            rng.uniform(0, height),
+            rng.uniform(0, width),
+            rng.uniform(8, 18),
+            rng.uniform(8, 18),
+            (height, width),
+            rotation=rng.uniform(0, np.pi),
+        )
         instances[rows, cols] = label
     return instances
 
@@ -75,7 +80,7 @@ def synthetic_instances(height: int, width: int, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("region_px, offset", [(256, (0, 0)), (317, (5, 11))])
 def test_tiled_equals_untiled_on_synthetic_instances(region_px, offset):
     """The same property without real data, so a clean checkout checks it too."""
-    instances = synthetic_instances(900 + offset[0], 870 + offset[1])[offset[0]:, offset[1]:]
+    instances = synthetic_instances(900 + offset[0], 870 + offset[1])[offset[0] :, offset[1] :]
     np_prob, hv = (instances > 0).astype(np.float32), hv_targets(instances)
     expected, n_untiled = untiled_nuclei(np_prob, hv)
     found, n_owned = tiled_nuclei(np_prob, hv, region_px, margin_px=128)
@@ -99,7 +104,7 @@ def test_tiled_equals_untiled_on_ground_truth_maps(monuseg_maps, region_px, offs
     np_prob, hv = monuseg_maps
     # Offsets crop the image so that region borders fall at new places relative to the nuclei.
     y, x = offset
-    np_prob, hv = np_prob[y:y + 900, x:x + 870], hv[:, y:y + 900, x:x + 870]
+    np_prob, hv = np_prob[y : y + 900, x : x + 870], hv[:, y : y + 900, x : x + 870]
     expected, n_untiled = untiled_nuclei(np_prob, hv)
     found, n_owned = tiled_nuclei(np_prob, hv, region_px, margin_px=128)
     assert n_owned == n_untiled, "every nucleus is owned exactly once"
@@ -128,8 +133,9 @@ def test_too_small_margin_is_detectably_wrong(monuseg_maps):
     assert found != expected
 
 
-@pytest.mark.parametrize("window", [Box(0, 0, 130, 170), Box(200, 333, 300, 211), Box(611, 380, 289, 300),
-                                    Box(17, 450, 900, 150)])
+@pytest.mark.parametrize(
+    "window", [Box(0, 0, 130, 170), Box(200, 333, 300, 211), Box(611, 380, 289, 300), Box(17, 450, 900, 150)]
+)
 def test_a_window_gets_the_maps_of_the_whole_image_bit_for_bit(window):
     """Inference patches see the same pixels in any window (those of ``PatchGrid.reads``), so a window's maps are
     the whole image's, exactly: no reflection at a window's edge reaches its pixels."""

@@ -38,8 +38,15 @@ def test_fluorescence_tissue_is_what_glows():
     assert tissue.mask[glowing].mean() > 0.97 and tissue.mask[black].mean() < 0.05
 
 
-@pytest.mark.parametrize("relative", ["slides/CMU-1-Small-Region.svs", "examples/he-0.5mpp.ome.tif",
-                                      "examples/ihc-dab-roi.png", "examples/he-small.jpg"])
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "slides/CMU-1-Small-Region.svs",
+        "examples/he-0.5mpp.ome.tif",
+        "examples/ihc-dab-roi.png",
+        "examples/he-small.jpg",
+    ],
+)
 def test_brightfield_is_not_darkfield(relative):
     tissue, _ = find_tissue(open_slide(shared(relative), mpp=0.5), load_config())
     assert not tissue.darkfield
@@ -93,5 +100,9 @@ def test_tiler_writes_blocks_once_and_resumes(svs_slide, tmp_path):
     coarse = root["2"]
     assert coarse.shape == (3, -(-1800 // 16), -(-2600 // 16)) and coarse.chunks == (3, 64, 64)
     level0 = ngff.read_window(root, 0, 0, 1024, 1024).astype(float)
-    assert np.abs(ngff.read_window(root, 0, 0, 64, 64, level=2) -
-                  level0.reshape(64, 16, 64, 16, 3).mean(axis=(1, 3))).max() <= 0.5
+    assert (
+        np.abs(
+            ngff.read_window(root, 0, 0, 64, 64, level=2) - level0.reshape(64, 16, 64, 16, 3).mean(axis=(1, 3))
+        ).max()
+        <= 0.5
+    )

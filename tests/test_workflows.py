@@ -12,9 +12,22 @@ from conftest import REPO
 
 def test_dask_jobqueue_job_script_declares_the_gpu():
     pytest.importorskip("dask_jobqueue")
-    result = subprocess.run([sys.executable, str(REPO / "workflows/slurm/dask_batch.py"), "/archive", "/results",
-                             "--dry-run", "--partition", "gpu-long", "--venv", "/opt/venv"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "workflows/slurm/dask_batch.py"),
+            "/archive",
+            "/results",
+            "--dry-run",
+            "--partition",
+            "gpu-long",
+            "--venv",
+            "/opt/venv",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     script = result.stdout
     assert "#SBATCH --gres=gpu:1" in script and "#SBATCH -p gpu-long" in script
@@ -27,12 +40,20 @@ def test_array_script_runs_the_tasks_slide(tmp_path):
     slides.write_text("/archive/a.svs\n/archive/case 2/b.ndpi\n")
     env = {**os.environ, "SLURM_ARRAY_TASK_ID": "1", "PATHOSEG": "echo"}
     script = REPO / "workflows/slurm/segment_array.sbatch"
-    result = subprocess.run(["bash", str(script), str(slides), "/results", "--stain", "ihc"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", str(script), str(slides), "/results", "--stain", "ihc"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == ("segment /archive/case 2/b.ndpi -o /results/archive__case_2__b.ndpi "
-                                     "--scheduler local --device auto --quiet --stain ihc")
+    assert result.stdout.strip() == (
+        "segment /archive/case 2/b.ndpi -o /results/archive__case_2__b.ndpi "
+        "--scheduler local --device auto --quiet --stain ihc"
+    )
     env["SLURM_ARRAY_TASK_ID"] = "5"
-    missing = subprocess.run(["bash", str(script), str(slides), "/results"], env=env, capture_output=True,
-                             text=True, timeout=60)
+    missing = subprocess.run(
+        ["bash", str(script), str(slides), "/results"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert missing.returncode == 2 and "no line 6" in missing.stderr

@@ -18,9 +18,12 @@ from pathoseg.distributed import open_runner
 @click.argument("archive", type=click.Path(path_type=Path))
 @click.option("-o", "--out", "out_root", required=True, type=click.Path(path_type=Path), help="Results folder.")
 @click.option("--pattern", help="Glob on slide file names, e.g. '*.svs' (default: every known slide type).")
-@click.option("--roi-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of annotations: a slide with <slide name>.geojson here (or <name without suffix>.geojson, "
-                   "or .geojson.gz) is limited to them.")
+@click.option(
+    "--roi-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of annotations: a slide with <slide name>.geojson here (or <name without suffix>.geojson, "
+    "or .geojson.gz) is limited to them.",
+)
 @run_options
 @friendly_errors
 def batch(archive, out_root, pattern, roi_dir, quiet, **options):
@@ -42,5 +45,7 @@ def batch(archive, out_root, pattern, roi_dir, quiet, **options):
         rows = run_batch(archive, out_root, config, runner, pattern, on_slide, progress, roi_dir)
     bar.close()
     statuses = [row["status"] for row in rows]
-    click.echo(f"{len(rows)} slides: {statuses.count('ok')} done, {statuses.count('skipped')} already done, "
-               f"{statuses.count('failed')} failed -> {out_root / 'manifest.csv'}")
+    click.echo(
+        f"{len(rows)} slides: {statuses.count('ok')} done, {statuses.count('skipped')} already done, "
+        f"{statuses.count('failed')} failed -> {out_root / 'manifest.csv'}"
+    )

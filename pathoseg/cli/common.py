@@ -13,8 +13,10 @@ from pathoseg import __version__
 from pathoseg.errors import PathosegError
 from pathoseg.io.files import DiskFullError
 
-BUG_REPORT = ("this is a bug in pathoseg {version}, not a problem with your input: please report it with the "
-              "traceback above and the command you ran")
+BUG_REPORT = (
+    "this is a bug in pathoseg {version}, not a problem with your input: please report it with the "
+    "traceback above and the command you ran"
+)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -55,8 +57,9 @@ class StageProgress:
             return
         bar = self.bars.get(stage)
         if bar is None:
-            bar = self.bars[stage] = tqdm(total=total, desc=f"{self.prefix}{stage}", unit=stage[:-1] or stage,
-                                          leave=False, file=sys.stderr)
+            bar = self.bars[stage] = tqdm(
+                total=total, desc=f"{self.prefix}{stage}", unit=stage[:-1] or stage, leave=False, file=sys.stderr
+            )
         bar.update(increment)
 
     def close(self) -> None:

@@ -23,23 +23,46 @@ CALIBRATION_PATCHES = 64  # crops of 256 px, drawn over the training images by a
 
 
 @click.command()
-@click.option("-c", "--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Training configuration (configs/train-light.yaml).")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Training configuration (configs/train-light.yaml).",
+)
 @click.option("--steps", type=int, help="Override the number of optimiser steps.")
 @click.option("--device", help="auto | cpu | cuda | cuda:N.")
 @click.option("--fresh", is_flag=True, help="Start over instead of resuming from OUTPUT/last.pt.")
-@click.option("--resume-from", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Checkpoint to continue from when OUTPUT has no last.pt yet (e.g. training/light-v2/last.pt).")
+@click.option(
+    "--resume-from",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Checkpoint to continue from when OUTPUT has no last.pt yet (e.g. training/light-v2/last.pt).",
+)
 @click.option("--publish", is_flag=True, help="Copy the best checkpoint into the package as the config's name.")
-@click.option("--tune-postproc", is_flag=True,
-              help="Skip training: sweep post-processing thresholds of the best checkpoint on the validation images "
-                   "and print the best.")
-@click.option("--quantize", is_flag=True,
-              help="Skip training: make the shipped model of the config's name an int8 version (OpenVINO NNCF, "
-                   "calibrated on crops of the training images; needs pip install nncf) and register it.")
+@click.option(
+    "--tune-postproc",
+    is_flag=True,
+    help="Skip training: sweep post-processing thresholds of the best checkpoint on the validation images "
+    "and print the best.",
+)
+@click.option(
+    "--quantize",
+    is_flag=True,
+    help="Skip training: make the shipped model of the config's name an int8 version (OpenVINO NNCF, "
+    "calibrated on crops of the training images; needs pip install nncf) and register it.",
+)
 @friendly_errors
-def train(config_path: str, steps: int | None, device: str | None, fresh: bool, resume_from: Path | None,
-          publish: bool, tune_postproc: bool, quantize: bool) -> None:
+def train(
+    config_path: str,
+    steps: int | None,
+    device: str | None,
+    fresh: bool,
+    resume_from: Path | None,
+    publish: bool,
+    tune_postproc: bool,
+    quantize: bool,
+) -> None:
     """Train the HoVer-Net-style model on dataset folders in the layout of shared/data (resumable)."""
     logging.getLogger("pathoseg").setLevel(logging.INFO)
     if not logging.getLogger().handlers:
@@ -53,8 +76,9 @@ def train(config_path: str, steps: int | None, device: str | None, fresh: bool, 
         tune(config)
         return
     if quantize:
-        samples = [sample for spec in config.datasets if spec.weight > 0
-                   for sample in split_dataset(spec, config.mpp)[0]]
+        samples = [
+            sample for spec in config.datasets if spec.weight > 0 for sample in split_dataset(spec, config.mpp)[0]
+        ]
         click.echo(f"int8 version: {publish_int8(config.name, calibration_patches(samples, CALIBRATION_PATCHES))}")
         return
     last = Path(config.output) / "last.pt"
@@ -71,8 +95,11 @@ def tune(config: TrainConfig) -> None:
     """Sweep the best checkpoint's post-processing over the validation sets with outlines (IHC sets' outlines are
     registered from another image, so they are left out)."""
     loaded = load_model(str(Path(config.output) / "best.pt"))
-    validation = {spec.name: load_dataset(spec.path, loaded.metadata.mpp, spec.validation_ids)
-                  for spec in config.datasets if spec.validation_ids and not spec.positivity_truth}
+    validation = {
+        spec.name: load_dataset(spec.path, loaded.metadata.mpp, spec.validation_ids)
+        for spec in config.datasets
+        if spec.validation_ids and not spec.positivity_truth
+    }
     predictor = Predictor(loaded.network, resolve_device(config.device))
     settings = RegionSettings.from_config(load_config(), loaded.metadata.mpp)
     best, tried = tune_postproc(predictor, validation, settings, postproc_grid(loaded.metadata.np_classes))

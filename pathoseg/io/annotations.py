@@ -72,8 +72,13 @@ def read_annotations(path: str | Path) -> list[Annotation]:
             raise AnnotationError(f"{path}: feature {number} has an invalid geometry ({error})") from None
         if not polygon.is_empty:
             class_name = _class_name(properties)
-            annotations.append(Annotation(str(properties.get("name") or class_name or f"annotation {number}"),
-                                          polygon, bool(EXCLUDING_CLASS.match(class_name))))
+            annotations.append(
+                Annotation(
+                    str(properties.get("name") or class_name or f"annotation {number}"),
+                    polygon,
+                    bool(EXCLUDING_CLASS.match(class_name)),
+                )
+            )
     if not annotations:
         raise AnnotationError(f"{path}: holds no polygon annotation")
     return annotations

@@ -59,8 +59,10 @@ def resample_sample(sample: Sample, factor: float) -> Sample:
     """Resample image (bilinear) and maps (nearest) by ``factor`` (> 1 enlarges)."""
     if abs(factor - 1) < 1e-3:
         return sample
-    maps = [None if m is None else rescale(m, factor, order=0, preserve_range=True, anti_aliasing=False)
-            .astype(m.dtype) for m in (sample.instances, sample.types)]
+    maps = [
+        None if m is None else rescale(m, factor, order=0, preserve_range=True, anti_aliasing=False).astype(m.dtype)
+        for m in (sample.instances, sample.types)
+    ]
     return Sample(sample.id, resample_image(sample.image, factor), maps[0], maps[1], sample.mpp / factor)
 
 
@@ -71,8 +73,9 @@ def resample_image(image: np.ndarray, factor: float) -> np.ndarray:
     return rescale(image, factor, order=1, channel_axis=-1, preserve_range=True).round().astype(np.uint8)
 
 
-def load_dataset(folder: str | Path, model_mpp: float | None, ids: list[str] | None = None,
-                 use_types: bool = True) -> list[Sample]:
+def load_dataset(
+    folder: str | Path, model_mpp: float | None, ids: list[str] | None = None, use_types: bool = True
+) -> list[Sample]:
     """Read a dataset folder, resampled to ``model_mpp``.
 
     Parameters

@@ -62,8 +62,10 @@ def output_lock(out_dir: str | Path) -> Iterator[None]:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise OutputError(f"{out_dir}: another pathoseg run is writing here ({holder}); wait for it to finish or "
-                          "choose another output folder") from None
+        raise OutputError(
+            f"{out_dir}: another pathoseg run is writing here ({holder}); wait for it to finish or "
+            "choose another output folder"
+        ) from None
     try:
         handle.seek(0)
         handle.truncate()
@@ -88,5 +90,7 @@ def full_disk_reported(out_dir: str | Path) -> Iterator[None]:
     except OSError as error:
         if error.errno not in OUT_OF_SPACE:
             raise
-        raise DiskFullError(f"{out_dir}: no space left on the disk ({error.strerror}); free some and rerun the same "
-                            "command (what was finished is kept, earlier outputs are untouched)") from None
+        raise DiskFullError(
+            f"{out_dir}: no space left on the disk ({error.strerror}); free some and rerun the same "
+            "command (what was finished is kept, earlier outputs are untouched)"
+        ) from None

@@ -44,8 +44,10 @@ def snap_rings(rings_xy: list[np.ndarray]) -> tuple[list[np.ndarray | None], int
     broken = ~(shapely.is_valid(polygons) & shapely.is_valid(rounded)) | (shapely.area(rounded) <= 0)
     repaired = shapely.set_precision(shapely.make_valid(polygons[broken]), QUPATH_GRID_PX)  # valid output
     rounded[broken] = [largest_polygon(geometry) for geometry in repaired]
-    snapped = [None if polygon is None or polygon.is_empty
-               else np.round(np.asarray(polygon.exterior.coords)[:-1], 2) for polygon in rounded]
+    snapped = [
+        None if polygon is None or polygon.is_empty else np.round(np.asarray(polygon.exterior.coords)[:-1], 2)
+        for polygon in rounded
+    ]
     return snapped, int(broken.sum())
 
 
@@ -55,18 +57,32 @@ def largest_polygon(geometry) -> shapely.Polygon | None:
     return shapely.Polygon(max(parts, key=lambda part: part.area).exterior) if parts else None
 
 
-def nucleus_feature(ring_xy: np.ndarray, class_name: str, class_color: list[int], measurements: dict[str, float],
-                    id_seed: str, object_type: str = "detection", name: str | None = None) -> dict:
+def nucleus_feature(
+    ring_xy: np.ndarray,
+    class_name: str,
+    class_color: list[int],
+    measurements: dict[str, float],
+    id_seed: str,
+    object_type: str = "detection",
+    name: str | None = None,
+) -> dict:
     """One QuPath object (a detection unless ``object_type`` says otherwise) as a GeoJSON Feature. ``ring_xy``
     (K, 2) level-0 (x, y), not closed (closed here)."""
     ring = np.round(np.asarray(ring_xy, dtype=float), 2).tolist()
     ring.append(ring[0])
-    return qupath_feature({"type": "Polygon", "coordinates": [ring]}, class_name, class_color, measurements, id_seed,
-                          object_type, name)
+    return qupath_feature(
+        {"type": "Polygon", "coordinates": [ring]}, class_name, class_color, measurements, id_seed, object_type, name
+    )
 
 
-def annotation_feature(geometry: shapely.Geometry, class_name: str, class_color: list[int],
-                       measurements: dict[str, float], id_seed: str, name: str) -> dict | None:
+def annotation_feature(
+    geometry: shapely.Geometry,
+    class_name: str,
+    class_color: list[int],
+    measurements: dict[str, float],
+    id_seed: str,
+    name: str,
+) -> dict | None:
     """One QuPath annotation of a (Multi)Polygon in level-0 pixels, holes kept, snapped to ``QUPATH_GRID_PX`` into
     a valid geometry; None when nothing of it survives the snapping."""
     snapped = shapely.set_precision(shapely.make_valid(geometry), QUPATH_GRID_PX)
@@ -74,23 +90,38 @@ def annotation_feature(geometry: shapely.Geometry, class_name: str, class_color:
     if not parts:
         return None
     shape = parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
-    return qupath_feature(json.loads(shapely.to_geojson(shape)), class_name, class_color, measurements, id_seed,
-                          "annotation", name)
+    return qupath_feature(
+        json.loads(shapely.to_geojson(shape)), class_name, class_color, measurements, id_seed, "annotation", name
+    )
 
 
-def qupath_feature(geometry: dict, class_name: str, class_color: list[int], measurements: dict[str, float],
-                   id_seed: str, object_type: str, name: str | None = None) -> dict:
+def qupath_feature(
+    geometry: dict,
+    class_name: str,
+    class_color: list[int],
+    measurements: dict[str, float],
+    id_seed: str,
+    object_type: str,
+    name: str | None = None,
+) -> dict:
     """A GeoJSON Feature as QuPath reads it: a UUID id (stable: from ``id_seed``), ``objectType``, a classification
     with an [r, g, b] colour, finite measurements only (QuPath rejects the file for a non-number, drops null)."""
-    clean = {key: float(value) for key, value in measurements.items() if value is not None and
-             math.isfinite(float(value))}
-    properties = {"objectType": object_type,
-                  "classification": {"name": class_name, "color": [int(c) for c in class_color]},
-                  "measurements": clean}
+    clean = {
+        key: float(value) for key, value in measurements.items() if value is not None and math.isfinite(float(value))
+    }
+    properties = {
+        "objectType": object_type,
+        "classification": {"name": class_name, "color": [int(c) for c in class_color]},
+        "measurements": clean,
+    }
     if name is not None:
         properties["name"] = name
-    return {"type": "Feature", "id": str(uuid.uuid5(NUCLEUS_NAMESPACE, id_seed)), "geometry": geometry,
-            "properties": properties}
+    return {
+        "type": "Feature",
+        "id": str(uuid.uuid5(NUCLEUS_NAMESPACE, id_seed)),
+        "geometry": geometry,
+        "properties": properties,
+    }
 
 
 def encode_fragment(text: str, compress: bool) -> bytes:

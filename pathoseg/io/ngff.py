@@ -34,21 +34,27 @@ def _compressor() -> numcodecs.Blosc:
 
 def multiscales_metadata(name: str, mpp: float) -> list[dict]:
     """The OME-Zarr 0.4 ``multiscales`` attribute for the pyramid (axes c, y, x; scales in micrometres)."""
-    return [{
-        "version": "0.4",
-        "name": name,
-        "axes": [{"name": "c", "type": "channel"},
-                 {"name": "y", "type": "space", "unit": "micrometer"},
-                 {"name": "x", "type": "space", "unit": "micrometer"}],
-        "datasets": [{"path": str(level),
-                      "coordinateTransformations": [{"type": "scale", "scale": [1.0, mpp * f, mpp * f]}]}
-                     for level, f in enumerate(PYRAMID_FACTORS)],
-        "type": "mean",
-    }]
+    return [
+        {
+            "version": "0.4",
+            "name": name,
+            "axes": [
+                {"name": "c", "type": "channel"},
+                {"name": "y", "type": "space", "unit": "micrometer"},
+                {"name": "x", "type": "space", "unit": "micrometer"},
+            ],
+            "datasets": [
+                {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [1.0, mpp * f, mpp * f]}]}
+                for level, f in enumerate(PYRAMID_FACTORS)
+            ],
+            "type": "mean",
+        }
+    ]
 
 
-def create_image_store(path: str | Path, name: str, width_px: int, height_px: int, tile_px: int, block_px: int,
-                       mpp: float, identity: dict) -> zarr.Group:
+def create_image_store(
+    path: str | Path, name: str, width_px: int, height_px: int, tile_px: int, block_px: int, mpp: float, identity: dict
+) -> zarr.Group:
     """A new, empty image store (overwrites whatever is at ``path``).
 
     ``identity`` (slide path, size, mtime, mpp, tile and block size) is kept in the attributes so that a rerun can
@@ -57,13 +63,27 @@ def create_image_store(path: str | Path, name: str, width_px: int, height_px: in
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     for level, factor in enumerate(PYRAMID_FACTORS):
         chunk_px = min(tile_px, block_px // factor)  # every chunk inside one block
-        root.create_array(str(level), shape=(3, -(-height_px // factor), -(-width_px // factor)),
-                          chunks=(3, chunk_px, chunk_px), dtype="uint8", compressors=_compressor(), fill_value=255)
-    root.attrs.update({"multiscales": multiscales_metadata(name, mpp),
-                       "omero": {"channels": [{"label": c, "color": col, "window": {"start": 0, "end": 255}}
-                                              for c, col in (("R", "FF0000"), ("G", "00FF00"), ("B", "0000FF"))],
-                                 "rdefs": {"model": "color"}},
-                       "pathoseg": identity})
+        root.create_array(
+            str(level),
+            shape=(3, -(-height_px // factor), -(-width_px // factor)),
+            chunks=(3, chunk_px, chunk_px),
+            dtype="uint8",
+            compressors=_compressor(),
+            fill_value=255,
+        )
+    root.attrs.update(
+        {
+            "multiscales": multiscales_metadata(name, mpp),
+            "omero": {
+                "channels": [
+                    {"label": c, "color": col, "window": {"start": 0, "end": 255}}
+                    for c, col in (("R", "FF0000"), ("G", "00FF00"), ("B", "0000FF"))
+                ],
+                "rdefs": {"model": "color"},
+            },
+            "pathoseg": identity,
+        }
+    )
     return root
 
 
@@ -140,8 +160,11 @@ def block_intact(path: str | Path, block: tuple[int, int], box: Box) -> bool:
         expected = None
     if isinstance(expected, dict) and expected == block_chunk_checksums(path, box):
         return True
-    log.warning("%s: block %s of the store changed since it was written (damaged or deleted chunk); tiling it "
-                "again", path, block)
+    log.warning(
+        "%s: block %s of the store changed since it was written (damaged or deleted chunk); tiling it again",
+        path,
+        block,
+    )
     marker.unlink()
     return False
 
@@ -156,8 +179,9 @@ def write_block(root: zarr.Group, x0: int, y0: int, rgb: np.ndarray) -> None:
         array = root[str(level)]
         top, left = y0 // factor, x0 // factor
         block = chw if factor == 1 else block_mean(chw, factor)
-        array[:, top:top + block.shape[1], left:left + block.shape[2]] = \
-            block[:, :array.shape[1] - top, :array.shape[2] - left]
+        array[:, top : top + block.shape[1], left : left + block.shape[2]] = block[
+            :, : array.shape[1] - top, : array.shape[2] - left
+        ]
 
 
 def block_mean(chw: np.ndarray, factor: int) -> np.ndarray:
@@ -176,4 +200,4 @@ def frame_of(root: zarr.Group) -> Box:
 
 def read_window(root: zarr.Group, y0: int, x0: int, height: int, width: int, level: int = 0) -> np.ndarray:
     """(height, width, 3) uint8 RGB from a pyramid level."""
-    return np.ascontiguousarray(root[str(level)][:, y0:y0 + height, x0:x0 + width].transpose(1, 2, 0))
+    return np.ascontiguousarray(root[str(level)][:, y0 : y0 + height, x0 : x0 + width].transpose(1, 2, 0))

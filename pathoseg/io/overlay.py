@@ -11,8 +11,9 @@ from PIL import Image, ImageDraw
 from pathoseg.io.files import atomic_path
 
 
-def draw_overlay(thumbnail: np.ndarray, outlines: Iterable[tuple[np.ndarray, tuple[int, int, int]]],
-                 scale: float) -> Image.Image:
+def draw_overlay(
+    thumbnail: np.ndarray, outlines: Iterable[tuple[np.ndarray, tuple[int, int, int]]], scale: float
+) -> Image.Image:
     """Thumbnail (h, w, 3) uint8 with outlines drawn; each outline (K, 2) in the coordinates that ``scale`` maps to
     thumbnail pixels (thumbnail = coords * scale)."""
     image = Image.fromarray(thumbnail).convert("RGB")

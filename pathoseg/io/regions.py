@@ -54,10 +54,14 @@ def save_region(folder: Path, result: RegionResult) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     lengths = np.array([len(p) for p in result.polygons], np.int64)
     coords = np.concatenate(result.polygons) if result.polygons else np.zeros((0, 2))
-    arrays = {"coords": coords.astype(np.float64), "lengths": lengths, "centroids": result.centroids,
-              "removed": np.array([result.removed.get(k, 0) for k in REMOVED_KEYS], np.int64),
-              "quality": result.quality,
-              **{f"m_{key}": np.asarray(values) for key, values in result.measurements.items()}}
+    arrays = {
+        "coords": coords.astype(np.float64),
+        "lengths": lengths,
+        "centroids": result.centroids,
+        "removed": np.array([result.removed.get(k, 0) for k in REMOVED_KEYS], np.int64),
+        "quality": result.quality,
+        **{f"m_{key}": np.asarray(values) for key, values in result.measurements.items()},
+    }
     with atomic_path(region_path(folder, result.index)) as temporary, open(temporary, "wb") as handle:
         np.savez(handle, **arrays)
 
@@ -97,7 +101,8 @@ def intact_regions(folder: Path) -> set[int]:
         if region_readable(folder, index):
             intact.add(index)
         else:
-            log.warning("%s: damaged (does not read back); deleted, the region is computed again",
-                        region_path(folder, index))
+            log.warning(
+                "%s: damaged (does not read back); deleted, the region is computed again", region_path(folder, index)
+            )
             region_path(folder, index).unlink()
     return intact

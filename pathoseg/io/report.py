@@ -32,9 +32,17 @@ def image_data_uri(image: Image.Image, max_side_px: int = 1200, quality: int = 8
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def svg_histogram(values: np.ndarray, title: str, x_label: str, bins: int = 40,
-                  value_range: tuple[float, float] | None = None, thresholds: tuple[float, ...] = (),
-                  color: str = "#4a6fa5", width: int = 460, height: int = 220) -> str:
+def svg_histogram(
+    values: np.ndarray,
+    title: str,
+    x_label: str,
+    bins: int = 40,
+    value_range: tuple[float, float] | None = None,
+    thresholds: tuple[float, ...] = (),
+    color: str = "#4a6fa5",
+    width: int = 460,
+    height: int = 220,
+) -> str:
     """An inline SVG histogram of ``values`` (N,), with dashed lines at ``thresholds``."""
     values = np.asarray(values, float)
     values = values[np.isfinite(values)]
@@ -46,27 +54,36 @@ def svg_histogram(values: np.ndarray, title: str, x_label: str, bins: int = 40,
     plot_w, plot_h = width - left - 10, bottom - top
     scale_y = plot_h / max(1, counts.max())
     bar_w = plot_w / bins
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="{escape(title)}">',
-             f'<text x="{left}" y="15" font-size="13" font-weight="600">{escape(title)}</text>',
-             f'<line x1="{left}" y1="{bottom}" x2="{left + plot_w}" y2="{bottom}" stroke="#444"/>',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#444"/>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="{escape(title)}">',
+        f'<text x="{left}" y="15" font-size="13" font-weight="600">{escape(title)}</text>',
+        f'<line x1="{left}" y1="{bottom}" x2="{left + plot_w}" y2="{bottom}" stroke="#444"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#444"/>',
+    ]
     for i, count in enumerate(counts):
         bar_h = count * scale_y
-        parts.append(f'<rect x="{left + i * bar_w:.1f}" y="{bottom - bar_h:.1f}" width="{max(bar_w - 1, 0.5):.1f}" '
-                     f'height="{bar_h:.1f}" fill="{color}"/>')
+        parts.append(
+            f'<rect x="{left + i * bar_w:.1f}" y="{bottom - bar_h:.1f}" width="{max(bar_w - 1, 0.5):.1f}" '
+            f'height="{bar_h:.1f}" fill="{color}"/>'
+        )
     for threshold in thresholds:
         if low <= threshold <= high:
             x = left + (threshold - low) / (high - low) * plot_w
-            parts.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom}" stroke="#c00" '
-                         f'stroke-dasharray="4 3"/>')
+            parts.append(
+                f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom}" stroke="#c00" stroke-dasharray="4 3"/>'
+            )
     for fraction in (0, 0.5, 1):
         x = left + fraction * plot_w
-        parts.append(f'<text x="{x:.1f}" y="{bottom + 14}" font-size="11" text-anchor="middle">'
-                     f'{low + fraction * (high - low):.3g}</text>')
+        parts.append(
+            f'<text x="{x:.1f}" y="{bottom + 14}" font-size="11" text-anchor="middle">'
+            f"{low + fraction * (high - low):.3g}</text>"
+        )
     parts.append(f'<text x="{left - 5}" y="{top + 4}" font-size="11" text-anchor="end">{counts.max()}</text>')
-    parts.append(f'<text x="{left + plot_w / 2:.0f}" y="{height - 4}" font-size="11" text-anchor="middle">'
-                 f'{escape(x_label)} (n = {values.size})</text></svg>')
+    parts.append(
+        f'<text x="{left + plot_w / 2:.0f}" y="{height - 4}" font-size="11" text-anchor="middle">'
+        f"{escape(x_label)} (n = {values.size})</text></svg>"
+    )
     return "".join(parts)
 
 
@@ -89,29 +106,44 @@ def _swatch(color) -> str:
 
 def _counts_section(summary: dict, colors: dict[str, list[int]]) -> str:
     counts = summary["counts"]
-    rows = [[_swatch(colors.get(name, [128, 128, 128])) + escape(name), c["count"], c["density_per_mm2"],
-             100 * c["fraction"]] for name, c in counts["classes"].items()]
+    rows = [
+        [
+            _swatch(colors.get(name, [128, 128, 128])) + escape(name),
+            c["count"],
+            c["density_per_mm2"],
+            100 * c["fraction"],
+        ]
+        for name, c in counts["classes"].items()
+    ]
     rows.append(["<b>all nuclei</b>", counts["n_nuclei"], counts["density_per_mm2"], 100.0])
     html = _table(["class", "nuclei", "per mm² of tissue", "% of nuclei"], rows)
     if "ihc" in summary:
         ihc = summary["ihc"]
         low, high = ihc["positive_percent_ci95"]
-        html = (f'<p class="key">{ihc["positive_percent"]:.1f}% positive (labelling index, e.g. Ki-67; 95% CI '
-                f'{low:.1f}&ndash;{high:.1f}%, n = {ihc["n_nuclei"]}) &middot; H-score {ihc["h_score"]:.0f} '
-                f'&middot; Allred {ihc["allred_total_score"]} ({ihc["allred_proportion_score"]} + '
-                f'{ihc["allred_intensity_score"]})</p>'
-                + _table(["DAB bin", "nuclei", "% of nuclei"],
-                         [[_swatch(colors[name]) + escape(name), n, 100 * n / max(1, ihc["n_nuclei"])]
-                          for name, n in ihc["counts"].items()])
-                + _hotspot_line(ihc.get("hotspot"))
-                + f"<p>Bins by nucleus DAB OD mean, thresholds {escape(str(ihc['dab_thresholds']))}. "
-                f"{ihc.get('borderline_nuclei', 0)} nuclei are borderline (DAB OD within 0.05 of the positivity "
-                f"threshold); the squares to review below rank them first.</p>"
-                + "<h3>Model classes</h3>" + html)
+        html = (
+            f'<p class="key">{ihc["positive_percent"]:.1f}% positive (labelling index, e.g. Ki-67; 95% CI '
+            f"{low:.1f}&ndash;{high:.1f}%, n = {ihc['n_nuclei']}) &middot; H-score {ihc['h_score']:.0f} "
+            f"&middot; Allred {ihc['allred_total_score']} ({ihc['allred_proportion_score']} + "
+            f"{ihc['allred_intensity_score']})</p>"
+            + _table(
+                ["DAB bin", "nuclei", "% of nuclei"],
+                [
+                    [_swatch(colors[name]) + escape(name), n, 100 * n / max(1, ihc["n_nuclei"])]
+                    for name, n in ihc["counts"].items()
+                ],
+            )
+            + _hotspot_line(ihc.get("hotspot"))
+            + f"<p>Bins by nucleus DAB OD mean, thresholds {escape(str(ihc['dab_thresholds']))}. "
+            f"{ihc.get('borderline_nuclei', 0)} nuclei are borderline (DAB OD within 0.05 of the positivity "
+            f"threshold); the squares to review below rank them first.</p>" + "<h3>Model classes</h3>" + html
+        )
     removed = summary.get("filtered_out", {})
     if removed:
-        html += ("<p>Removed by plausibility filters: "
-                 + ", ".join(f"{escape(k.replace('_', ' '))} {v}" for k, v in removed.items()) + ".</p>")
+        html += (
+            "<p>Removed by plausibility filters: "
+            + ", ".join(f"{escape(k.replace('_', ' '))} {v}" for k, v in removed.items())
+            + ".</p>"
+        )
     return html
 
 
@@ -123,9 +155,14 @@ def _regions_section(summary: dict) -> str:
     header = ["region", "bbox (level-0 x, y, w, h)", "mm²", "nuclei", "per mm²", *[f"% {c}" for c in classes]]
     rows = []
     for region in regions:
-        row = [str(region["id"]), escape(", ".join(map(str, region["bbox_level0"]))), region["area_mm2"],
-               region["n_nuclei"], region["density_per_mm2"],
-               *[100 * region["classes"][c]["fraction"] for c in classes]]
+        row = [
+            str(region["id"]),
+            escape(", ".join(map(str, region["bbox_level0"]))),
+            region["area_mm2"],
+            region["n_nuclei"],
+            region["density_per_mm2"],
+            *[100 * region["classes"][c]["fraction"] for c in classes],
+        ]
         if "ihc" in region:
             row += [region["ihc"]["positive_percent"], region["ihc"]["h_score"]]
         rows.append(row)
@@ -139,9 +176,11 @@ def _hotspot_line(hotspot: dict | None) -> str:
         return "<p>Hotspot: no field holds enough nuclei (see <code>stain.hotspot_min_nuclei</code>).</p>"
     low, high = hotspot["positive_percent_ci95"]
     x, y, side, _ = hotspot["bbox_level0"]
-    return (f'<p class="key">Hotspot: {hotspot["positive_percent"]:.1f}% positive (95% CI {low:.1f}&ndash;'
-            f'{high:.1f}%, {hotspot["positive"]}/{hotspot["n_nuclei"]}) in the {hotspot["field_um"]:.0f} µm field '
-            f'at level-0 ({x}, {y}), side {side} px; in <code>review.geojson</code> for QuPath.</p>')
+    return (
+        f'<p class="key">Hotspot: {hotspot["positive_percent"]:.1f}% positive (95% CI {low:.1f}&ndash;'
+        f"{high:.1f}%, {hotspot['positive']}/{hotspot['n_nuclei']}) in the {hotspot['field_um']:.0f} µm field "
+        f"at level-0 ({x}, {y}), side {side} px; in <code>review.geojson</code> for QuPath.</p>"
+    )
 
 
 def _roi_section(summary: dict) -> str:
@@ -150,8 +189,10 @@ def _roi_section(summary: dict) -> str:
         return ""
     annotations = roi["annotations"]
     if not annotations:
-        return (f"<h2>Regions of interest</h2><p>The slide less the excluded annotations of "
-                f"<code>{escape(Path(roi['file']).name)}</code>.</p>")
+        return (
+            f"<h2>Regions of interest</h2><p>The slide less the excluded annotations of "
+            f"<code>{escape(Path(roi['file']).name)}</code>.</p>"
+        )
     classes = list(summary["counts"]["classes"])
     header = ["annotation", "mm²", "tissue mm²", "nuclei", "per mm² of tissue", *[f"% {c}" for c in classes]]
     ihc = "ihc" in annotations[0]
@@ -159,61 +200,100 @@ def _roi_section(summary: dict) -> str:
         header += ["% positive (95% CI)", "H-score"]
     rows = []
     for annotation in annotations:
-        row = [escape(annotation["name"]), annotation["area_mm2"], annotation["tissue_area_mm2"],
-               annotation["n_nuclei"], annotation["density_per_mm2"],
-               *[100 * annotation["classes"][c]["fraction"] for c in classes]]
+        row = [
+            escape(annotation["name"]),
+            annotation["area_mm2"],
+            annotation["tissue_area_mm2"],
+            annotation["n_nuclei"],
+            annotation["density_per_mm2"],
+            *[100 * annotation["classes"][c]["fraction"] for c in classes],
+        ]
         if ihc:
             low, high = annotation["ihc"]["positive_percent_ci95"]
             row += [f"{annotation['ihc']['positive_percent']:.1f} ({low:.1f}-{high:.1f})", annotation["ihc"]["h_score"]]
         rows.append(row)
-    return (f"<h2>Regions of interest</h2><p>Nuclei counted inside the annotations of "
-            f"<code>{escape(Path(roi['file']).name)}</code> only.</p>" + _table(header, rows))
+    return (
+        f"<h2>Regions of interest</h2><p>Nuclei counted inside the annotations of "
+        f"<code>{escape(Path(roi['file']).name)}</code> only.</p>" + _table(header, rows)
+    )
 
 
 def _review_section(review: dict) -> str:
     squares = review.get("squares", [])
     if not squares:
         return "<p>No square holds enough nuclei to rank.</p>"
-    rows = [[str(i), escape(", ".join(map(str, s["bbox_level0"]))), s["nuclei"], s["mean_confidence"],
-             s["low_confidence_percent"]] for i, s in enumerate(squares, start=1)]
-    return (f"<p>{review['square_um']:.0f} µm squares with the lowest mean nucleus confidence (detection probability "
-            f"&times; class probability); a nucleus counts as low-confidence below "
-            f"{review['low_confidence_threshold']}. Also in <code>review.geojson</code> for QuPath.</p>"
-            + _table(["#", "bbox (level-0 x, y, w, h)", "nuclei", "mean confidence", "% low-confidence"], rows))
+    rows = [
+        [
+            str(i),
+            escape(", ".join(map(str, s["bbox_level0"]))),
+            s["nuclei"],
+            s["mean_confidence"],
+            s["low_confidence_percent"],
+        ]
+        for i, s in enumerate(squares, start=1)
+    ]
+    return (
+        f"<p>{review['square_um']:.0f} µm squares with the lowest mean nucleus confidence (detection probability "
+        f"&times; class probability); a nucleus counts as low-confidence below "
+        f"{review['low_confidence_threshold']}. Also in <code>review.geojson</code> for QuPath.</p>"
+        + _table(["#", "bbox (level-0 x, y, w, h)", "nuclei", "mean confidence", "% low-confidence"], rows)
+    )
 
 
-QC_CHECKS = {"blur": ("out of focus", "its finest detail lost"),
-             "ink": ("pen ink", "green to cyan marker colours"),
-             "dark": ("dark or fold", "near-black pixels or a fold's density"),
-             "not_tissue": ("not tissue", "neighbouring pixels unrelated, as in noise")}
+QC_CHECKS = {
+    "blur": ("out of focus", "its finest detail lost"),
+    "ink": ("pen ink", "green to cyan marker colours"),
+    "dark": ("dark or fold", "near-black pixels or a fold's density"),
+    "not_tissue": ("not tissue", "neighbouring pixels unrelated, as in noise"),
+}
 
 
 def _quality_section(quality: dict, quality_map: Image.Image | None, colors: dict[str, list[int]]) -> str:
     tiles = quality.get("tiles")
     if not tiles:
         return ""
-    rows = [[_swatch(colors.get(f"qc:{check}", [128, 128, 128])) + QC_CHECKS[check][0], QC_CHECKS[check][1],
-             figures["tiles"], figures["area_mm2"], 100 * figures["fraction"]]
-            for check, figures in tiles["flagged"].items()]
+    rows = [
+        [
+            _swatch(colors.get(f"qc:{check}", [128, 128, 128])) + QC_CHECKS[check][0],
+            QC_CHECKS[check][1],
+            figures["tiles"],
+            figures["area_mm2"],
+            100 * figures["fraction"],
+        ]
+        for check, figures in tiles["flagged"].items()
+    ]
     figure = "<p>No tile flagged.</p>"
     if quality_map is not None and any(figures["tiles"] for figures in tiles["flagged"].values()):
-        figure = (f'<figure><img src="{image_data_uri(quality_map)}" width="{min(800, quality_map.width)}" '
-                  'alt="input quality map"><figcaption>Tiles flagged by input QC, tinted by check '
-                  "(<code>quality.png</code>).</figcaption></figure>")
-    return (f"<h2>Input quality</h2><p>{tiles['tiles_judged']} tissue tiles of {tiles['tile_um']:.0f} µm checked; "
-            "flagged areas are also in <code>review.geojson</code>.</p>"
-            + _table(["check", "flags a tile with", "tiles", "mm²", "% of tissue tiles"], rows) + figure)
+        figure = (
+            f'<figure><img src="{image_data_uri(quality_map)}" width="{min(800, quality_map.width)}" '
+            'alt="input quality map"><figcaption>Tiles flagged by input QC, tinted by check '
+            "(<code>quality.png</code>).</figcaption></figure>"
+        )
+    return (
+        f"<h2>Input quality</h2><p>{tiles['tiles_judged']} tissue tiles of {tiles['tile_um']:.0f} µm checked; "
+        "flagged areas are also in <code>review.geojson</code>.</p>"
+        + _table(["check", "flags a tile with", "tiles", "mm²", "% of tissue tiles"], rows)
+        + figure
+    )
 
 
 ROI_NOTE = " inside the regions of interest"
-DARKFIELD_NOTE = ("; <strong>dark background, as in fluorescence</strong>: the model was trained on brightfield "
-                  "H&amp;E and IHC, so these nuclei are unvalidated and the classes and stain measurements do not "
-                  "apply")
+DARKFIELD_NOTE = (
+    "; <strong>dark background, as in fluorescence</strong>: the model was trained on brightfield "
+    "H&amp;E and IHC, so these nuclei are unvalidated and the classes and stain measurements do not "
+    "apply"
+)
 
 
-def write_report(path: Path, summary: dict, columns: dict[str, np.ndarray], overlay: Image.Image,
-                 crop: Image.Image | None, colors: dict[str, list[int]],
-                 quality_map: Image.Image | None = None) -> None:
+def write_report(
+    path: Path,
+    summary: dict,
+    columns: dict[str, np.ndarray],
+    overlay: Image.Image,
+    crop: Image.Image | None,
+    colors: dict[str, list[int]],
+    quality_map: Image.Image | None = None,
+) -> None:
     """Write report.html (atomic).
 
     Parameters
@@ -228,30 +308,55 @@ def write_report(path: Path, summary: dict, columns: dict[str, np.ndarray], over
     ihc = "ihc" in summary
     histograms = [svg_histogram(columns["area_um2"], "Nucleus area", "area µm²", value_range=(0, 150))]
     if ihc:
-        histograms.append(svg_histogram(columns["dab_od_mean"], "Nucleus DAB OD mean", "DAB OD",
-                                        value_range=(0, 1.0), thresholds=tuple(summary["ihc"]["dab_thresholds"]),
-                                        color="#8b5a2b"))
+        histograms.append(
+            svg_histogram(
+                columns["dab_od_mean"],
+                "Nucleus DAB OD mean",
+                "DAB OD",
+                value_range=(0, 1.0),
+                thresholds=tuple(summary["ihc"]["dab_thresholds"]),
+                color="#8b5a2b",
+            )
+        )
     else:
-        histograms.append(svg_histogram(columns["hematoxylin_od_mean"], "Nucleus hematoxylin OD mean",
-                                        "hematoxylin OD", value_range=(0, 1.0)))
+        histograms.append(
+            svg_histogram(
+                columns["hematoxylin_od_mean"], "Nucleus hematoxylin OD mean", "hematoxylin OD", value_range=(0, 1.0)
+            )
+        )
     crop_html = ""
     if crop is not None:
-        crop_html = (f'<figure><img src="{image_data_uri(crop, 800)}" width="{min(800, crop.width)}" '
-                     'alt="zoomed crop with nucleus outlines"><figcaption>Zoom on the densest '
-                     f'{summary["review"]["square_um"]:.0f} µm square and its surroundings, at full resolution.'
-                     "</figcaption></figure>")
+        crop_html = (
+            f'<figure><img src="{image_data_uri(crop, 800)}" width="{min(800, crop.width)}" '
+            'alt="zoomed crop with nucleus outlines"><figcaption>Zoom on the densest '
+            f"{summary['review']['square_um']:.0f} µm square and its surroundings, at full resolution."
+            "</figcaption></figure>"
+        )
     run = summary.get("run", {})
-    facts = [["slide", escape(Path(slide["path"]).name)], ["vendor", escape(str(slide["vendor"]))],
-             ["pixel size", f"{slide['mpp']:.4f} µm/px ({escape(str(slide['mpp_source']))})"],
-             ["stain mode", escape(summary["stain_mode"].upper())],
-             ["tissue", f"{tissue['area_mm2']:.3f} mm² ({100 * tissue['fraction']:.1f}% of the slide)"
-                        + (ROI_NOTE if "roi" in summary else "") + (DARKFIELD_NOTE if tissue.get("darkfield") else "")],
-             ["model", f"{escape(model['name'])} ({escape(model['encoder'])}, {model['mpp']} µm/px), sha256 "
-                       f"{escape(model['sha256'][:12])}…"],
-             ["run", f"{run.get('seconds', 0):.1f} s, {run.get('tissue_mm2_per_second') or 0:.4f} mm²/s of tissue "
-                     f"({run.get('mpx_per_second_at_40x') or 0:.3f} Mpx/s at 0.25 µm/px) on "
-                     f"{escape(str(run.get('device', '?')))} ({escape(str(run.get('runtime', '?')))}, "
-                     f"{escape(str(run.get('precision', '?')))}, {run.get('workers', '?')} worker(s))"]]
+    facts = [
+        ["slide", escape(Path(slide["path"]).name)],
+        ["vendor", escape(str(slide["vendor"]))],
+        ["pixel size", f"{slide['mpp']:.4f} µm/px ({escape(str(slide['mpp_source']))})"],
+        ["stain mode", escape(summary["stain_mode"].upper())],
+        [
+            "tissue",
+            f"{tissue['area_mm2']:.3f} mm² ({100 * tissue['fraction']:.1f}% of the slide)"
+            + (ROI_NOTE if "roi" in summary else "")
+            + (DARKFIELD_NOTE if tissue.get("darkfield") else ""),
+        ],
+        [
+            "model",
+            f"{escape(model['name'])} ({escape(model['encoder'])}, {model['mpp']} µm/px), sha256 "
+            f"{escape(model['sha256'][:12])}…",
+        ],
+        [
+            "run",
+            f"{run.get('seconds', 0):.1f} s, {run.get('tissue_mm2_per_second') or 0:.4f} mm²/s of tissue "
+            f"({run.get('mpx_per_second_at_40x') or 0:.3f} Mpx/s at 0.25 µm/px) on "
+            f"{escape(str(run.get('device', '?')))} ({escape(str(run.get('runtime', '?')))}, "
+            f"{escape(str(run.get('precision', '?')))}, {run.get('workers', '?')} worker(s))",
+        ],
+    ]
     warnings = summary.get("quality", {}).get("warnings", [])
     if warnings:
         facts.append(["input check", "<strong>" + escape("; ".join(warnings)) + "</strong>"])

@@ -74,10 +74,12 @@ class Slide:
         props = self.handle.properties
         width, height = self.dimensions
         if openslide.PROPERTY_NAME_BOUNDS_WIDTH in props:
-            return Box(int(props.get(openslide.PROPERTY_NAME_BOUNDS_X, 0)),
-                       int(props.get(openslide.PROPERTY_NAME_BOUNDS_Y, 0)),
-                       int(props[openslide.PROPERTY_NAME_BOUNDS_WIDTH]),
-                       int(props[openslide.PROPERTY_NAME_BOUNDS_HEIGHT]))
+            return Box(
+                int(props.get(openslide.PROPERTY_NAME_BOUNDS_X, 0)),
+                int(props.get(openslide.PROPERTY_NAME_BOUNDS_Y, 0)),
+                int(props[openslide.PROPERTY_NAME_BOUNDS_WIDTH]),
+                int(props[openslide.PROPERTY_NAME_BOUNDS_HEIGHT]),
+            )
         return Box(0, 0, width, height)
 
     def level_for_mpp(self, target_mpp: float) -> int:
@@ -110,9 +112,14 @@ class Slide:
         width, height = (int(np.ceil(side / level_downsample)) for side in (bounds.width, bounds.height))
         factor = max(1, int(downsample / level_downsample))
         band_px = factor * max(1, THUMBNAIL_BAND_PX // factor)
-        bands = [Image.fromarray(self.read_region(bounds.x, bounds.y + round(top * level_downsample), level, width,
-                                                  min(band_px, height - top))).reduce(factor)
-                 for top in range(0, height, band_px)]
+        bands = [
+            Image.fromarray(
+                self.read_region(
+                    bounds.x, bounds.y + round(top * level_downsample), level, width, min(band_px, height - top)
+                )
+            ).reduce(factor)
+            for top in range(0, height, band_px)
+        ]
         image = Image.fromarray(np.concatenate([np.asarray(band) for band in bands]))
         if downsample > level_downsample:
             scale = level_downsample / downsample
@@ -204,8 +211,10 @@ def _refuse_oversized_image(path: Path) -> None:
         with _plain_image_limit(), Image.open(path) as image:
             width, height, kind = image.width, image.height, image.format
     if width * height > MAX_PLAIN_IMAGE_PX:
-        raise SlideError(f"{path}: {width}x{height} px is too large to decode as a plain {kind} image; save it as "
-                         f"a tiled pyramidal TIFF (e.g. vips tiffsave IN OUT.tif --tile --pyramid --compression jpeg)")
+        raise SlideError(
+            f"{path}: {width}x{height} px is too large to decode as a plain {kind} image; save it as "
+            f"a tiled pyramidal TIFF (e.g. vips tiffsave IN OUT.tif --tile --pyramid --compression jpeg)"
+        )
 
 
 def _open_handle(path: Path) -> openslide.AbstractSlide:
@@ -252,10 +261,11 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
         raise SlideError(f"{path}: not a readable slide or image ({reason})") from None
     if mpp is not None:
         return Slide(path, handle, float(mpp), "--mpp")
-    for source, reader in (("slide properties", lambda: _mpp_from_openslide(handle)),
-                           ("TIFF metadata", lambda: tiff_mpp(path) if path.suffix.lower() in TIFF_SUFFIXES
-                            else None),
-                           ("image dpi", lambda: _mpp_from_image_dpi(path))):
+    for source, reader in (
+        ("slide properties", lambda: _mpp_from_openslide(handle)),
+        ("TIFF metadata", lambda: tiff_mpp(path) if path.suffix.lower() in TIFF_SUFFIXES else None),
+        ("image dpi", lambda: _mpp_from_image_dpi(path)),
+    ):
         found = _plausible(reader())
         if found:
             return Slide(path, handle, found, source)

@@ -50,8 +50,13 @@ def tiff_levels(path: str | Path) -> int:
 def _ome_pixel_size_um(ome_xml: str, width: int, height: int) -> float | None:
     """PhysicalSizeX (µm) of the OME image whose pixels are ``width`` x ``height``."""
     for pixels in ElementTree.fromstring(ome_xml).iter():
-        if (pixels.tag.endswith("}Pixels") and pixels.get("SizeX") == str(width) and pixels.get("SizeY") == str(height)
-                and pixels.get("PhysicalSizeX") and pixels.get("PhysicalSizeXUnit", "µm") in ("µm", "um")):
+        if (
+            pixels.tag.endswith("}Pixels")
+            and pixels.get("SizeX") == str(width)
+            and pixels.get("SizeY") == str(height)
+            and pixels.get("PhysicalSizeX")
+            and pixels.get("PhysicalSizeXUnit", "µm") in ("µm", "um")
+        ):
             return float(pixels.get("PhysicalSizeX"))
     return None
 
@@ -116,9 +121,12 @@ class TiffSlide(openslide.AbstractSlide):
         if self._levels[0].dtype not in (np.uint8, np.uint16):
             raise TiffReadError(f"{self._levels[0].dtype} pixels: not 8- or 16-bit")
         pages = [level.keyframe for level in series.levels]
-        self._in_memory = {index: None for index, page in enumerate(pages)
-                           if not page.is_tiled and page.rowsperstrip * page.imagewidth * page.samplesperpixel
-                           * page.dtype.itemsize > MAX_LAZY_STRIP_BYTES}
+        self._in_memory = {
+            index: None
+            for index, page in enumerate(pages)
+            if not page.is_tiled
+            and page.rowsperstrip * page.imagewidth * page.samplesperpixel * page.dtype.itemsize > MAX_LAZY_STRIP_BYTES
+        }
         self._dimensions = tuple(_width_height(level.shape, self._order) for level in self._levels)
         self._properties = {openslide.PROPERTY_NAME_VENDOR: "ome-tiff" if self._tiff.is_ome else "tiff"}
 
@@ -184,7 +192,7 @@ class TiffSlide(openslide.AbstractSlide):
                 pixels = (pixels >> 8).astype(np.uint8)
             if pixels.ndim == 2:
                 pixels = pixels[..., None]
-            target = out[y0 - y:y1 - y, x0 - x:x1 - x]
+            target = out[y0 - y : y1 - y, x0 - x : x1 - x]
             target[..., :3] = pixels[..., :3] if pixels.shape[2] >= 3 else pixels[..., :1]
             target[..., 3] = pixels[..., 3] if pixels.shape[2] == 4 else 255
         return Image.fromarray(out, "RGBA")

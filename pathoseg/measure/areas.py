@@ -15,9 +15,15 @@ from pathoseg.measure.biomarkers import class_summary, index_confidence_interval
 from pathoseg.tiling.tissue import TissueMask, polygon_mask
 
 
-def tissue_region_stats(tissue: TissueMask, origin_xy: tuple[float, float], centroids_level0: np.ndarray,
-                        class_ids: np.ndarray, class_names: list[str], dab_bins: np.ndarray | None = None,
-                        max_regions: int = 20) -> list[dict]:
+def tissue_region_stats(
+    tissue: TissueMask,
+    origin_xy: tuple[float, float],
+    centroids_level0: np.ndarray,
+    class_ids: np.ndarray,
+    class_names: list[str],
+    dab_bins: np.ndarray | None = None,
+    max_regions: int = 20,
+) -> list[dict]:
     """Counts, densities and class fractions (and positivity with ``dab_bins``) per tissue region.
 
     Parameters
@@ -49,20 +55,34 @@ def tissue_region_stats(tissue: TissueMask, origin_xy: tuple[float, float], cent
         rows_slice, cols_slice = boxes[label - 1]
         area_mm2 = area_px_to_mm2(float(areas_px[label - 1]), tissue.mpp)
         inside = nucleus_region == label
-        bbox = [origin_xy[0] + cols_slice.start * tissue.level0_per_px, origin_xy[1] + rows_slice.start *
-                tissue.level0_per_px, (cols_slice.stop - cols_slice.start) * tissue.level0_per_px,
-                (rows_slice.stop - rows_slice.start) * tissue.level0_per_px]
-        entry = {"id": rank, "bbox_level0": [round(v) for v in bbox], "area_mm2": round(area_mm2, 5),
-                 **class_summary(class_ids[inside], class_names, area_mm2)}
+        bbox = [
+            origin_xy[0] + cols_slice.start * tissue.level0_per_px,
+            origin_xy[1] + rows_slice.start * tissue.level0_per_px,
+            (cols_slice.stop - cols_slice.start) * tissue.level0_per_px,
+            (rows_slice.stop - rows_slice.start) * tissue.level0_per_px,
+        ]
+        entry = {
+            "id": rank,
+            "bbox_level0": [round(v) for v in bbox],
+            "area_mm2": round(area_mm2, 5),
+            **class_summary(class_ids[inside], class_names, area_mm2),
+        }
         if dab_bins is not None:
             entry["ihc"] = positivity_summary(dab_bins[inside])
         stats.append(entry)
     return stats
 
 
-def annotation_stats(annotations: list, tissue: TissueMask, origin_xy: tuple[float, float],
-                     centroids_level0: np.ndarray, class_ids: np.ndarray, class_names: list[str], slide_mpp: float,
-                     dab_bins: np.ndarray | None = None) -> list[dict]:
+def annotation_stats(
+    annotations: list,
+    tissue: TissueMask,
+    origin_xy: tuple[float, float],
+    centroids_level0: np.ndarray,
+    class_ids: np.ndarray,
+    class_names: list[str],
+    slide_mpp: float,
+    dab_bins: np.ndarray | None = None,
+) -> list[dict]:
     """Counts, densities and class fractions (and positivity with ``dab_bins``) per annotation of a region of
     interest, in the annotations' order.
 
@@ -81,21 +101,32 @@ def annotation_stats(annotations: list, tissue: TissueMask, origin_xy: tuple[flo
     centroids = np.asarray(centroids_level0, float).reshape(-1, 2)
     stats = []
     for annotation in annotations:
-        tissue_px = float((tissue.mask & polygon_mask(annotation.polygon, tissue.mask.shape, origin_xy,
-                                                      tissue.level0_per_px)).sum())
+        tissue_px = float(
+            (tissue.mask & polygon_mask(annotation.polygon, tissue.mask.shape, origin_xy, tissue.level0_per_px)).sum()
+        )
         tissue_mm2 = area_px_to_mm2(tissue_px, tissue.mpp)
         inside = shapely.contains_xy(annotation.polygon, centroids[:, 0], centroids[:, 1])
-        entry = {"name": annotation.name, "area_mm2": round(area_px_to_mm2(annotation.polygon.area, slide_mpp), 5),
-                 "tissue_area_mm2": round(tissue_mm2, 5), **class_summary(class_ids[inside], class_names, tissue_mm2)}
+        entry = {
+            "name": annotation.name,
+            "area_mm2": round(area_px_to_mm2(annotation.polygon.area, slide_mpp), 5),
+            "tissue_area_mm2": round(tissue_mm2, 5),
+            **class_summary(class_ids[inside], class_names, tissue_mm2),
+        }
         if dab_bins is not None:
             entry["ihc"] = positivity_summary(dab_bins[inside])
         stats.append(entry)
     return stats
 
 
-def positivity_hotspot(centroids_level0: np.ndarray, positive: np.ndarray, slide_mpp: float,
-                       origin_xy: tuple[float, float], field_um: float = 450.0, min_nuclei: int = 500,
-                       steps_per_field: int = 4) -> dict | None:
+def positivity_hotspot(
+    centroids_level0: np.ndarray,
+    positive: np.ndarray,
+    slide_mpp: float,
+    origin_xy: tuple[float, float],
+    field_um: float = 450.0,
+    min_nuclei: int = 500,
+    steps_per_field: int = 4,
+) -> dict | None:
     """The hotspot of a positivity index (Ki-67): the square field of ``field_um`` holding at least ``min_nuclei``
     nuclei with the highest share of positive ones, fields laid every ``field_um / steps_per_field``.
 
@@ -132,9 +163,14 @@ def positivity_hotspot(centroids_level0: np.ndarray, positive: np.ndarray, slide
     x, y = top_left + origin_xy
     total, hits = int(field_counts[row, col]), int(field_positives[row, col])
     side = field_um / slide_mpp
-    return {"field_um": field_um, "bbox_level0": [round(x), round(y), round(side), round(side)], "n_nuclei": total,
-            "positive": hits, "positive_percent": 100 * hits / total,
-            "positive_percent_ci95": index_confidence_interval(hits, total)}
+    return {
+        "field_um": field_um,
+        "bbox_level0": [round(x), round(y), round(side), round(side)],
+        "n_nuclei": total,
+        "positive": hits,
+        "positive_percent": 100 * hits / total,
+        "positive_percent_ci95": index_confidence_interval(hits, total),
+    }
 
 
 def _field_sums(grid: np.ndarray, size: int) -> np.ndarray:
@@ -142,13 +178,19 @@ def _field_sums(grid: np.ndarray, size: int) -> np.ndarray:
     entry (r, c) is the window whose bottom-right cell is (r, c) of the grid (so its top-left is r - size + 1)."""
     padded = np.pad(grid, size - 1)
     cumulative = np.pad(padded.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    return (cumulative[size:, size:] - cumulative[:-size, size:] - cumulative[size:, :-size]
-            + cumulative[:-size, :-size])
+    return cumulative[size:, size:] - cumulative[:-size, size:] - cumulative[size:, :-size] + cumulative[:-size, :-size]
 
 
-def review_squares(centroids_level0: np.ndarray, confidence: np.ndarray, slide_mpp: float,
-                   origin_xy: tuple[float, float], square_um: float = 128.0, min_nuclei: int = 10,
-                   low_confidence: float = 0.5, top: int = 10) -> dict:
+def review_squares(
+    centroids_level0: np.ndarray,
+    confidence: np.ndarray,
+    slide_mpp: float,
+    origin_xy: tuple[float, float],
+    square_um: float = 128.0,
+    min_nuclei: int = 10,
+    low_confidence: float = 0.5,
+    top: int = 10,
+) -> dict:
     """Grid squares ranked for review: lowest mean nucleus confidence first, and the densest square.
 
     Parameters
@@ -177,9 +219,12 @@ def review_squares(centroids_level0: np.ndarray, confidence: np.ndarray, slide_m
 
     def square(k: int) -> dict:
         x, y = origin_xy[0] + keys[k, 0] * side_px, origin_xy[1] + keys[k, 1] * side_px
-        return {"bbox_level0": [round(x), round(y), round(side_px), round(side_px)], "nuclei": int(counts[k]),
-                "mean_confidence": round(float(mean_confidence[k]), 4),
-                "low_confidence_percent": round(float(low_percent[k]), 2)}
+        return {
+            "bbox_level0": [round(x), round(y), round(side_px), round(side_px)],
+            "nuclei": int(counts[k]),
+            "mean_confidence": round(float(mean_confidence[k]), 4),
+            "low_confidence_percent": round(float(low_percent[k]), 2),
+        }
 
     ranked = [k for k in np.argsort(mean_confidence, kind="stable") if counts[k] >= min_nuclei][:top]
     result["squares"] = [square(k) for k in ranked]

@@ -69,6 +69,8 @@ def class_summary(class_ids: np.ndarray, class_names: list[str], tissue_area_mm2
             "density_per_mm2": counts[class_id] / tissue_area_mm2 if tissue_area_mm2 > 0 else 0.0,
             "fraction": counts[class_id] / total if total else 0.0,
         }
-    return {"n_nuclei": total,
-            "density_per_mm2": total / tissue_area_mm2 if tissue_area_mm2 > 0 else 0.0,
-            "classes": per_class}
+    return {
+        "n_nuclei": total,
+        "density_per_mm2": total / tissue_area_mm2 if tissue_area_mm2 > 0 else 0.0,
+        "classes": per_class,
+    }

@@ -30,8 +30,15 @@ MEASUREMENT_NAMES = {
 }
 
 
-def measure_nuclei(labels: np.ndarray, outlines: list[Polygon | None], rgb: np.ndarray, np_prob: np.ndarray,
-                   nc_prob: np.ndarray, mpp: float, stain_matrix: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def measure_nuclei(
+    labels: np.ndarray,
+    outlines: list[Polygon | None],
+    rgb: np.ndarray,
+    np_prob: np.ndarray,
+    nc_prob: np.ndarray,
+    mpp: float,
+    stain_matrix: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """Measurements of instances 1..N (every label present), computed for all of them at once.
 
     Parameters
@@ -86,8 +93,9 @@ def measure_nuclei(labels: np.ndarray, outlines: list[Polygon | None], rgb: np.n
     }
 
 
-def ellipse_axes(rows: np.ndarray, cols: np.ndarray, pixel_labels: np.ndarray, n: int
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def ellipse_axes(
+    rows: np.ndarray, cols: np.ndarray, pixel_labels: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(N,) major and minor axis lengths (px) and eccentricity of the ellipse with the same second moments as
     each instance 1..N's pixels (regionprops' definitions), from the (K,) row, column and instance of every
     nucleus pixel."""
@@ -95,10 +103,12 @@ def ellipse_axes(rows: np.ndarray, cols: np.ndarray, pixel_labels: np.ndarray, n
     mean_row = np.bincount(pixel_labels, rows, n + 1)[1:] / count
     mean_col = np.bincount(pixel_labels, cols, n + 1)[1:] / count
     d_row, d_col = rows - mean_row[pixel_labels - 1], cols - mean_col[pixel_labels - 1]
-    var_row, covariance, var_col = (np.bincount(pixel_labels, product, n + 1)[1:] / count
-                                    for product in (d_row * d_row, d_row * d_col, d_col * d_col))
+    var_row, covariance, var_col = (
+        np.bincount(pixel_labels, product, n + 1)[1:] / count
+        for product in (d_row * d_row, d_row * d_col, d_col * d_col)
+    )
     half_trace = (var_row + var_col) / 2
-    spread = np.sqrt(((var_row - var_col) / 2) ** 2 + covariance ** 2)
+    spread = np.sqrt(((var_row - var_col) / 2) ** 2 + covariance**2)
     largest, smallest = half_trace + spread, np.maximum(half_trace - spread, 0)
     ratio = np.divide(smallest, largest, out=np.ones_like(largest), where=largest > 0)
     return 4 * np.sqrt(largest), 4 * np.sqrt(smallest), np.sqrt(1 - ratio)
@@ -119,7 +129,7 @@ def pixel_perimeters(labels: np.ndarray, n: int) -> np.ndarray:
     padded = np.pad(labels, 1)
 
     def neighbour(array: np.ndarray, row: int, col: int) -> np.ndarray:
-        return array[1 + row:1 + row + height, 1 + col:1 + col + width]
+        return array[1 + row : 1 + row + height, 1 + col : 1 + col + width]
 
     boundary = np.zeros(labels.shape, bool)
     for row, col, _ in _NEIGHBOURS[:4]:
@@ -149,5 +159,10 @@ def plausible(measurements: dict[str, np.ndarray], filters: FilterConfig) -> dic
     sized = ~too_small & ~too_large
     irregular = measurements["solidity"] < filters.min_solidity
     degenerate = np.isnan(measurements["solidity"])
-    return {"too_small": too_small, "too_large": too_large, "irregular": irregular & sized,
-            "degenerate": degenerate & sized, "keep": sized & ~irregular & ~degenerate}
+    return {
+        "too_small": too_small,
+        "too_large": too_large,
+        "irregular": irregular & sized,
+        "degenerate": degenerate & sized,
+        "keep": sized & ~irregular & ~degenerate,
+    }

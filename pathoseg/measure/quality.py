@@ -58,8 +58,15 @@ INK_HUE_DEG = (75.0, 190.0)
 INK_SATURATION = 0.15
 MAX_INK_FRACTION = 0.2
 MAX_MEAN_OD = 2.4
-TILE_METRICS = ("tissue_fraction", "blur_ratio", "structure", "ink_fraction", "dark_fraction", "mean_od",
-                "neighbour_correlation")
+TILE_METRICS = (
+    "tissue_fraction",
+    "blur_ratio",
+    "structure",
+    "ink_fraction",
+    "dark_fraction",
+    "mean_od",
+    "neighbour_correlation",
+)
 TILE_FLAGS = ("blur", "ink", "dark", "not_tissue")
 FLAG_COLORS = {"blur": [255, 200, 0], "ink": [0, 170, 120], "dark": [90, 40, 140], "not_tissue": [220, 0, 0]}
 
@@ -67,8 +74,10 @@ FLAG_COLORS = {"blur": [255, 200, 0], "ink": [0, 170, 120], "dark": [90, 40, 140
 def neighbour_correlation(tiles: list[np.ndarray]) -> float:
     """Correlation of grey values with the right and lower neighbours, pooled over (H, W, 3) uint8 tiles; NaN for
     flat input."""
-    pairs = [(grey[:, :-1].ravel(), grey[:, 1:].ravel(), grey[:-1].ravel(), grey[1:].ravel())
-             for grey in (tile.astype(np.float32).mean(axis=2) for tile in tiles)]
+    pairs = [
+        (grey[:, :-1].ravel(), grey[:, 1:].ravel(), grey[:-1].ravel(), grey[1:].ravel())
+        for grey in (tile.astype(np.float32).mean(axis=2) for tile in tiles)
+    ]
     left = np.concatenate([p[0] for p in pairs] + [p[2] for p in pairs])
     right = np.concatenate([p[1] for p in pairs] + [p[3] for p in pairs])
     return _correlation(left, right)
@@ -94,8 +103,10 @@ def input_quality(tiles: list[np.ndarray], darkfield: bool = False) -> dict:
     correlation, dark = neighbour_correlation(tiles), (float("nan") if darkfield else dark_fraction(tiles))
     warnings = []
     if not correlation >= MIN_NEIGHBOUR_CORRELATION:
-        warnings.append(f"neighbouring pixels are nearly unrelated (correlation {correlation:.2f}; tissue: above "
-                        f"0.86): this looks like noise, not tissue, so the nuclei found are not to be trusted")
+        warnings.append(
+            f"neighbouring pixels are nearly unrelated (correlation {correlation:.2f}; tissue: above "
+            f"0.86): this looks like noise, not tissue, so the nuclei found are not to be trusted"
+        )
     if dark > MAX_DARK_FRACTION:
         warnings.append(f"{100 * dark:.0f}% of the tissue is nearly black (folds, ink or an unexposed image)")
     return {"neighbour_correlation": round(correlation, 4), "dark_fraction": round(dark, 4), "warnings": warnings}
@@ -133,8 +144,10 @@ def tile_quality(rgb: np.ndarray, mpp: float) -> np.ndarray:
         inner = (slice(4, -4), slice(4, -4))  # away from the tile's edge, where the filters see padding
         metrics[2] = next_band[inner].var()
         metrics[1] = fine_band[inner].var() / max(metrics[2], 1e-6)
-        metrics[6] = _correlation(np.concatenate([grey[:, :-1].ravel(), grey[:-1].ravel()]),
-                                  np.concatenate([grey[:, 1:].ravel(), grey[1:].ravel()]))
+        metrics[6] = _correlation(
+            np.concatenate([grey[:, :-1].ravel(), grey[:-1].ravel()]),
+            np.concatenate([grey[:, 1:].ravel(), grey[1:].ravel()]),
+        )
     if stained.sum() >= 64:
         hsv = rgb2hsv(image[stained][None] / 255.0)[0]
         hue_deg = hsv[:, 0] * 360
@@ -161,7 +174,7 @@ def region_quality(rgb: np.ndarray, window: Box, core: Box, tile_px: int, mpp: f
     for y in range(core.y, core.y1, tile_px):
         for x in range(core.x, core.x1, tile_px):
             tile = Box(x, y, min(tile_px, core.x1 - x), min(tile_px, core.y1 - y))
-            pixels = rgb[tile.y - window.y:tile.y1 - window.y, tile.x - window.x:tile.x1 - window.x]
+            pixels = rgb[tile.y - window.y : tile.y1 - window.y, tile.x - window.x : tile.x1 - window.x]
             rows.append([y // tile_px, x // tile_px, *tile_quality(pixels, mpp)])
     return np.array(rows, np.float32).reshape(-1, 2 + len(TILE_METRICS))
 
@@ -174,12 +187,16 @@ def tile_flags(metrics: np.ndarray, judged: np.ndarray, darkfield: bool = False)
     with np.errstate(invalid="ignore"):
         not_tissue = judged & (column["neighbour_correlation"] < MIN_TILE_CORRELATION)
         colour_checked = judged & ~not_tissue & (not darkfield)
-        return {"blur": judged & ~not_tissue & (column["structure"] >= MIN_STRUCTURE)
-                        & (column["blur_ratio"] < MIN_BLUR_RATIO),
-                "ink": colour_checked & (column["ink_fraction"] > MAX_INK_FRACTION),
-                "dark": colour_checked & ((column["dark_fraction"] > MAX_DARK_FRACTION)
-                                          | (column["mean_od"] > MAX_MEAN_OD)),
-                "not_tissue": not_tissue}
+        return {
+            "blur": judged
+            & ~not_tissue
+            & (column["structure"] >= MIN_STRUCTURE)
+            & (column["blur_ratio"] < MIN_BLUR_RATIO),
+            "ink": colour_checked & (column["ink_fraction"] > MAX_INK_FRACTION),
+            "dark": colour_checked
+            & ((column["dark_fraction"] > MAX_DARK_FRACTION) | (column["mean_od"] > MAX_MEAN_OD)),
+            "not_tissue": not_tissue,
+        }
 
 
 @dataclass
@@ -199,8 +216,14 @@ class QualityMap:
     mpp: float
 
     @classmethod
-    def from_regions(cls, region_rows: Iterable[np.ndarray], has_tissue: np.ndarray, tile_px: int, mpp: float,
-                     darkfield: bool = False) -> QualityMap:
+    def from_regions(
+        cls,
+        region_rows: Iterable[np.ndarray],
+        has_tissue: np.ndarray,
+        tile_px: int,
+        mpp: float,
+        darkfield: bool = False,
+    ) -> QualityMap:
         """Assemble the regions' ``region_quality`` rows into a map over the (rows, cols) ``has_tissue`` tiles."""
         metrics = np.full((*has_tissue.shape, len(TILE_METRICS)), np.nan)
         for rows in region_rows:
@@ -212,18 +235,29 @@ class QualityMap:
     def summary(self) -> dict:
         """Per check: tiles flagged, their area in mm² and their share of the judged tissue tiles."""
         judged = int(self.judged.sum())
-        tile_mm2 = area_px_to_mm2(self.tile_px ** 2, self.mpp)
-        flagged = {name: {"tiles": int(mask.sum()), "area_mm2": round(float(mask.sum()) * tile_mm2, 4),
-                          "fraction": round(float(mask.sum()) / judged, 4) if judged else 0.0}
-                   for name, mask in self.flags.items()}
+        tile_mm2 = area_px_to_mm2(self.tile_px**2, self.mpp)
+        flagged = {
+            name: {
+                "tiles": int(mask.sum()),
+                "area_mm2": round(float(mask.sum()) * tile_mm2, 4),
+                "fraction": round(float(mask.sum()) / judged, 4) if judged else 0.0,
+            }
+            for name, mask in self.flags.items()
+        }
         return {"tile_um": round(self.tile_px * self.mpp, 1), "tiles_judged": judged, "flagged": flagged}
 
     def warnings(self, min_fraction: float = 0.05) -> list[str]:
         """One sentence per check that flags at least ``min_fraction`` of the judged tissue."""
         summary = self.summary()
-        words = {"blur": "out of focus", "ink": "covered by pen ink", "dark": "dark (folds, ink or thick tissue)",
-                 "not_tissue": "not like tissue (noise)"}
-        return [f"{100 * figures['fraction']:.0f}% of the tissue tiles are {words[name]} ({figures['tiles']} tiles, "
-                f"{figures['area_mm2']:.3f} mm²): see the QC map in the report and review.geojson"
-                for name, figures in summary["flagged"].items()
-                if figures["tiles"] and figures["fraction"] >= min_fraction]
+        words = {
+            "blur": "out of focus",
+            "ink": "covered by pen ink",
+            "dark": "dark (folds, ink or thick tissue)",
+            "not_tissue": "not like tissue (noise)",
+        }
+        return [
+            f"{100 * figures['fraction']:.0f}% of the tissue tiles are {words[name]} ({figures['tiles']} tiles, "
+            f"{figures['area_mm2']:.3f} mm²): see the QC map in the report and review.geojson"
+            for name, figures in summary["flagged"].items()
+            if figures["tiles"] and figures["fraction"] >= min_fraction
+        ]

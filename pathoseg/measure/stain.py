@@ -40,16 +40,26 @@ class StainEstimate:
     n_pixels: int = 0
 
     def as_dict(self) -> dict:
-        return {"source": self.source, "reason": self.reason, "stained_pixels": self.n_pixels,
-                "hematoxylin": self.matrix[0].round(4).tolist(), "dab": self.matrix[2].round(4).tolist()}
+        return {
+            "source": self.source,
+            "reason": self.reason,
+            "stained_pixels": self.n_pixels,
+            "hematoxylin": self.matrix[0].round(4).tolist(),
+            "dab": self.matrix[2].round(4).tolist(),
+        }
 
 
 def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip(a @ b, -1, 1))))
 
 
-def estimate_hdab_vectors(rgb: np.ndarray, min_od: float = 0.15, min_pixels: int = 5000, percentile: float = 1.0,
-                          max_deviation_deg: float = 30.0) -> StainEstimate:
+def estimate_hdab_vectors(
+    rgb: np.ndarray,
+    min_od: float = 0.15,
+    min_pixels: int = 5000,
+    percentile: float = 1.0,
+    max_deviation_deg: float = 30.0,
+) -> StainEstimate:
     """Hematoxylin and DAB vectors of an IHC image from its own optical densities (Macenko et al. 2009, as
     QuPath's "Estimate stain vectors" does): the plane of the two main directions of the stained pixels' OD, the
     robust extreme angles in it (``percentile`` and 100 - ``percentile``) as the two stains.
@@ -80,8 +90,9 @@ def estimate_hdab_vectors(rgb: np.ndarray, min_od: float = 0.15, min_pixels: int
     deviations = {"hematoxylin": _angle_deg(hematoxylin, reference_h), "DAB": _angle_deg(dab, reference_dab)}
     for stain, deviation in deviations.items():
         if deviation > max_deviation_deg:
-            return replace(default, reason=f"estimated {stain} vector {deviation:.0f} degrees from the default",
-                           n_pixels=len(od))
+            return replace(
+                default, reason=f"estimated {stain} vector {deviation:.0f} degrees from the default", n_pixels=len(od)
+            )
     if _angle_deg(hematoxylin, dab) < 10:
         return replace(default, reason="hematoxylin and DAB estimates under 10 degrees apart", n_pixels=len(od))
     residual = np.cross(hematoxylin, dab)

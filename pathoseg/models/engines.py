@@ -30,7 +30,7 @@ RUNTIMES = ("auto", "torch", "openvino")
 _OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 # Probabilities stored as float16 are clamped to its smallest normal number: converting values below it
 # (subnormals) takes NumPy's slow path, measured 28x slower, over a second per region.
-FLOAT16_TINY = 2.0 ** -14
+FLOAT16_TINY = 2.0**-14
 
 
 class InferenceGraph(nn.Module):
@@ -101,8 +101,9 @@ class OpenVinoEngine:
     A shorter last batch is padded to the compiled shape (one static shape compiles to the fastest kernels).
     """
 
-    def __init__(self, graph: InferenceGraph, precision: str, batch_size: int, patch_px: int,
-                 int8_ir: Path | None = None):
+    def __init__(
+        self, graph: InferenceGraph, precision: str, batch_size: int, patch_px: int, int8_ir: Path | None = None
+    ):
         import openvino as ov
 
         if precision == "int8":
@@ -114,8 +115,12 @@ class OpenVinoEngine:
         threads = torch.get_num_threads()
         # No pinning: several worker processes share the cores, and pinned threads would pile onto the same ones.
         # int8: the quantised operations run in int8 whatever the hint; the rest in fp32.
-        config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False,
-                  "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[precision]}
+        config = {
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1,
+            "ENABLE_CPU_PINNING": False,
+            "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[precision],
+        }
         self.compiled = ov.Core().compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.batch_size = batch_size
@@ -129,8 +134,15 @@ class OpenVinoEngine:
         return np.array(self.request.infer({0: np.ascontiguousarray(patches)})[0][:n])
 
 
-def build_engine(network: nn.Module, device: torch.device, precision: str, runtime: str, batch_size: int,
-                 patch_px: int, int8_ir: Path | None = None) -> TorchEngine | OpenVinoEngine:
+def build_engine(
+    network: nn.Module,
+    device: torch.device,
+    precision: str,
+    runtime: str,
+    batch_size: int,
+    patch_px: int,
+    int8_ir: Path | None = None,
+) -> TorchEngine | OpenVinoEngine:
     """The engine for a resolved ``runtime`` (see ``choose_runtime``) and precision."""
     graph = InferenceGraph(network)
     if runtime == "openvino":

@@ -96,8 +96,9 @@ class PreactResNet50Encoder(nn.Module):
         super().__init__()
         self.widths = (64, 64, 256, 512, 1024, 2048)
         self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, padding=3, bias=False), nn.BatchNorm2d(64), nn.ReLU(True))
-        self.down = nn.Sequential(nn.Conv2d(64, 64, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(64),
-                                  nn.ReLU(True))
+        self.down = nn.Sequential(
+            nn.Conv2d(64, 64, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(True)
+        )
         layout = [(64, 64, 256, 3, 2), (256, 128, 512, 4, 2), (512, 256, 1024, 6, 2), (1024, 512, 2048, 3, 2)]
         self.stages = nn.ModuleList()
         for in_ch, mid_ch, out_ch, n_blocks, stride in layout:

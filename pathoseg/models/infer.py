@@ -63,9 +63,18 @@ class Predictor:
     int8_ir : the network's int8 OpenVINO IR (``LoadedModel.int8_ir``), which precision int8 runs.
     """
 
-    def __init__(self, network: torch.nn.Module, device: torch.device, patch_px: int = 512, context_px: int = 16,
-                 batch_size: int = 0, precision: str = "auto", runtime: str = "auto", tta: bool = False,
-                 int8_ir: Path | None = None):
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        device: torch.device,
+        patch_px: int = 512,
+        context_px: int = 16,
+        batch_size: int = 0,
+        precision: str = "auto",
+        runtime: str = "auto",
+        tta: bool = False,
+        int8_ir: Path | None = None,
+    ):
         if patch_px % 32 or patch_px <= 2 * context_px:
             raise SettingsError(f"patch_px {patch_px} must be a multiple of 32 larger than twice context_px")
         self.device = device
@@ -125,7 +134,9 @@ class Predictor:
         padded = pixels[np.ix_(rows, cols)]
         n_rows, n_cols = (len(rows) - 2 * context) // step, (len(cols) - 2 * context) // step
         origins = [(r * step, c * step) for r in range(n_rows) for c in range(n_cols)]
-        origins = [(y, x) for y, x in origins if not self.is_glass(padded[y:y + self.patch_px, x:x + self.patch_px])]
+        origins = [
+            (y, x) for y, x in origins if not self.is_glass(padded[y : y + self.patch_px, x : x + self.patch_px])
+        ]
         np_prob = np.zeros((n_rows * step, n_cols * step), np.float32)
         hv = np.zeros((2, n_rows * step, n_cols * step), np.float32)
         nc_prob = np.zeros((self.n_classes, n_rows * step, n_cols * step), np.float16)
@@ -133,24 +144,38 @@ class Predictor:
         interior_prob = np.zeros_like(np_prob, np.float16) if self.np_classes == 3 else None
         crop = slice(context, context + step)
         for start in range(0, len(origins), self.batch_size):
-            batch_origins = origins[start:start + self.batch_size]
-            patches = np.stack([padded[y:y + self.patch_px, x:x + self.patch_px] for y, x in batch_origins])
+            batch_origins = origins[start : start + self.batch_size]
+            patches = np.stack([padded[y : y + self.patch_px, x : x + self.patch_px] for y, x in batch_origins])
             out = self._maps_of(patches)  # (B, K, patch, patch): np, [interior,] hv (2), nc (C)
             first_hv = self.first_hv
             for i, (y, x) in enumerate(batch_origins):
-                np_prob[y:y + step, x:x + step] = out[i, 0, crop, crop]
+                np_prob[y : y + step, x : x + step] = out[i, 0, crop, crop]
                 if interior_prob is not None:
-                    interior_prob[y:y + step, x:x + step] = out[i, 1, crop, crop]
-                hv[:, y:y + step, x:x + step] = out[i, first_hv:first_hv + 2, crop, crop]
-                nc_prob[:, y:y + step, x:x + step] = out[i, first_hv + 2:, crop, crop]
+                    interior_prob[y : y + step, x : x + step] = out[i, 1, crop, crop]
+                hv[:, y : y + step, x : x + step] = out[i, first_hv : first_hv + 2, crop, crop]
+                nc_prob[:, y : y + step, x : x + step] = out[i, first_hv + 2 :, crop, crop]
         shift_y, shift_x = window.y % step, window.x % step
         keep = (slice(shift_y, shift_y + window.height), slice(shift_x, shift_x + window.width))
-        return PredictionMaps(np_prob[keep], hv[(slice(None), *keep)], nc_prob[(slice(None), *keep)],
-                              None if interior_prob is None else interior_prob[keep])
+        return PredictionMaps(
+            np_prob[keep],
+            hv[(slice(None), *keep)],
+            nc_prob[(slice(None), *keep)],
+            None if interior_prob is None else interior_prob[keep],
+        )
 
 
-def predictor_for(network: torch.nn.Module, model: ModelConfig, device: str | None = None,
-                  int8_ir: Path | None = None) -> Predictor:
+def predictor_for(
+    network: torch.nn.Module, model: ModelConfig, device: str | None = None, int8_ir: Path | None = None
+) -> Predictor:
     """The predictor a run's model settings describe (``device`` overrides ``model.device``)."""
-    return Predictor(network, resolve_device(device or model.device), model.patch_px, model.context_px,
-                     model.batch_size, model.precision, model.runtime, model.tta, int8_ir)
+    return Predictor(
+        network,
+        resolve_device(device or model.device),
+        model.patch_px,
+        model.context_px,
+        model.batch_size,
+        model.precision,
+        model.runtime,
+        model.tta,
+        int8_ir,
+    )

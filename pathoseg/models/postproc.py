@@ -46,8 +46,9 @@ def smoothed_sobel_kernels(sigma_px: float) -> tuple[np.ndarray, np.ndarray]:
     return np.convolve(gaussian, [-1, 0, 1]), np.convolve(gaussian, [1, 2, 1])
 
 
-def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocConfig | None = None,
-                        interior_prob: np.ndarray | None = None) -> np.ndarray:
+def instances_from_maps(
+    np_prob: np.ndarray, hv: np.ndarray, params: PostprocConfig | None = None, interior_prob: np.ndarray | None = None
+) -> np.ndarray:
     """Watershed of the HV boundary energy from markers inside the nuclear-pixel mask.
 
     Parameters
@@ -108,8 +109,9 @@ def majority_classes(pixel_labels: np.ndarray, pixel_probs: np.ndarray, n: int) 
     """
     n_classes = pixel_probs.shape[0]
     votes_per_pixel = pixel_probs[1:].argmax(axis=0)
-    votes = np.bincount((pixel_labels - 1) * (n_classes - 1) + votes_per_pixel,
-                        minlength=n * (n_classes - 1)).reshape(n, n_classes - 1)
+    votes = np.bincount((pixel_labels - 1) * (n_classes - 1) + votes_per_pixel, minlength=n * (n_classes - 1)).reshape(
+        n, n_classes - 1
+    )
     return votes.argmax(axis=1) + 1
 
 

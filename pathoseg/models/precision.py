@@ -54,8 +54,10 @@ def choose_precision(requested: str, facts: DeviceFacts, int8_available: bool = 
     if requested not in PRECISIONS:
         raise SettingsError(f"precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
     if requested == "int8" and not int8_available:
-        raise SettingsError("precision int8 needs the OpenVINO runtime on the CPU and a model shipped with an int8 "
-                         "version (pathoseg info --system lists them)")
+        raise SettingsError(
+            "precision int8 needs the OpenVINO runtime on the CPU and a model shipped with an int8 "
+            "version (pathoseg info --system lists them)"
+        )
     if requested != "auto":
         return requested
     if facts.device_type == "cuda" and facts.cuda_capability is not None:

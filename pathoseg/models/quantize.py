@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 CALIBRATION_PX = 256  # patch side; the IR is reshaped to the run's patches when compiled
 
 
-def calibration_patches(samples: list[Sample], n_patches: int, seed: int = 0,
-                        size_px: int = CALIBRATION_PX) -> list[np.ndarray]:
+def calibration_patches(
+    samples: list[Sample], n_patches: int, seed: int = 0, size_px: int = CALIBRATION_PX
+) -> list[np.ndarray]:
     """``n_patches`` (1, size_px, size_px, 3) uint8 crops, images drawn by area (reflect-padded where smaller)."""
     rng = np.random.default_rng(seed)
     areas = np.array([s.image.shape[0] * s.image.shape[1] for s in samples], float)
@@ -33,7 +34,7 @@ def calibration_patches(samples: list[Sample], n_patches: int, seed: int = 0,
         pad = [(0, max(0, size_px - side)) for side in image.shape[:2]]
         image = np.pad(image, [*pad, (0, 0)], mode="reflect")
         y, x = (int(rng.integers(0, side - size_px + 1)) for side in image.shape[:2])
-        patches.append(np.ascontiguousarray(image[None, y:y + size_px, x:x + size_px]))
+        patches.append(np.ascontiguousarray(image[None, y : y + size_px, x : x + size_px]))
     return patches
 
 
@@ -60,7 +61,16 @@ def publish_int8(name: str, patches: list[np.ndarray]) -> Path:
     loaded = load_model(name)
     xml_path = quantize(loaded, patches, WEIGHTS_DIR / f"{name}.int8.xml")
     entry = registered_models()[name]
-    register(name, {**entry, "int8": {"xml": xml_path.name, "bin_sha256": sha256_of(xml_path.with_suffix(".bin")),
-                                      "checkpoint_sha256": loaded.sha256}})
+    register(
+        name,
+        {
+            **entry,
+            "int8": {
+                "xml": xml_path.name,
+                "bin_sha256": sha256_of(xml_path.with_suffix(".bin")),
+                "checkpoint_sha256": loaded.sha256,
+            },
+        },
+    )
     log.info("%s: int8 version %s", name, xml_path)
     return xml_path

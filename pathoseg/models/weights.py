@@ -33,10 +33,12 @@ class ModelMetadata:
     np_classes: int = 2  # 3: background / interior / boundary band
     mpp: float = 0.25
     input_size_px: int = 256
-    class_names: list[str] = field(default_factory=lambda: ["background", "other", "inflammatory", "epithelial",
-                                                             "spindle"])
-    class_colors: list[list[int]] = field(default_factory=lambda: [[0, 0, 0], [120, 120, 120], [255, 0, 0],
-                                                                   [0, 160, 0], [0, 80, 255]])
+    class_names: list[str] = field(
+        default_factory=lambda: ["background", "other", "inflammatory", "epithelial", "spindle"]
+    )
+    class_colors: list[list[int]] = field(
+        default_factory=lambda: [[0, 0, 0], [120, 120, 120], [255, 0, 0], [0, 160, 0], [0, 80, 255]]
+    )
     training_data: list[str] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     step: int = 0
@@ -67,13 +69,17 @@ def build_network(metadata: ModelMetadata) -> HoVerNet:
     return HoVerNet(encoder=metadata.encoder, n_classes=len(metadata.class_names), np_classes=metadata.np_classes)
 
 
-def save_checkpoint(path: str | Path, network: torch.nn.Module, metadata: ModelMetadata,
-                    extra: dict | None = None) -> str:
+def save_checkpoint(
+    path: str | Path, network: torch.nn.Module, metadata: ModelMetadata, extra: dict | None = None
+) -> str:
     """Write a checkpoint atomically; returns its sha256. ``extra`` (e.g. optimiser state) rides along."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "metadata": asdict(metadata),
-               "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()}}
+    payload = {
+        "format": FORMAT,
+        "metadata": asdict(metadata),
+        "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+    }
     if extra:
         payload["extra"] = extra
     with atomic_path(path) as temporary:
@@ -88,8 +94,9 @@ def read_checkpoint(path: str | Path, expected_sha256: str | None = None) -> dic
         raise CheckpointError(f"{path}: checkpoint not found")
     digest = sha256_of(path)
     if expected_sha256 and digest != expected_sha256:
-        raise CheckpointError(f"{path}: sha256 {digest[:12]}... does not match the registry's "
-                              f"{expected_sha256[:12]}...")
+        raise CheckpointError(
+            f"{path}: sha256 {digest[:12]}... does not match the registry's {expected_sha256[:12]}..."
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many kinds for a bad file
@@ -134,8 +141,10 @@ def check_int8_ir(xml_path: Path) -> None:
         if int8 and WEIGHTS_DIR / int8["xml"] == xml_path:
             digest = sha256_of(xml_path.with_suffix(".bin"))
             if digest != int8["bin_sha256"]:
-                raise CheckpointError(f"{xml_path.with_suffix('.bin')}: sha256 {digest[:12]}... does not match the "
-                                      f"registry's {int8['bin_sha256'][:12]}...")
+                raise CheckpointError(
+                    f"{xml_path.with_suffix('.bin')}: sha256 {digest[:12]}... does not match the "
+                    f"registry's {int8['bin_sha256'][:12]}..."
+                )
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL) -> LoadedModel:

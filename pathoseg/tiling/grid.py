@@ -54,8 +54,9 @@ class Grid:
         return -(-self.height_px // self.tile_px), -(-self.width_px // self.tile_px)
 
     def tile_box(self, row: int, col: int) -> Box:
-        return Box(col * self.tile_px, row * self.tile_px, self.tile_px, self.tile_px).clip(self.width_px,
-                                                                                            self.height_px)
+        return Box(col * self.tile_px, row * self.tile_px, self.tile_px, self.tile_px).clip(
+            self.width_px, self.height_px
+        )
 
     def regions(self) -> list[Region]:
         """All regions in raster order."""
@@ -69,8 +70,9 @@ class Grid:
 
     def block_box(self, block: tuple[int, int]) -> Box:
         """The region core at block (row, col)."""
-        return Box(block[1] * self.region_px, block[0] * self.region_px, self.region_px,
-                   self.region_px).clip(self.width_px, self.height_px)
+        return Box(block[1] * self.region_px, block[0] * self.region_px, self.region_px, self.region_px).clip(
+            self.width_px, self.height_px
+        )
 
     def block_of(self, tile: tuple[int, int]) -> tuple[int, int]:
         return tile[0] * self.tile_px // self.region_px, tile[1] * self.tile_px // self.region_px
@@ -97,7 +99,7 @@ def tissue_tiles(grid: Grid, tissue_mask: np.ndarray, mask_px_per_model_px: floa
         for c in range(cols):
             y0, x0 = int(np.floor(r * step)), int(np.floor(c * step))
             y1, x1 = int(np.ceil((r + 1) * step)), int(np.ceil((c + 1) * step))
-            has_tissue[r, c] = tissue_mask[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)].any()
+            has_tissue[r, c] = tissue_mask[y0 : max(y1, y0 + 1), x0 : max(x1, x0 + 1)].any()
     return has_tissue
 
 
@@ -107,8 +109,7 @@ def plan_work(grid: Grid, has_tissue: np.ndarray) -> tuple[list[Region], list[tu
     Tiles that hold no tissue and touch none are never read from the slide: they read as glass (white).
     """
     near_tissue = ndimage.binary_dilation(has_tissue, structure=np.ones((3, 3), bool))
-    regions = [region for region in grid.regions()
-               if any(has_tissue[r, c] for r, c in grid.tiles_in(region.core))]
+    regions = [region for region in grid.regions() if any(has_tissue[r, c] for r, c in grid.tiles_in(region.core))]
     needed = sorted({tile for region in regions for tile in grid.tiles_in(region.reads) if near_tissue[tile]})
     return regions, needed
 

@@ -27,10 +27,11 @@ def read_model_box(slide: Slide, frame: SlideFrame, box: Box) -> np.ndarray:
     ly0 = int(np.floor(box.y * level_per_model)) - pad
     lx1 = int(np.ceil(box.x1 * level_per_model)) + pad
     ly1 = int(np.ceil(box.y1 * level_per_model)) + pad
-    region = slide.read_region(round(frame.origin_x + lx0 * downsample), round(frame.origin_y + ly0 * downsample),
-                               level, lx1 - lx0, ly1 - ly0)
+    region = slide.read_region(
+        round(frame.origin_x + lx0 * downsample), round(frame.origin_y + ly0 * downsample), level, lx1 - lx0, ly1 - ly0
+    )
     if abs(level_per_model - 1) < 1e-6:
-        return np.ascontiguousarray(region[box.y - ly0:box.y1 - ly0, box.x - lx0:box.x1 - lx0])
+        return np.ascontiguousarray(region[box.y - ly0 : box.y1 - ly0, box.x - lx0 : box.x1 - lx0])
     # Output pixel centre (i + 0.5) in model px maps to (i + 0.5) * r - 0.5 in level-pixel indices.
     offset = [(box.y + 0.5) * level_per_model - 0.5 - ly0, (box.x + 0.5) * level_per_model - 0.5 - lx0]
     out = np.empty((box.height, box.width, 3), np.uint8)
@@ -39,8 +40,14 @@ def read_model_box(slide: Slide, frame: SlideFrame, box: Box) -> np.ndarray:
         plane = region[..., channel].astype(np.float32)
         if sigma > 0.3:
             plane = ndimage.gaussian_filter(plane, sigma)
-        resampled = ndimage.affine_transform(plane, [level_per_model, level_per_model], offset=offset,
-                                             output_shape=(box.height, box.width), order=1, mode="nearest")
+        resampled = ndimage.affine_transform(
+            plane,
+            [level_per_model, level_per_model],
+            offset=offset,
+            output_shape=(box.height, box.width),
+            order=1,
+            mode="nearest",
+        )
         out[..., channel] = np.clip(resampled + 0.5, 0, 255).astype(np.uint8)
     return out
 
@@ -80,8 +87,9 @@ def tile_block(job: TileJob, block: tuple[int, int], tiles: list[tuple[int, int]
     rgb = np.full((block_box.height, block_box.width, 3), 255, np.uint8)
     for tile in tiles:
         box = grid.tile_box(*tile)
-        rgb[box.y - block_box.y:box.y1 - block_box.y, box.x - block_box.x:box.x1 - block_box.x] = \
-            read_model_box(slide, job.frame, box)
+        rgb[box.y - block_box.y : box.y1 - block_box.y, box.x - block_box.x : box.x1 - block_box.x] = read_model_box(
+            slide, job.frame, box
+        )
     root = zarr.open_group(job.store_path, mode="r+", zarr_format=2)
     ngff.write_block(root, block_box.x, block_box.y, rgb)
     ngff.mark_block_done(job.store_path, block, ngff.block_chunk_checksums(job.store_path, block_box))

@@ -44,14 +44,17 @@ class TissueMask:
 
     def within(self, region: shapely.Geometry, origin_xy: tuple[float, float]) -> TissueMask:
         """The tissue inside ``region`` ((Multi)Polygon in level-0 pixels); ``origin_xy``: the mask's top-left."""
-        return dataclasses.replace(self, mask=self.mask & polygon_mask(region, self.mask.shape, origin_xy,
-                                                                       self.level0_per_px))
+        return dataclasses.replace(
+            self, mask=self.mask & polygon_mask(region, self.mask.shape, origin_xy, self.level0_per_px)
+        )
 
 
-def polygon_mask(region: shapely.Geometry, shape: tuple[int, int], origin_xy: tuple[float, float],
-                 level0_per_px: float) -> np.ndarray:
+def polygon_mask(
+    region: shapely.Geometry, shape: tuple[int, int], origin_xy: tuple[float, float], level0_per_px: float
+) -> np.ndarray:
     """(h, w) bool: the mask pixels whose centre lies inside ``region`` ((Multi)Polygon in level-0 pixels, holes
     left out); mask pixel (0, 0) has its top-left corner at level-0 ``origin_xy``."""
+
     def pixels(ring) -> tuple[np.ndarray, np.ndarray]:
         # skimage's pixel (r, c) is centred on (r, c); a mask pixel's centre is at (index + 0.5) mask pixels.
         xy = (np.asarray(ring.coords) - origin_xy) / level0_per_px - 0.5
@@ -77,9 +80,14 @@ def is_darkfield(rgb: np.ndarray, max_bright_luminance: float = 80.0) -> bool:
     return bool(np.percentile(rgb.mean(axis=2), 90) < max_bright_luminance)
 
 
-def detect_tissue(rgb: np.ndarray, mpp: float, od_threshold_range: tuple[float, float] = (0.025, 0.06),
-                  closing_um: float = 20.0, min_tissue_um2: float = 2000.0, max_hole_um2: float = 5000.0
-                  ) -> np.ndarray:
+def detect_tissue(
+    rgb: np.ndarray,
+    mpp: float,
+    od_threshold_range: tuple[float, float] = (0.025, 0.06),
+    closing_um: float = 20.0,
+    min_tissue_um2: float = 2000.0,
+    max_hole_um2: float = 5000.0,
+) -> np.ndarray:
     """Tissue mask of a thumbnail: stained tissue on glass, or on a dark background (``is_darkfield``) what glows.
 
     The threshold is Otsu's on the mean optical density, held inside ``od_threshold_range`` so that a
@@ -122,13 +130,20 @@ def find_tissue(slide: Slide, config: Config) -> tuple[TissueMask, np.ndarray]:
     max_side = int(min(tiling.max_thumbnail_px, max(256, side_um / tiling.thumbnail_mpp)))
     thumbnail, level0_per_px = slide.thumbnail(max_side)
     thumb_mpp = slide.mpp * level0_per_px
-    mask = detect_tissue(thumbnail, thumb_mpp, tuple(tiling.tissue_od_range), tiling.tissue_closing_um,
-                         tiling.min_tissue_um2, tiling.max_tissue_hole_um2)
+    mask = detect_tissue(
+        thumbnail,
+        thumb_mpp,
+        tuple(tiling.tissue_od_range),
+        tiling.tissue_closing_um,
+        tiling.min_tissue_um2,
+        tiling.max_tissue_hole_um2,
+    )
     return TissueMask(mask, level0_per_px, thumb_mpp, is_darkfield(thumbnail)), thumbnail
 
 
-def sample_tissue_tiles(slide: Slide, tissue: TissueMask, n_tiles: int = 16, tile_px: int = 256,
-                        mpp: float = 0.5) -> list[np.ndarray]:
+def sample_tissue_tiles(
+    slide: Slide, tissue: TissueMask, n_tiles: int = 16, tile_px: int = 256, mpp: float = 0.5
+) -> list[np.ndarray]:
     """Up to ``n_tiles`` (tile_px, tile_px, 3) uint8 tiles spread over the tissue, read near ``mpp``, each inside the
     slide (cut to it where it is smaller)."""
     rows, cols = np.nonzero(tissue.mask)
@@ -146,8 +161,10 @@ def tissue_in_roi(slide: Slide, tissue: TissueMask, roi: RegionOfInterest) -> Ti
     """The slide's tissue inside the region of interest; SlideError where there is none."""
     bounds = slide.bounds
     if not roi.region.intersects(slide.bounds_polygon):
-        raise SlideError(f"{roi.path}: its annotations lie outside {slide.path.name} (level-0 bounds {bounds.x}, "
-                         f"{bounds.y}, {bounds.width} x {bounds.height} px)")
+        raise SlideError(
+            f"{roi.path}: its annotations lie outside {slide.path.name} (level-0 bounds {bounds.x}, "
+            f"{bounds.y}, {bounds.width} x {bounds.height} px)"
+        )
     inside = tissue.within(roi.region, (bounds.x, bounds.y))
     if not inside.mask.any():
         raise SlideError(f"{roi.path}: no tissue of {slide.path.name} inside its annotations")

@@ -17,8 +17,13 @@ from skimage.transform import resize
 BACKGROUND_RGB = 235  # glass: what zoomed-out crops are padded with
 
 
-def scaled_crop(rng: np.random.Generator, image: np.ndarray, maps: list[np.ndarray | None], size_px: int,
-                scale_range: tuple[float, float]) -> tuple[np.ndarray, list[np.ndarray | None]]:
+def scaled_crop(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    maps: list[np.ndarray | None],
+    size_px: int,
+    scale_range: tuple[float, float],
+) -> tuple[np.ndarray, list[np.ndarray | None]]:
     """Random crop of ``size_px / scale`` pixels, resized to ``size_px`` (scale jitter)."""
     scale = rng.uniform(*scale_range)
     window = int(round(size_px / scale))
@@ -35,10 +40,17 @@ def scaled_crop(rng: np.random.Generator, image: np.ndarray, maps: list[np.ndarr
     image = image[box]
     maps = [None if m is None else m[box] for m in maps]
     if window != size_px:
-        image = (resize(image, (size_px, size_px), order=1, preserve_range=True, anti_aliasing=False)
-                 .round().astype(np.uint8))
-        maps = [None if m is None else resize(m, (size_px, size_px), order=0, preserve_range=True,
-                                               anti_aliasing=False).astype(m.dtype) for m in maps]
+        image = (
+            resize(image, (size_px, size_px), order=1, preserve_range=True, anti_aliasing=False)
+            .round()
+            .astype(np.uint8)
+        )
+        maps = [
+            None
+            if m is None
+            else resize(m, (size_px, size_px), order=0, preserve_range=True, anti_aliasing=False).astype(m.dtype)
+            for m in maps
+        ]
     return image, maps
 
 
@@ -54,22 +66,23 @@ def flip_rotate(rng: np.random.Generator, arrays: list[np.ndarray | None]) -> li
     return out
 
 
-def elastic(rng: np.random.Generator, image: np.ndarray, maps: list[np.ndarray | None], amplitude_px: float = 2.0,
-            grid: int = 4) -> tuple[np.ndarray, list[np.ndarray | None]]:
+def elastic(
+    rng: np.random.Generator, image: np.ndarray, maps: list[np.ndarray | None], amplitude_px: float = 2.0, grid: int = 4
+) -> tuple[np.ndarray, list[np.ndarray | None]]:
     """Small smooth deformation from a coarse random displacement field."""
     height, width = image.shape[:2]
     coarse = rng.normal(0, amplitude_px, size=(2, grid, grid))
     field = np.stack([resize(c, (height, width), order=3) for c in coarse])
     rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
     coords = np.stack([rows + field[0], cols + field[1]])
-    warped = np.stack([ndimage.map_coordinates(image[..., c], coords, order=1, mode="reflect")
-                       for c in range(3)], axis=-1)
+    warped = np.stack(
+        [ndimage.map_coordinates(image[..., c], coords, order=1, mode="reflect") for c in range(3)], axis=-1
+    )
     maps = [None if m is None else ndimage.map_coordinates(m, coords, order=0, mode="constant") for m in maps]
     return warped, maps
 
 
-def stain_jitter(rng: np.random.Generator, image: np.ndarray, sigma: float = 0.05, bias: float = 0.02
-                 ) -> np.ndarray:
+def stain_jitter(rng: np.random.Generator, image: np.ndarray, sigma: float = 0.05, bias: float = 0.02) -> np.ndarray:
     """Scale and shift each stain's optical density in HED space (Tellez et al. 2018)."""
     hed = rgb2hed(image)
     hed = hed * rng.uniform(1 - sigma * 3, 1 + sigma * 3, size=3) + rng.uniform(-bias, bias, size=3)
@@ -139,8 +152,9 @@ def granular_texture(rng: np.random.Generator, shape: tuple[int, int]) -> np.nda
     return np.clip(1 + rng.uniform(0.2, 0.6) * grain / (grain.std() + 1e-6), 0.2, None)
 
 
-def rescan_at_lower_resolution(rng: np.random.Generator, image: np.ndarray,
-                               factor_range: tuple[float, float] = (1.6, 2.4)) -> np.ndarray:
+def rescan_at_lower_resolution(
+    rng: np.random.Generator, image: np.ndarray, factor_range: tuple[float, float] = (1.6, 2.4)
+) -> np.ndarray:
     """What a 20x scanner sees, brought back to the model's resolution: half the time the softer optics of a 20x
     objective (lower numerical aperture, looser focus), anti-aliased downsampling by ~2x, sometimes JPEG, then
     bilinear upsampling (as the tiler upsamples a 20x slide)."""
@@ -148,8 +162,11 @@ def rescan_at_lower_resolution(rng: np.random.Generator, image: np.ndarray,
     factor = rng.uniform(*factor_range)
     if rng.random() < 0.5:
         image = blur(rng, image, max_sigma=1.0)
-    small = resize(image, (round(height / factor), round(width / factor)), order=1, anti_aliasing=True,
-                   preserve_range=True).round().astype(np.uint8)
+    small = (
+        resize(image, (round(height / factor), round(width / factor)), order=1, anti_aliasing=True, preserve_range=True)
+        .round()
+        .astype(np.uint8)
+    )
     if rng.random() < 0.5:
         small = jpeg_noise(rng, small, (60, 95))
     return resize(small, (height, width), order=1, preserve_range=True).round().astype(np.uint8)
@@ -160,8 +177,7 @@ def blur(rng: np.random.Generator, image: np.ndarray, max_sigma: float = 1.2) ->
     return ndimage.gaussian_filter(image, sigma=(sigma, sigma, 0))
 
 
-def jpeg_noise(rng: np.random.Generator, image: np.ndarray, quality_range: tuple[int, int] = (40, 90)
-               ) -> np.ndarray:
+def jpeg_noise(rng: np.random.Generator, image: np.ndarray, quality_range: tuple[int, int] = (40, 90)) -> np.ndarray:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=int(rng.integers(*quality_range)))
     return np.asarray(Image.open(buffer).convert("RGB"))
@@ -174,10 +190,17 @@ def brightness_contrast(rng: np.random.Generator, image: np.ndarray, amount: flo
     return np.clip((image - mean) * contrast + mean + brightness, 0, 255).astype(np.uint8)
 
 
-def augment_sample(rng: np.random.Generator, image: np.ndarray, instances: np.ndarray, types: np.ndarray | None,
-                   size_px: int, scale_range: tuple[float, float] = (0.8, 1.25), p_dab: float = 0.25,
-                   p_low_resolution: float = 0.0, low_resolution_factor: tuple[float, float] = (1.6, 2.4)
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def augment_sample(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    instances: np.ndarray,
+    types: np.ndarray | None,
+    size_px: int,
+    scale_range: tuple[float, float] = (0.8, 1.25),
+    p_dab: float = 0.25,
+    p_low_resolution: float = 0.0,
+    low_resolution_factor: tuple[float, float] = (1.6, 2.4),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The full training augmentation: crop with scale jitter, geometry, elastic, IHC re-synthesis, stain,
     brightness, lower scan resolution, blur, JPEG."""
     image, (instances, types) = scaled_crop(rng, image, [instances, types], size_px, scale_range)

@@ -115,16 +115,23 @@ class TrainingStream(torch.utils.data.IterableDataset):
             weight, samples, has_types = self.groups[rng.choice(len(self.groups), p=weights / weights.sum())]
             areas = np.array([s.image.shape[0] * s.image.shape[1] for s in samples], float)
             sample = samples[rng.choice(len(samples), p=areas / areas.sum())]
-            image, instances, types = augment_sample(rng, sample.image, sample.instances,
-                                                     sample.types if has_types else None, self.size_px,
-                                                     p_dab=self.p_dab, p_low_resolution=self.p_low_resolution,
-                                                     low_resolution_factor=self.low_resolution_factor)
+            image, instances, types = augment_sample(
+                rng,
+                sample.image,
+                sample.instances,
+                sample.types if has_types else None,
+                self.size_px,
+                p_dab=self.p_dab,
+                p_low_resolution=self.p_low_resolution,
+                low_resolution_factor=self.low_resolution_factor,
+            )
             yield {
                 "image": torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1),
                 "np": torch.from_numpy(np_targets(instances, self.boundary_px)),
                 "hv": torch.from_numpy(hv_targets(instances)),
-                "nc": torch.from_numpy(types.astype(np.int64) if types is not None
-                                       else np.zeros(instances.shape, np.int64)),
+                "nc": torch.from_numpy(
+                    types.astype(np.int64) if types is not None else np.zeros(instances.shape, np.int64)
+                ),
                 "has_types": torch.tensor(float(types is not None)),
             }
 
@@ -137,8 +144,10 @@ def split_dataset(spec: DatasetSpec, mpp: float) -> tuple[list[Sample], list[Sam
     if unknown:
         raise SettingsError(f"{spec.path}: validation ids not in MANIFEST.csv: {sorted(unknown)[:3]}")
     train_ids = [i for i in ids if i not in set(spec.validation_ids)]
-    return (load_dataset(spec.path, mpp, train_ids, spec.use_types),
-            load_dataset(spec.path, None, spec.validation_ids, spec.use_types or spec.positivity_truth))
+    return (
+        load_dataset(spec.path, mpp, train_ids, spec.use_types),
+        load_dataset(spec.path, None, spec.validation_ids, spec.use_types or spec.positivity_truth),
+    )
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -165,9 +174,11 @@ def ema_update(decay: float):
     """Exponential moving average with warm-up: the decay is min(decay, (1 + n) / (10 + n)) after n updates, so the
     average forgets the random initial weights within the first few hundred steps (a fixed 0.999 still holds 60%
     of them after 500 steps)."""
+
     def update(averaged: torch.Tensor, current: torch.Tensor, n_averaged: torch.Tensor) -> torch.Tensor:
         n = float(n_averaged)
         return averaged + (current - averaged) * (1 - min(decay, (1 + n) / (10 + n)))
+
     return update
 
 
@@ -193,9 +204,15 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
     log.info("training on %s in %s", device, precision)
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
-    metadata = ModelMetadata(name=config.name, version=config.version, encoder=config.encoder,
-                             np_classes=config.np_classes, mpp=config.mpp, input_size_px=config.input_size_px,
-                             training_data=[spec.path for spec in config.datasets])
+    metadata = ModelMetadata(
+        name=config.name,
+        version=config.version,
+        encoder=config.encoder,
+        np_classes=config.np_classes,
+        mpp=config.mpp,
+        input_size_px=config.input_size_px,
+        training_data=[spec.path for spec in config.datasets],
+    )
     network = build_network(metadata).to(device).to(memory_format=torch.channels_last)
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, best_pq, history, averaged_state = 0, -1.0, [], None
@@ -224,22 +241,35 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         groups.append((spec.weight, train_samples, spec.use_types))
         validation[spec.name] = (val_samples, spec.use_types, spec.positivity_truth)
         log.info("%s: %d training, %d validation images", spec.path, len(train_samples), len(val_samples))
-    class_weights = (nc_class_weights(groups, len(metadata.class_names)).to(device) if config.nc_class_weighting
-                     else None)
+    class_weights = (
+        nc_class_weights(groups, len(metadata.class_names)).to(device) if config.nc_class_weighting else None
+    )
     log.info("NC class weights: %s", None if class_weights is None else class_weights.tolist())
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     loader_workers = loader_worker_count(config.loader_workers, device)
     log.info("%d augmentation process(es)", loader_workers)
     loader = torch.utils.data.DataLoader(
         TrainingStream(groups, config.input_size_px, config.seed + step, config),
-        batch_size=config.batch_size, num_workers=loader_workers, persistent_workers=loader_workers > 0,
-        prefetch_factor=4 if loader_workers else None)
+        batch_size=config.batch_size,
+        num_workers=loader_workers,
+        persistent_workers=loader_workers > 0,
+        prefetch_factor=4 if loader_workers else None,
+    )
 
     def checkpoint(path: Path, metrics: dict) -> None:
         metadata.step, metadata.metrics = step, metrics
-        save_checkpoint(path, averaged.module, metadata, extra={
-            "raw_state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
-            "optimiser": optimiser.state_dict(), "step": step, "best_pq": best_pq, "history": json.dumps(history)})
+        save_checkpoint(
+            path,
+            averaged.module,
+            metadata,
+            extra={
+                "raw_state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+                "optimiser": optimiser.state_dict(),
+                "step": step,
+                "best_pq": best_pq,
+                "history": json.dumps(history),
+            },
+        )
 
     run_config = load_config()  # validate what `segment` would output
     settings, positive_dab_od = RegionSettings.from_config(run_config, config.mpp), run_config.stain.positive_dab_od
@@ -262,16 +292,28 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         averaged.update_parameters(network)
         step += 1
         if step % 10 == 0:
-            log.info("step %d loss %.3f %s (%.2f s/step)", step, loss.item(),
-                     " ".join(f"{k}={v:.3f}" for k, v in parts.items()), (time.time() - started) / 10)
+            log.info(
+                "step %d loss %.3f %s (%.2f s/step)",
+                step,
+                loss.item(),
+                " ".join(f"{k}={v:.3f}" for k, v in parts.items()),
+                (time.time() - started) / 10,
+            )
             started = time.time()
         if step % config.validate_every == 0 or step == config.steps:
             averaged.module.eval()
             predictor = predictor_for(averaged.module, run_config.model, str(device))
-            last_metrics = {name: evaluate_samples(predictor, samples, settings,
-                                                   n_classes=len(metadata.class_names) if has_types else None,
-                                                   positive_dab_od=positive_dab_od if positivity else None)["overall"]
-                            for name, (samples, has_types, positivity) in validation.items() if samples}
+            last_metrics = {
+                name: evaluate_samples(
+                    predictor,
+                    samples,
+                    settings,
+                    n_classes=len(metadata.class_names) if has_types else None,
+                    positive_dab_od=positive_dab_od if positivity else None,
+                )["overall"]
+                for name, (samples, has_types, positivity) in validation.items()
+                if samples
+            }
             history.append({"step": step, **last_metrics})
             for name, metrics in last_metrics.items():
                 log.info("validation %s step %d: %s", name, step, _format(metrics))

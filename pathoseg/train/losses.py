@@ -46,9 +46,12 @@ def hv_gradient_loss(pred_hv: torch.Tensor, true_hv: torch.Tensor, nucleus_mask:
     return ((pred_grad - true_grad) ** 2 * mask).sum() / mask.sum().clamp(min=1)
 
 
-def hovernet_loss(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
-                  hv_gradient_weight: float = 2.0, nc_class_weights: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, dict[str, float]]:
+def hovernet_loss(
+    outputs: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    hv_gradient_weight: float = 2.0,
+    nc_class_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its parts.
 
     batch: ``np`` (B, H, W) int64 nuclear-pixel classes (0 background), ``hv`` (B, 2, H, W), ``nc`` (B, H, W)
@@ -64,8 +67,9 @@ def hovernet_loss(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tenso
     loss = np_ce + np_dice + hv_mse + hv_gradient_weight * hv_msge
     parts = {"np_ce": np_ce.item(), "np_dice": np_dice.item(), "hv_mse": hv_mse.item(), "hv_msge": hv_msge.item()}
     if has_types.sum() > 0:
-        per_pixel = F.cross_entropy(outputs["nc"].float(), batch["nc"], weight=nc_class_weights,
-                                    reduction="none").mean(dim=(1, 2))
+        per_pixel = F.cross_entropy(outputs["nc"].float(), batch["nc"], weight=nc_class_weights, reduction="none").mean(
+            dim=(1, 2)
+        )
         nc_ce = (per_pixel * has_types).sum() / has_types.sum()
         nc_dice = soft_dice_loss(outputs["nc"], batch["nc"], has_types)
         loss = loss + nc_ce + nc_dice

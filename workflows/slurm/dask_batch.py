@@ -21,12 +21,17 @@ import sys
 def job_options(args: argparse.Namespace) -> dict:
     """SLURMCluster / SLURMJob keyword arguments: one worker process per job, GPUs declared to Dask."""
     return dict(
-        queue=args.partition, account=args.account, cores=args.cores, processes=1, memory=args.memory,
+        queue=args.partition,
+        account=args.account,
+        cores=args.cores,
+        processes=1,
+        memory=args.memory,
         walltime=args.walltime,
         job_extra_directives=[f"--gres=gpu:{args.gpus_per_job}"] if args.gpus_per_job else [],
         worker_extra_args=["--resources", f"GPU={args.gpus_per_job}"] if args.gpus_per_job else [],
         job_script_prologue=[f"source {args.venv}/bin/activate"] if args.venv else [],
-        log_directory=args.log_dir, interface=args.interface,
+        log_directory=args.log_dir,
+        interface=args.interface,
     )
 
 
@@ -43,10 +48,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpus-per-job", type=int, default=1, help="0 for CPU-only workers")
     parser.add_argument("--venv", default=None, help="virtual environment with pathoseg, activated in each job")
     parser.add_argument("--log-dir", default="slurm-logs")
-    parser.add_argument("--interface", default=None,
-                        help="network interface the scheduler and workers listen on (e.g. ib0; default: Dask's)")
-    parser.add_argument("--wait-minutes", type=float, default=60.0,
-                        help="how long to wait for the first worker job to start before giving up")
+    parser.add_argument(
+        "--interface",
+        default=None,
+        help="network interface the scheduler and workers listen on (e.g. ib0; default: Dask's)",
+    )
+    parser.add_argument(
+        "--wait-minutes",
+        type=float,
+        default=60.0,
+        help="how long to wait for the first worker job to start before giving up",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the worker job script and exit")
     args, args.batch_args = parser.parse_known_args(argv)  # the rest goes to pathoseg batch
     args.batch_args = [arg for arg in args.batch_args if arg != "--"]
@@ -66,15 +78,26 @@ def main(argv: list[str] | None = None) -> int:
     cluster = SLURMCluster(**job_options(args))
     cluster.scale(jobs=args.jobs)
     device = ["--device", "cuda"] if args.gpus_per_job else ["--device", "cpu"]
-    command = ["pathoseg", "batch", args.archive, "-o", args.out, "--scheduler", cluster.scheduler_address, *device,
-               *args.batch_args]
+    command = [
+        "pathoseg",
+        "batch",
+        args.archive,
+        "-o",
+        args.out,
+        "--scheduler",
+        cluster.scheduler_address,
+        *device,
+        *args.batch_args,
+    ]
     try:
         with Client(cluster) as client:  # queued jobs may take a while: pathoseg itself waits only minutes
             client.wait_for_workers(1, timeout=args.wait_minutes * 60)
         return subprocess.call(command)
     except TimeoutError:
-        print(f"error: no SLURM worker job started within {args.wait_minutes:g} minutes (squeue shows why)",
-              file=sys.stderr)
+        print(
+            f"error: no SLURM worker job started within {args.wait_minutes:g} minutes (squeue shows why)",
+            file=sys.stderr,
+        )
         return 2
     finally:
         cluster.close()
