@@ -19,7 +19,8 @@ from distributed import Client, LocalCluster
 
 from pathoseg.config import load_config
 from pathoseg.distributed import open_runner
-from pathoseg.pipeline import plan_slide, run_regions
+from pathoseg.pipeline import run_regions
+from pathoseg.plan import plan_slide
 from pathoseg.synthetic import write_synthetic_slide
 from pathoseg.system import cpu_capability
 

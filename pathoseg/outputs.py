@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+import logging
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import shapely
 import yaml
 from PIL import Image
 
+from pathoseg.config import Config
 from pathoseg.geometry import Box, SlideFrame
 from pathoseg.io.files import atomic_path
 from pathoseg.io.geojson import (
@@ -27,9 +30,22 @@ from pathoseg.io.geojson import (
 )
 from pathoseg.io.overlay import draw_dots, draw_overlay, save_png
 from pathoseg.io.regions import RegionResult, load_region
-from pathoseg.measure.biomarkers import DAB_BIN_COLORS, DAB_BIN_NAMES, dab_bins
+from pathoseg.io.report import write_report
+from pathoseg.measure.areas import annotation_stats, positivity_hotspot, review_squares, tissue_region_stats
+from pathoseg.measure.biomarkers import DAB_BIN_COLORS, DAB_BIN_NAMES, class_summary, dab_bins, positivity_certainty
 from pathoseg.measure.nuclei import MEASUREMENT_NAMES
 from pathoseg.measure.quality import FLAG_COLORS, QualityMap
+from pathoseg.plan import SlidePlan
+from pathoseg.summary import (
+    SlideSummary,
+    choose_stain_mode,
+    ihc_facts,
+    model_facts,
+    slide_facts,
+    tissue_facts,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -379,3 +395,179 @@ def draw_crop(
     )
     outlines = level0_outlines(results, frame, style, box_level0)
     return draw_overlay(pixels, outlines, 1 / downsample)
+
+
+COLUMNS = (
+    "class_id",
+    "area_um2",
+    "hematoxylin_od_mean",
+    "eosin_od_mean",
+    "dab_od_mean",
+    "detection_probability",
+    "class_probability",
+)
+
+
+def collect_columns(plan: SlidePlan) -> tuple[dict[str, np.ndarray], dict[str, int], QualityMap]:
+    """One pass over the region files: the (N,) per-nucleus columns the summary and report need (and
+    ``centroids_level0``, (N, 2)), the plausibility filters' counts and the tile QC map."""
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in (*COLUMNS, "centroids")}
+    removed: dict[str, int] = {}
+    quality_rows = []
+    for region in plan.regions:
+        result = load_region(plan.nuclei_dir, region.index)
+        quality_rows.append(result.quality)
+        for key in COLUMNS:
+            parts[key].append(result.measurements.get(key, np.zeros(0)))
+        parts["centroids"].append(result.centroids.reshape(-1, 2))
+        for key, value in result.removed.items():
+            removed[key] = removed.get(key, 0) + value
+    columns = {key: np.concatenate(values) if values else np.zeros(0) for key, values in parts.items()}
+    centroids = columns.pop("centroids").reshape(-1, 2)
+    columns["centroids_level0"] = plan.frame.model_to_level0(centroids)
+    columns["class_id"] = columns["class_id"].astype(int)
+    quality = QualityMap.from_regions(
+        quality_rows, plan.has_tissue, plan.grid.tile_px, plan.metadata.mpp, plan.tissue.darkfield
+    )
+    return columns, removed, quality
+
+
+def write_slide_outputs(
+    plan: SlidePlan, config: Config, map_in_order: Callable[[Callable, list], Iterable]
+) -> tuple[SlideSummary, dict[str, np.ndarray]]:
+    """GeoJSON (its regions rendered by ``map_in_order``, on a cluster's workers), overlay, review squares, QC map
+    and the summary's figures, from the saved per-region results.
+
+    Returns the summary (without run figures) and the per-nucleus columns of ``collect_columns``.
+    """
+    slide, out_dir, frame, metadata, tissue = plan.slide, plan.out_dir, plan.frame, plan.metadata, plan.tissue
+
+    def results():
+        return (load_region(plan.nuclei_dir, region.index) for region in plan.regions)
+
+    columns, removed, quality = collect_columns(plan)
+    stain_mode = choose_stain_mode(config, columns["eosin_od_mean"])
+    names = metadata.class_names
+    thresholds = config.stain.dab_thresholds
+    style = NucleusStyle.of(names, metadata.class_colors, stain_mode, thresholds)
+    suffix = ".geojson.gz" if config.output.gzip else ".geojson"
+    render = functools.partial(
+        region_geojson_fragment,
+        str(plan.nuclei_dir.resolve()),
+        frame=frame,
+        slide_key=slide.path.name,
+        style=style,
+        compress=config.output.gzip,
+    )
+    geojson = write_geojson(
+        out_dir / f"nuclei{suffix}", map_in_order(render, [region.index for region in plan.regions])
+    )
+    if config.output.table:
+        write_nuclei_table(out_dir / "nuclei.csv", results(), frame, style)
+    bounds = slide.bounds
+    overlay_side = min(config.output.overlay_max_px, max(bounds.width, bounds.height))
+    thumbnail, level0_per_thumb_px = slide.thumbnail(overlay_side)
+    write_overlay(
+        out_dir / "overlay.png",
+        thumbnail,
+        level0_per_thumb_px,
+        results(),
+        frame,
+        style,
+        plan.roi.region if plan.roi else None,
+    )
+    bins = dab_bins(columns["dab_od_mean"], tuple(thresholds)) if stain_mode == "ihc" else None
+    origin = (frame.origin_x, frame.origin_y)
+    centroids = columns["centroids_level0"]
+    # Review first where the model is unsure: of the nucleus and its class, or in IHC of the positive/negative call.
+    certainty = (
+        positivity_certainty(columns["dab_od_mean"], thresholds[0])
+        if stain_mode == "ihc"
+        else columns["class_probability"]
+    )
+    review = review_squares(
+        centroids, columns["detection_probability"] * certainty, slide.mpp, origin, config.output.review_square_um
+    )
+    hotspot = (
+        None
+        if bins is None
+        else positivity_hotspot(
+            centroids, bins > 0, slide.mpp, origin, config.stain.hotspot_field_um, config.stain.hotspot_min_nuclei
+        )
+    )
+    quality_areas = flagged_areas(quality, frame, plan.grid.width_px, plan.grid.height_px)
+    review_written = write_review_geojson(
+        out_dir / "review.geojson", review["squares"], slide.path.name, slide.bounds, hotspot, quality_areas, quality
+    )
+    write_quality_map(out_dir / "quality.png", thumbnail, level0_per_thumb_px, quality, frame)
+    tile_warnings = quality.warnings()
+    for warning in tile_warnings:
+        log.warning("%s: %s", slide.path, warning)
+    stain_vectors = (
+        plan.stains.as_dict() if plan.stains else {"source": "configured" if config.stain.stain_matrix else "default"}
+    )
+    summary = SlideSummary(
+        slide=slide_facts(slide),
+        model=model_facts(metadata, plan.model_sha256),
+        tissue=tissue_facts(tissue),
+        quality={**plan.quality, "warnings": plan.quality["warnings"] + tile_warnings, "tiles": quality.summary()},
+        stain_mode=stain_mode,
+        stain_vectors=stain_vectors,
+        nuclei=geojson["written"],
+        counts=class_summary(columns["class_id"], names, tissue.area_mm2),
+        filtered_out={
+            **removed,
+            "outline_invalid_on_qupath_grid": geojson["dropped"],
+            "review_areas_invalid_on_qupath_grid": review_written["dropped"],
+        },
+        outlines_repaired_on_qupath_grid=geojson["repaired"],
+        tissue_regions=tissue_region_stats(tissue, origin, centroids, columns["class_id"], names, bins),
+        review=review,
+        outputs={
+            "geojson": f"nuclei{suffix}",
+            "overlay": "overlay.png",
+            "report": "report.html",
+            "review": "review.geojson",
+            "quality_map": "quality.png",
+            "store": "store.zarr",
+        },
+    )
+    if plan.roi is not None:
+        summary.roi = {
+            "file": str(plan.roi.path),
+            "annotations": annotation_stats(
+                plan.roi.annotations, tissue, origin, centroids, columns["class_id"], names, slide.mpp, bins
+            ),
+        }
+    if bins is not None:
+        summary.ihc = ihc_facts(bins, columns["dab_od_mean"], thresholds, hotspot)
+    return summary, columns
+
+
+def write_slide_report(plan: SlidePlan, config: Config, summary: dict, columns: dict[str, np.ndarray]) -> None:
+    """report.html: the overlay, a full-resolution crop of the densest square, counts, histograms, review list."""
+    frame, metadata = plan.frame, plan.metadata
+    names, colors = metadata.class_names, metadata.class_colors
+    crop = None
+    densest = summary["review"]["densest"]
+    if densest is not None:
+        x, y, side, _ = densest["bbox_level0"]
+        bounds = plan.slide.bounds
+        width, height = min(2 * side, bounds.width), min(2 * side, bounds.height)
+        box = Box(
+            int(np.clip(x - side / 2, bounds.x, bounds.x1 - width)),
+            int(np.clip(y - side / 2, bounds.y, bounds.y1 - height)),
+            width,
+            height,
+        )
+        model_box = frame.level0_box_to_model(box)
+        touching = [region.index for region in plan.regions if region.window.intersects(model_box)]
+        style = NucleusStyle.of(names, colors, summary["stain_mode"], config.stain.dab_thresholds)
+        crop = draw_crop(plan.slide, box, (load_region(plan.nuclei_dir, i) for i in touching), frame, style)
+    swatches = {
+        **dict(zip(names, colors)),
+        **dict(zip(DAB_BIN_NAMES, DAB_BIN_COLORS)),
+        **{f"qc:{check}": color for check, color in FLAG_COLORS.items()},
+    }
+    with Image.open(plan.out_dir / "overlay.png") as overlay, Image.open(plan.out_dir / "quality.png") as quality_map:
+        write_report(plan.out_dir / "report.html", summary, columns, overlay.copy(), crop, swatches, quality_map.copy())

@@ -20,7 +20,7 @@ from pathoseg.io.geojson import GeoJSONError
 from pathoseg.io.slide import SlideError, open_slide
 from pathoseg.io.tiff import TiffReadError
 from pathoseg.models.weights import CheckpointError
-from pathoseg.pipeline import plan_slide
+from pathoseg.plan import plan_slide
 
 
 def test_every_deliberate_error_is_a_pathoseg_error():
