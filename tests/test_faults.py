@@ -212,11 +212,10 @@ def small_disk(tmp_path):
 def fill_disk(disk, leave_bytes: int):
     """Fill ``disk`` up, then free ``leave_bytes``; returns the filler file."""
     filler = disk / "filler"
-    with open(filler, "wb") as handle:
+    with open(filler, "wb", buffering=0) as handle:  # unbuffered: nothing left to flush (and fail) on close
         try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
+            while handle.write(b"\0" * 4096):
+                pass
         except OSError:
             pass
     os.truncate(filler, max(0, filler.stat().st_size - leave_bytes))
