@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
@@ -135,17 +136,19 @@ def model_mpx_per_second(
     precision: str,
     runtime: str,
     seconds: float = 2.0,
-    side_px: int = 960,
+    side_px: int | None = None,
     patch_px: int = 512,
     batch_size: int = 0,
     int8_ir: Path | None = None,
 ) -> float:
     """Model-only throughput: megapixels per second of ``Predictor.predict`` on a (side_px, side_px) image of
-    stained-looking noise (no glass, so every patch runs), after one warm-up call. The default side is two
-    patch steps: four patches. ``int8_ir``: the model's int8 version (``LoadedModel.int8_ir``)."""
+    stained-looking noise (no glass, so every patch runs), after one warm-up call. The default side holds one
+    batch of patches (one patch on the CPU), so a slow precision (bf16 without native support: minutes per large
+    image) is measured in a few patches. ``int8_ir``: the model's int8 version (``LoadedModel.int8_ir``)."""
     predictor = Predictor(network, device, patch_px, 16, batch_size, precision, runtime, int8_ir=int8_ir)
+    side_px = side_px or predictor.patches.step * math.ceil(math.sqrt(predictor.batch_size))
     rgb = np.random.default_rng(0).integers(60, 220, (side_px, side_px, 3), dtype=np.uint8)
-    predictor.predict(rgb[:patch_px, :patch_px])
+    predictor.predict(rgb)
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         predictor.predict(rgb)
