@@ -179,23 +179,7 @@ BREAKS = {
         }
     ),
     "pinched apart by the snapping": lambda f: f["geometry"].update(
-        coordinates=[
-            [
-                [0, 0],
-                [4, 0],
-                [4, 1.998],
-                [6, 1.998],
-                [6, 0],
-                [10, 0],
-                [10, 4],
-                [6, 4],
-                [6, 2.002],
-                [4, 2.002],
-                [4, 4],
-                [0, 4],
-                [0, 0],
-            ]
-        ]
+        coordinates=[[*adversarial_rings()[1].tolist(), [0.0, 0.0]]]
     ),
 }
 
