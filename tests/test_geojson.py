@@ -223,3 +223,7 @@ def test_annotations_are_repaired_onto_qupaths_grid_or_dropped():
     assert repaired.geom_type == "MultiPolygon" and valid_on_qupath_grid(repaired)
     assert repaired.area == pytest.approx(50)
     assert annotation_feature(Polygon([[0, 0], [0.004, 0], [0.004, 0.004]]), "QC", [0, 0, 0], {}, "b", "tiny") is None
+    # a hole 0.004 px inside its shell's edge: snapping makes them touch; the annotation stays one valid area
+    holed = Polygon([[0, 0], [10, 0], [10, 10], [0, 10]], [[[2, 2], [9.996, 2], [9.996, 8], [2, 8]]])
+    snapped = shape(annotation_feature(holed, "QC", [0, 0, 0], {"Tiles": 1}, "c", "holed")["geometry"])
+    assert valid_on_qupath_grid(snapped) and snapped.area == pytest.approx(100 - 7.996 * 6, abs=0.1)
