@@ -189,3 +189,14 @@ def test_blur_and_ink_are_mapped_in_the_summary_review_file_and_report(tmp_path)
     assert Image.open(out / "quality.png").size[0] > 0
     report = (out / "report.html").read_text()
     assert "Input quality" in report and "out of focus" in report and "input quality map" in report
+
+
+@pytest.mark.parametrize("grey", [255, 0])
+def test_a_blank_or_black_image_is_refused_in_one_line(tmp_path, grey):
+    """A 400 px image of glass or of black: no confident density, one line naming the file, exit 2."""
+    path = tmp_path / f"blank-{grey}.png"
+    Image.fromarray(np.full((400, 400, 3), grey, np.uint8)).save(path)
+    result = CliRunner().invoke(main, ["segment", str(path), "--mpp", "0.25", "-o", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: {path}: no tissue found"]
+    assert not (tmp_path / "out" / "summary.json").exists()
