@@ -262,17 +262,15 @@ HOTSPOT_COLOR = [200, 0, 0]
 QC_NAMES = {"blur": "Out of focus", "ink": "Pen ink", "dark": "Dark or fold", "not_tissue": "Not tissue"}
 
 
-def flagged_areas(quality: QualityMap, frame: SlideFrame, width_px: int, height_px: int) -> dict[str, shapely.Geometry]:
-    """Per check that flags any tile: the flagged tiles merged into one (Multi)Polygon in level-0 pixels, cut to the
-    ``width_px`` x ``height_px`` model-space image."""
+def flagged_areas(quality: QualityMap, frame: SlideFrame) -> dict[str, shapely.Geometry]:
+    """Per check that flags any tile: the flagged grid tiles merged into one (Multi)Polygon in level-0 pixels (the
+    last row and column of tiles run past the slide's edge: ``write_review_geojson`` cuts them to it)."""
     tile_px, areas = quality.tile_px, {}
-    image = shapely.box(0, 0, width_px, height_px)
     for name, mask in quality.flags.items():
         rows, cols = np.nonzero(mask)
         if len(rows):
             tiles = shapely.box(cols * tile_px, rows * tile_px, (cols + 1) * tile_px, (rows + 1) * tile_px)
-            merged = shapely.intersection(shapely.union_all(tiles), image)
-            areas[name] = shapely.transform(merged, frame.model_to_level0)
+            areas[name] = shapely.transform(shapely.union_all(tiles), frame.model_to_level0)
     return areas
 
 
@@ -287,14 +285,14 @@ def write_review_geojson(
     slide_key: str,
     bounds_level0: Box,
     hotspot: dict | None = None,
-    quality_areas: dict[str, shapely.Geometry] | None = None,
     quality: QualityMap | None = None,
+    frame: SlideFrame | None = None,
 ) -> dict[str, int]:
     """QuPath annotations to look at: the review squares named by rank and mean confidence, the IHC positivity
-    hotspot (``measure.areas.positivity_hotspot``) where there is one, and the areas input QC flagged
-    (``flagged_areas``, with ``quality``'s figures), each cut to the slide's ``bounds_level0`` (grid squares run
-    past its edge). Every geometry valid on QuPath's grid; returns how many were ``written`` and ``dropped``
-    (nothing left after snapping)."""
+    hotspot (``measure.areas.positivity_hotspot``) where there is one, and the areas the tile checks of ``quality``
+    flagged (``flagged_areas``, placed by ``frame``, with their figures), each cut to the slide's ``bounds_level0``
+    (grid squares run past its edge). Every geometry valid on QuPath's grid; returns how many were ``written`` and
+    ``dropped`` (nothing left after snapping)."""
     inside = shapely.box(bounds_level0.x, bounds_level0.y, bounds_level0.x1, bounds_level0.y1)
 
     def annotation(geometry: shapely.Geometry, *args) -> dict | None:
@@ -336,12 +334,12 @@ def write_review_geojson(
             )
         )
     flagged = quality.summary()["flagged"] if quality is not None else {}
-    for check, area in (quality_areas or {}).items():
-        figures = flagged.get(check, {})
+    for check, area in (flagged_areas(quality, frame) if quality is not None else {}).items():
+        figures = flagged[check]
         measurements = {
-            "Tiles": figures.get("tiles"),
-            "Area mm^2": figures.get("area_mm2"),
-            "Tissue tiles %": 100 * figures.get("fraction", float("nan")),
+            "Tiles": figures["tiles"],
+            "Area mm^2": figures["area_mm2"],
+            "Tissue tiles %": 100 * figures["fraction"],
         }
         features.append(
             annotation(
@@ -495,9 +493,8 @@ def write_slide_outputs(
             centroids, bins > 0, slide.mpp, origin, config.stain.hotspot_field_um, config.stain.hotspot_min_nuclei
         )
     )
-    quality_areas = flagged_areas(quality, frame, plan.grid.width_px, plan.grid.height_px)
     review_written = write_review_geojson(
-        out_dir / "review.geojson", review["squares"], slide.path.name, slide.bounds, hotspot, quality_areas, quality
+        out_dir / "review.geojson", review["squares"], slide.path.name, slide.bounds, hotspot, quality, frame
     )
     write_quality_map(out_dir / "quality.png", thumbnail, level0_per_thumb_px, quality, frame)
     tile_warnings = quality.warnings()

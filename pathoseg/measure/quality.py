@@ -96,7 +96,7 @@ def _pooled_correlation(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
 
 
 def dark_fraction(tiles: list[np.ndarray]) -> float:
-    """Share of the pixels of (H, W, 3) uint8 tiles darker than ``DARK_RGB`` in every channel."""
+    """Share of the pixels of (H, W, 3) tiles darker than ``DARK_RGB`` in every channel."""
     pixels = np.concatenate([tile.reshape(-1, 3) for tile in tiles])
     return float(np.mean(pixels.max(axis=1) < DARK_RGB))
 
@@ -153,7 +153,7 @@ def tile_quality(rgb: np.ndarray, mpp: float) -> np.ndarray:
     if stained.sum() >= 64:
         pixels = image[stained]
         metrics[3] = np.mean(green_to_cyan(pixels))
-        metrics[4] = np.mean(pixels.max(axis=1) < DARK_RGB)
+        metrics[4] = dark_fraction([pixels])
         metrics[5] = optical_density(pixels).sum(axis=1).mean()
     return metrics
 

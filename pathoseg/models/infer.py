@@ -78,7 +78,6 @@ class Predictor:
         if patch_px % 32 or patch_px <= 2 * context_px:
             raise SettingsError(f"patch_px {patch_px} must be a multiple of 32 larger than twice context_px")
         self.device = device
-        self.patch_px, self.context_px = patch_px, context_px
         self.patches = PatchGrid(patch_px, context_px)
         self.batch_size = batch_size or (8 if device.type == "cuda" else 1)
         self.runtime = choose_runtime(runtime, device)
@@ -128,15 +127,13 @@ class Predictor:
         ``self.patches.reads(window, frame)``. Patches lie on the frame's grid and see real pixels wherever the
         frame has them, so a pixel's maps are the same in any window (tiled == one piece, exactly).
         """
-        step, context = self.patches.step, self.context_px
+        step, context, patch_px = self.patches.step, self.patches.context_px, self.patches.patch_px
         rows = self.patches.seen(window.y, window.y1, frame.height) - pixels_box.y
         cols = self.patches.seen(window.x, window.x1, frame.width) - pixels_box.x
         padded = pixels[np.ix_(rows, cols)]
         n_rows, n_cols = (len(rows) - 2 * context) // step, (len(cols) - 2 * context) // step
         origins = [(r * step, c * step) for r in range(n_rows) for c in range(n_cols)]
-        origins = [
-            (y, x) for y, x in origins if not self.is_glass(padded[y : y + self.patch_px, x : x + self.patch_px])
-        ]
+        origins = [(y, x) for y, x in origins if not self.is_glass(padded[y : y + patch_px, x : x + patch_px])]
         np_prob = np.zeros((n_rows * step, n_cols * step), np.float32)
         hv = np.zeros((2, n_rows * step, n_cols * step), np.float32)
         nc_prob = np.zeros((self.n_classes, n_rows * step, n_cols * step), np.float16)
@@ -145,7 +142,7 @@ class Predictor:
         crop = slice(context, context + step)
         for start in range(0, len(origins), self.batch_size):
             batch_origins = origins[start : start + self.batch_size]
-            patches = np.stack([padded[y : y + self.patch_px, x : x + self.patch_px] for y, x in batch_origins])
+            patches = np.stack([padded[y : y + patch_px, x : x + patch_px] for y, x in batch_origins])
             out = self._maps_of(patches)  # (B, K, patch, patch): np, [interior,] hv (2), nc (C)
             first_hv = self.first_hv
             for i, (y, x) in enumerate(batch_origins):
