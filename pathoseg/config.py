@@ -146,20 +146,37 @@ def is_worker_count(value) -> bool:
     return value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
 
 
+def read_mapping(path: str | Path) -> dict:
+    """The mapping a YAML configuration file holds (empty file: ``{}``); ConfigError naming the file otherwise."""
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read configuration ({error.__class__.__name__})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a configuration must be a mapping")
+    return values
+
+
+def settings_of(cls: type, values: dict, where: str):
+    """An instance of the dataclass ``cls`` from ``values``, refusing unknown and missing keys by name."""
+    fields = dataclasses.fields(cls)
+    known = [f.name for f in fields]
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join(known)})")
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise ConfigError(f"{where}: missing setting(s) {', '.join(missing)}")
+    return cls(**values)
+
+
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
     """Defaults from the packaged default.yaml, then ``path`` (a YAML file), then ``overrides`` (nested dict)."""
     config = Config()
     for source in [DEFAULT_CONFIG, path]:
-        if source is None:
-            continue
-        source = Path(source)
-        try:
-            values = yaml.safe_load(source.read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"{source}: cannot read configuration ({error.__class__.__name__})") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{source}: a configuration must be a mapping")
-        config = _merged(config, values, str(source))
+        if source is not None:
+            config = _merged(config, read_mapping(source), str(source))
     if overrides:
         config = _merged(config, overrides, "options")
     if config.model.precision not in PRECISIONS:

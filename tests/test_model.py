@@ -36,6 +36,53 @@ def test_heads_have_input_size(encoder):
     assert out["nc"].shape == (1, 5, 64, 96)
 
 
+def test_subpixel_network_keeps_the_input_size_and_saves_three_quarters_of_the_work():
+    network = HoVerNet("light", n_classes=5, np_classes=3, subpixel=2).eval()
+    with torch.no_grad():
+        out = network(torch.rand(1, 3, 64, 96))
+    assert out["np"].shape == (1, 3, 64, 96) and out["nc"].shape == (1, 5, 64, 96)
+    assert out["hv"].shape == (1, 2, 64, 96) and out["hv"].abs().max() <= 1
+    # each 2x2 block's outputs come from one feature vector, but they differ within the block
+    assert (out["np"][..., ::2, ::2] - out["np"][..., 1::2, 1::2]).abs().max() > 0
+
+    def convolution_macs(model: torch.nn.Module, side_px: int) -> int:
+        macs = []
+        hooks = [
+            conv.register_forward_hook(lambda m, i, o: macs.append(o.numel() * m.in_channels * m.weight[0, 0].numel()))
+            for conv in model.modules()
+            if isinstance(conv, torch.nn.Conv2d)
+        ]
+        with torch.no_grad():
+            model(torch.rand(1, 3, side_px, side_px))
+        for hook in hooks:
+            hook.remove()
+        return sum(macs)
+
+    full = HoVerNet("light", n_classes=5, np_classes=3).eval()
+    assert convolution_macs(network, 256) < 0.3 * convolution_macs(full, 256)
+
+
+def test_subpixel_network_starts_as_the_coarser_model_on_block_means():
+    """The warm start of pathoseg-fast v2: v1's function exactly, on 2x2 block means, each output repeated over its
+    block."""
+    from pathoseg.models.hovernet import subpixel_from
+
+    coarse = HoVerNet("light", n_classes=5, np_classes=3)
+    for module in coarse.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    coarse.eval()
+    fine = subpixel_from(coarse, 2).eval()
+    assert (fine.subpixel, fine.np_classes, fine.n_classes) == (2, 3, 5)
+    rgb = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, got = coarse(torch.nn.functional.avg_pool2d(rgb, 2)), fine(rgb)
+    for head in ("np", "hv", "nc"):
+        repeated = expected[head].repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+        assert torch.allclose(repeated, got[head], atol=1e-4)
+
+
 def test_three_class_nuclear_pixel_head():
     network = HoVerNet("light", n_classes=5, np_classes=3).eval()
     with torch.no_grad():
@@ -265,6 +312,34 @@ def test_train_resumes_and_keeps_averaged_weights(tmp_path):
     assert averaged.keys() == raw.keys()
     assert any(not torch.equal(averaged[k], raw[k]) for k in raw if raw[k].is_floating_point())
     assert load_model(str(best)).metadata.name == "tiny"
+
+
+def test_training_stops_at_its_time_limit_with_the_cosine_run_down(tmp_path):
+    from pathoseg.train.loop import DatasetSpec, learning_rate, train
+
+    _write_disk_dataset(tmp_path / "data")
+    config = TrainConfig(
+        name="clocked",
+        output=str(tmp_path / "run"),
+        input_size_px=64,
+        batch_size=2,
+        steps=10_000,
+        warmup_steps=1,
+        validate_every=10_000,
+        loader_workers=0,
+        device="cpu",
+        threads=1,
+        subpixel=2,
+        time_limit_minutes=1e-6,
+        datasets=[DatasetSpec(str(tmp_path / "data"), validation_ids=["img2"])],
+    )
+    best = train(config)
+    payload = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert payload["extra"]["step"] == 1 and best.is_file()  # validated and kept at the step the clock ran out
+    assert payload["metadata"]["subpixel"] == 2 and load_model(str(best)).network.subpixel == 2
+    assert learning_rate(config, 5, clock_progress=0.5) == pytest.approx(config.lr * 0.51)
+    assert learning_rate(config, 5, clock_progress=1.0) == pytest.approx(config.lr * 0.02)
+    assert learning_rate(config, 5) > 0.99 * config.lr  # 5 of 10,000 steps: the clock alone runs the cosine down
 
 
 def test_publish_registers_the_weights_under_the_configs_name_and_version(tmp_path, monkeypatch):

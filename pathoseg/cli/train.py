@@ -33,6 +33,12 @@ CALIBRATION_PATCHES = 64  # crops of 256 px, drawn over the training images by a
 )
 @click.option("--steps", type=int, help="Override the number of optimiser steps.")
 @click.option("--device", help="auto | cpu | cuda | cuda:N.")
+@click.option(
+    "--minutes",
+    type=float,
+    help="Stop after this many minutes (the config's time_limit_minutes); the learning rate's cosine follows the "
+    "clock where it runs out before the steps.",
+)
 @click.option("--fresh", is_flag=True, help="Start over instead of resuming from OUTPUT/last.pt.")
 @click.option(
     "--resume-from",
@@ -57,6 +63,7 @@ def train(
     config_path: str,
     steps: int | None,
     device: str | None,
+    minutes: float | None,
     fresh: bool,
     resume_from: Path | None,
     publish: bool,
@@ -72,6 +79,8 @@ def train(
         config.steps = steps
     if device:
         config.device = device
+    if minutes:
+        config.time_limit_minutes = minutes
     if tune_postproc:
         tune(config)
         return

@@ -40,7 +40,7 @@ class InferenceGraph(nn.Module):
     def __init__(self, network: nn.Module):
         super().__init__()
         self.network = network
-        self.np_classes = network.heads["np"][-1].out_channels
+        self.np_classes = network.np_classes
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         rgb = patches.permute(0, 3, 1, 2).float().div(255).contiguous(memory_format=torch.channels_last)

@@ -83,8 +83,7 @@ class Predictor:
         self.runtime = choose_runtime(runtime, device)
         self.precision = resolve_precision(precision, device, self.runtime == "openvino" and int8_ir is not None)
         fused = fused_for_inference(network).to(memory_format=torch.channels_last)
-        self.np_classes = fused.heads["np"][-1].out_channels
-        self.n_classes = fused.heads["nc"][-1].out_channels
+        self.np_classes, self.n_classes = network.np_classes, network.n_classes
         self.engine = build_engine(fused, device, self.precision, self.runtime, self.batch_size, patch_px, int8_ir)
         self.tta = tta
         self.first_hv = 2 if self.np_classes == 3 else 1  # channel of the horizontal map in the engine's output

@@ -31,6 +31,7 @@ class ModelMetadata:
     name: str
     encoder: str = "light"
     np_classes: int = 2  # 3: background / interior / boundary band
+    subpixel: int = 1  # r: the network computes at 1/r of ``mpp``'s resolution (``HoVerNet``)
     mpp: float = 0.25
     input_size_px: int = 256
     class_names: list[str] = field(
@@ -66,7 +67,7 @@ def sha256_of(path: str | Path) -> str:
 
 
 def build_network(metadata: ModelMetadata) -> HoVerNet:
-    return HoVerNet(encoder=metadata.encoder, n_classes=len(metadata.class_names), np_classes=metadata.np_classes)
+    return HoVerNet(metadata.encoder, len(metadata.class_names), metadata.np_classes, metadata.subpixel)
 
 
 def save_checkpoint(

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.optim.swa_utils import AveragedModel
 
-from pathoseg.config import load_config
+from pathoseg.config import load_config, read_mapping, settings_of
 from pathoseg.errors import SettingsError
 from pathoseg.evaluation import evaluate_samples, is_positivity_dataset
 from pathoseg.io.datasets import Sample, load_dataset, read_class_names, read_manifest
+from pathoseg.models.hovernet import subpixel_from
 from pathoseg.models.infer import predictor_for, resolve_device
 from pathoseg.models.precision import autocast, resolve_precision
 from pathoseg.models.weights import ModelMetadata, build_network, load_model, read_checkpoint, save_checkpoint
@@ -76,6 +76,8 @@ class TrainConfig:
     init_weights: str | None = None  # a fresh run starts from this model's weights (shipped name or checkpoint)
     ema_decay: float = 0.999
     np_classes: int = 2  # 3: background / interior / boundary band of boundary_px
+    subpixel: int = 1  # r: the network computes at mpp * r on r x r pixel blocks (models.hovernet.HoVerNet)
+    time_limit_minutes: float | None = None  # stop after this long; the cosine then runs on the clock (a GPU lease)
     boundary_px: int = 2
     nc_class_weighting: bool = False  # weigh the NC loss by 1/sqrt(class frequency), clipped to [1, 5]
     precision: str = "auto"
@@ -83,15 +85,17 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         """Read a training config; ``base: other.yaml`` (beside it) takes every key not given, so a variant of a
-        recipe states only how it differs."""
+        recipe states only how it differs. Unknown and missing settings are refused by name."""
         raw = read_config_keys(Path(path))
-        raw["datasets"] = [DatasetSpec(**spec) for spec in raw["datasets"]]
-        return cls(**raw)
+        raw["datasets"] = [
+            settings_of(DatasetSpec, spec, f"{path}: datasets[{i}]") for i, spec in enumerate(raw.get("datasets", []))
+        ]
+        return settings_of(cls, raw, str(path))
 
 
 def read_config_keys(path: Path) -> dict:
     """A YAML config's keys over those of its ``base`` (a path relative to it), recursively."""
-    raw = yaml.safe_load(path.read_text())
+    raw = read_mapping(path)
     base = raw.pop("base", None)
     return {**read_config_keys(path.parent / base), **raw} if base else raw
 
@@ -150,11 +154,21 @@ def split_dataset(spec: DatasetSpec, mpp: float) -> tuple[list[Sample], list[Sam
     )
 
 
-def learning_rate(config: TrainConfig, step: int) -> float:
+def learning_rate(config: TrainConfig, step: int, clock_progress: float = 0.0) -> float:
+    """Linear warm-up, then a cosine down to 2% of ``lr`` over the steps left, or over the time left where that
+    runs out first (``clock_progress``: the share of ``time_limit_minutes`` used)."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    progress = max((step - config.warmup_steps) / max(1, config.steps - config.warmup_steps), clock_progress)
     return config.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def initial_weights(name_or_path: str, subpixel: int) -> dict[str, torch.Tensor]:
+    """The state dict a fresh run starts from: a model's weights, converted to ``subpixel`` where it differs."""
+    network = load_model(name_or_path).network
+    if network.subpixel != subpixel:
+        network = subpixel_from(network, subpixel)
+    return network.state_dict()
 
 
 def nc_class_weights(groups: list[tuple[float, list[Sample], bool]], n_classes: int) -> torch.Tensor:
@@ -209,6 +223,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         version=config.version,
         encoder=config.encoder,
         np_classes=config.np_classes,
+        subpixel=config.subpixel,
         mpp=config.mpp,
         input_size_px=config.input_size_px,
         training_data=[spec.path for spec in config.datasets],
@@ -228,7 +243,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         step, best_pq, history = extra["step"], extra["best_pq"], json.loads(extra["history"])
         log.info("resumed from %s at step %d (best PQ %.3f)", last_path, step, best_pq)
     elif config.init_weights:
-        network.load_state_dict(load_model(config.init_weights).network.state_dict())
+        network.load_state_dict(initial_weights(config.init_weights, config.subpixel))
         log.info("started from the weights of %s", config.init_weights)
     averaged = AveragedModel(network, avg_fn=ema_update(config.ema_decay), use_buffers=True)
     if averaged_state is not None:
@@ -275,11 +290,13 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
     settings, positive_dab_od = RegionSettings.from_config(run_config, config.mpp), run_config.stain.positive_dab_od
     network.train()
     started, last_metrics = time.time(), {}
+    run_started, limit_s = started, 60 * config.time_limit_minutes if config.time_limit_minutes else math.inf
     for batch in loader:
         if step >= config.steps:
             break
+        clock_progress = (time.time() - run_started) / limit_s
         for group in optimiser.param_groups:
-            group["lr"] = learning_rate(config, step)
+            group["lr"] = learning_rate(config, step, clock_progress)
         batch = {k: v.to(device) for k, v in batch.items()}
         images = batch["image"].float().div(255).contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
@@ -300,7 +317,8 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
                 (time.time() - started) / 10,
             )
             started = time.time()
-        if step % config.validate_every == 0 or step == config.steps:
+        out_of_time = time.time() - run_started >= limit_s
+        if step % config.validate_every == 0 or step == config.steps or out_of_time:
             averaged.module.eval()
             predictor = predictor_for(averaged.module, run_config.model, str(device))
             last_metrics = {
@@ -325,4 +343,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
             checkpoint(last_path, last_metrics)
         elif step % config.checkpoint_every == 0:
             checkpoint(last_path, last_metrics)
+        if out_of_time:
+            log.info("stopped at step %d: time limit of %s minutes reached", step, config.time_limit_minutes)
+            break
     return best_path
