@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def svg_histogram(
 
 
 def _table(header: list[str], rows: list[list]) -> str:
-    def cell(value) -> str:
+    def cell(value: object) -> str:
         if isinstance(value, float):
             return f'<td class="n">{value:,.4g}</td>' if abs(value) < 1e4 else f'<td class="n">{value:,.0f}</td>'
         if isinstance(value, int):
@@ -100,7 +101,7 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _swatch(color) -> str:
+def _swatch(color: Sequence[int]) -> str:
     return f'<span class="swatch" style="background: rgb({color[0]},{color[1]},{color[2]})"></span>'
 
 

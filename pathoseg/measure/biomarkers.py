@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy.stats import binomtest
 
@@ -9,7 +11,7 @@ DAB_BIN_NAMES = ("Negative", "1+", "2+", "3+")
 DAB_BIN_COLORS = ([112, 112, 225], [255, 215, 0], [255, 128, 0], [200, 0, 0])
 
 
-def dab_bins(dab_od_mean: np.ndarray, thresholds: tuple[float, float, float] = (0.2, 0.4, 0.6)) -> np.ndarray:
+def dab_bins(dab_od_mean: np.ndarray, thresholds: Sequence[float] = (0.2, 0.4, 0.6)) -> np.ndarray:
     """(N,) intensity bin 0 (negative), 1, 2, 3 of each nucleus by its DAB OD mean (QuPath's rule)."""
     return np.searchsorted(np.asarray(thresholds), dab_od_mean, side="right")
 
