@@ -539,7 +539,7 @@ def write_slide_outputs(
             ),
         }
     if bins is not None:
-        summary.ihc = ihc_facts(bins, columns["dab_od_mean"], thresholds, hotspot)
+        summary.ihc = ihc_facts(bins, columns["dab_od_mean"], columns["detection_probability"], config.stain, hotspot)
     return summary, columns
 
 
