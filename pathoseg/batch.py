@@ -142,7 +142,7 @@ def run_batch(
     runner: RegionRunner | None = None,
     pattern: str | None = None,
     on_slide: Callable[[Path, str], None] | None = None,
-    progress=None,
+    progress: Callable[[str, int, int], None] | None = None,
     roi_dir: Path | None = None,
 ) -> list[dict]:
     """Segment every slide of ``archive`` into ``out_root/<safe name>/``; returns the manifest rows.

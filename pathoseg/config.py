@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import yaml
 
@@ -12,6 +13,7 @@ from pathoseg.errors import SettingsError
 
 DEFAULT_CONFIG = Path(__file__).parent / "default.yaml"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+T = TypeVar("T")
 
 
 class ConfigError(SettingsError):
@@ -75,6 +77,7 @@ class StainConfig:
     ihc_max_eosin_od: float = 0.03  # auto mode: IHC when the nuclei carry (almost) no eosin
     hotspot_field_um: float = 450.0  # IHC: side of the square field searched for the highest positivity index
     hotspot_min_nuclei: int = 500  # ... among the fields holding at least this many nuclei
+    unsure_detection_probability: float = 0.75  # IHC: nuclei detected below this count both ways in the index range
 
     @property
     def positive_dab_od(self) -> float:
@@ -117,7 +120,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
-def _legacy(instance, values: dict) -> dict:
+def _legacy(instance: object, values: dict) -> dict:
     """Settings of older versions, translated: ``model.bf16`` (true meant "the fast precision") -> precision."""
     if isinstance(instance, ModelConfig) and "bf16" in values:
         values = dict(values)
@@ -125,7 +128,7 @@ def _legacy(instance, values: dict) -> dict:
     return values
 
 
-def _merged(instance, values: dict, where: str):
+def _merged(instance: Any, values: dict, where: str) -> Any:
     """A copy of the (nested) settings ``instance`` with ``values`` over it; frozen sections are copied too."""
     known = [f.name for f in dataclasses.fields(instance)]
     changes = {}
@@ -141,7 +144,7 @@ def _merged(instance, values: dict, where: str):
     return dataclasses.replace(instance, **changes)
 
 
-def is_worker_count(value) -> bool:
+def is_worker_count(value: object) -> bool:
     """A valid ``cluster.workers``: ``auto`` or a positive whole number."""
     return value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
 
@@ -157,9 +160,9 @@ def read_mapping(path: str | Path) -> dict:
     return values
 
 
-def settings_of(cls: type, values: dict, where: str):
+def settings_of(cls: type[T], values: dict, where: str) -> T:
     """An instance of the dataclass ``cls`` from ``values``, refusing unknown and missing keys by name."""
-    fields = dataclasses.fields(cls)
+    fields = dataclasses.fields(cast(Any, cls))
     known = [f.name for f in fields]
     for key in values:
         if key not in known:

@@ -75,7 +75,7 @@ class ModelPlugin(WorkerPlugin):
     def __init__(self, model: ModelConfig, torch_threads: int):
         self.model, self.torch_threads = model, torch_threads
 
-    def setup(self, worker) -> None:
+    def setup(self, worker: object) -> None:
         torch.set_num_threads(self.torch_threads)
         get_predictor(self.model)
 
@@ -283,10 +283,10 @@ def _connect(cluster: ClusterConfig) -> Client:
     broken = {worker: answer for worker, answer in versions.items() if isinstance(answer, BaseException)}
     if broken:
         client.close()
-        worker, error = sorted(broken.items())[0]
+        worker, failure = sorted(broken.items())[0]
         raise ClusterError(
-            f"worker {worker}: cannot run pathoseg ({error.__class__.__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); install it in the workers' "
+            f"worker {worker}: cannot run pathoseg ({failure.__class__.__name__}: "
+            f"{str(failure).splitlines()[0] if str(failure) else ''}); install it in the workers' "
             f"environment"
         ) from None
     other = {worker: version for worker, version in versions.items() if version != __version__}

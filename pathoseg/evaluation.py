@@ -110,9 +110,11 @@ class PositivityAccumulator:
     def __init__(self, radius_px: float):
         self.radius_px = radius_px
         self.per_image: dict[str, dict] = {}
-        self.pooled: list[list[np.ndarray]] = [[], [], [], []]
+        self.pooled: tuple[list[np.ndarray], ...] = ([], [], [], [])
 
     def add(self, sample: Sample, pred: np.ndarray, pred_positive: np.ndarray) -> None:
+        if sample.types is None:
+            raise InputError(f"{sample.id}: positivity truth needs a types map (negative / positive nuclei)")
         true_xy, true_labels = centroids(sample.instances)
         true_positive = majority_types(sample.instances, sample.types)[true_labels - 1] == 2
         pred_xy, pred_labels = centroids(pred)
@@ -123,7 +125,8 @@ class PositivityAccumulator:
             pool.append(values)
 
     def result(self) -> dict:
-        pooled = positivity_scores(*self.pooled, self.radius_px)
+        true_xy, true_positive, pred_xy, pred_positive = self.pooled
+        pooled = positivity_scores(true_xy, true_positive, pred_xy, pred_positive, self.radius_px)
         errors = [abs(scores["index_error_points"]) for scores in self.per_image.values()]
         return {
             "f1_detection": pooled["f1_detection"],
@@ -141,7 +144,10 @@ class Accumulator:
     def __init__(self, classes: list[int] | None, radius_px: float):
         self.classes, self.radius_px = classes, radius_px
         self.per_image: dict[str, dict] = {}
-        self.true_xy, self.true_cls, self.pred_xy, self.pred_cls = [], [], [], []
+        self.true_xy: list[np.ndarray] = []
+        self.true_cls: list[np.ndarray] = []
+        self.pred_xy: list[np.ndarray] = []
+        self.pred_cls: list[np.ndarray] = []
 
     def add(self, sample: Sample, pred: np.ndarray, pred_classes: np.ndarray | None) -> None:
         self.per_image[sample.id] = instance_metrics(sample.instances, pred)
@@ -162,7 +168,7 @@ class Accumulator:
         scored = [m for m in self.per_image.values() if m["tp"] + m["fn"] > 0]
         overall = {k: _mean_of_defined([m[k] for m in scored]) for k in METRIC_KEYS}
         overall["images_scored"] = len(scored)
-        if self.true_xy:
+        if self.classes and self.true_xy:
             class_pq = {
                 f"pq_type_{cls}": _mean_of_defined([m.get(f"pq_type_{cls}", np.nan) for m in self.per_image.values()])
                 for cls in self.classes
@@ -263,7 +269,7 @@ def rasterise_geojson(
         rings.append(np.asarray(geometry["coordinates"][0], float) * scale)
         classification = (feature.get("properties") or {}).get("classification") or {}
         name = classification.get("name") if isinstance(classification, dict) else classification
-        classes.append(class_ids.get(name, 0))
+        classes.append(class_ids.get(str(name), 0))
     return rasterise_rings(rings, shape), np.asarray(classes, int)
 
 

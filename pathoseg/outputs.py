@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import shapely
@@ -31,6 +32,7 @@ from pathoseg.io.geojson import (
 from pathoseg.io.overlay import draw_dots, draw_overlay, save_png
 from pathoseg.io.regions import RegionResult, load_region
 from pathoseg.io.report import write_report
+from pathoseg.io.slide import Slide
 from pathoseg.measure.areas import annotation_stats, positivity_hotspot, review_squares, tissue_region_stats
 from pathoseg.measure.biomarkers import DAB_BIN_COLORS, DAB_BIN_NAMES, class_summary, dab_bins, positivity_certainty
 from pathoseg.measure.nuclei import MEASUREMENT_NAMES
@@ -145,7 +147,7 @@ def write_nuclei_table(path: Path, results: Iterable[RegionResult], frame: Slide
     return count
 
 
-def json_safe(value):
+def json_safe(value: Any) -> Any:
     """``value`` with NaN floats replaced by None (JSON has no NaN)."""
     if isinstance(value, dict):
         return {key: json_safe(item) for key, item in value.items()}
@@ -201,7 +203,7 @@ def level0_outlines(
     corner = np.array([box.x, box.y] if box else [frame.origin_x, frame.origin_y], float)
     for result in results:
         _, colors, _ = style.labels(result)
-        keep = range(len(result))
+        keep: Iterable[int] = range(len(result))
         if box is not None:
             centres = frame.model_to_level0(result.centroids.reshape(-1, 2))
             keep = np.nonzero(box.contains(centres[:, 0], centres[:, 1]))[0]
@@ -295,7 +297,7 @@ def write_review_geojson(
     ``dropped`` (nothing left after snapping)."""
     inside = shapely.box(bounds_level0.x, bounds_level0.y, bounds_level0.x1, bounds_level0.y1)
 
-    def annotation(geometry: shapely.Geometry, *args) -> dict | None:
+    def annotation(geometry: shapely.Geometry, *args: Any) -> dict | None:
         return annotation_feature(shapely.intersection(geometry, inside), *args)
 
     features = []
@@ -334,7 +336,7 @@ def write_review_geojson(
             )
         )
     flagged = quality.summary()["flagged"] if quality is not None else {}
-    for check, area in (flagged_areas(quality, frame) if quality is not None else {}).items():
+    for check, area in (flagged_areas(quality, frame) if quality is not None and frame is not None else {}).items():
         figures = flagged[check]
         measurements = {
             "Tiles": figures["tiles"],
@@ -375,13 +377,13 @@ def write_quality_map(
 
 
 def draw_crop(
-    slide,
+    slide: Slide,
     box_level0: Box,
     results: Iterable[RegionResult],
     frame: SlideFrame,
     style: NucleusStyle,
     max_side_px: int = 1024,
-):
+) -> Image.Image:
     """A crop of the slide (read at the finest level where it fits in ``max_side_px``) with the outlines of the
     nuclei whose centroid lies inside."""
     side = max(box_level0.width, box_level0.height)
@@ -440,7 +442,7 @@ def write_slide_outputs(
     """
     slide, out_dir, frame, metadata, tissue = plan.slide, plan.out_dir, plan.frame, plan.metadata, plan.tissue
 
-    def results():
+    def results() -> Iterator[RegionResult]:
         return (load_region(plan.nuclei_dir, region.index) for region in plan.regions)
 
     columns, removed, quality = collect_columns(plan)
@@ -484,13 +486,13 @@ def write_slide_outputs(
         else columns["class_probability"]
     )
     review = review_squares(
-        centroids, columns["detection_probability"] * certainty, slide.mpp, origin, config.output.review_square_um
+        centroids, columns["detection_probability"] * certainty, frame.slide_mpp, origin, config.output.review_square_um
     )
     hotspot = (
         None
         if bins is None
         else positivity_hotspot(
-            centroids, bins > 0, slide.mpp, origin, config.stain.hotspot_field_um, config.stain.hotspot_min_nuclei
+            centroids, bins > 0, frame.slide_mpp, origin, config.stain.hotspot_field_um, config.stain.hotspot_min_nuclei
         )
     )
     review_written = write_review_geojson(
@@ -533,11 +535,11 @@ def write_slide_outputs(
         summary.roi = {
             "file": str(plan.roi.path),
             "annotations": annotation_stats(
-                plan.roi.annotations, tissue, origin, centroids, columns["class_id"], names, slide.mpp, bins
+                plan.roi.annotations, tissue, origin, centroids, columns["class_id"], names, frame.slide_mpp, bins
             ),
         }
     if bins is not None:
-        summary.ihc = ihc_facts(bins, columns["dab_od_mean"], thresholds, hotspot)
+        summary.ihc = ihc_facts(bins, columns["dab_od_mean"], columns["detection_probability"], config.stain, hotspot)
     return summary, columns
 
 

@@ -17,7 +17,7 @@ from pathoseg.config import Config, as_dict
 from pathoseg.distributed import RegionRunner, open_runner, peak_rss_bytes
 from pathoseg.io import ngff
 from pathoseg.io.files import full_disk_reported, output_lock
-from pathoseg.io.regions import intact_regions, save_region
+from pathoseg.io.regions import RegionResult, intact_regions, save_region
 from pathoseg.outputs import write_config, write_json, write_slide_outputs, write_slide_report, write_summary_csv
 from pathoseg.plan import SlidePlan, open_store, plan_slide
 from pathoseg.region import RegionSettings, timed
@@ -78,7 +78,7 @@ def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: Reg
 
     stage_seconds: dict[str, float] = {}
 
-    def on_result(result):
+    def on_result(result: RegionResult) -> None:
         save_region(plan.nuclei_dir, result)
         for stage, seconds in result.seconds.items():
             stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds

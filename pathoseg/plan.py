@@ -91,9 +91,8 @@ def _plan_open_slide(
     slide: Slide, out_dir: str | Path, config: Config, mpp: float | None, roi_path: str | Path | None
 ) -> SlidePlan:
     roi = read_roi(roi_path, slide.bounds_polygon) if roi_path else None
-    if slide.mpp is None:
-        raise SlideError(f"{slide.path}: the file carries no pixel size; give it with --mpp")
-    side_um = min(slide.bounds.width, slide.bounds.height) * slide.mpp
+    slide_mpp = slide.required_mpp
+    side_um = min(slide.bounds.width, slide.bounds.height) * slide_mpp
     if side_um < MIN_SIDE_UM:
         raise SlideError(
             f"{slide.path}: {side_um:.1f} µm across, too small to hold nuclei with their surroundings "
@@ -102,7 +101,7 @@ def _plan_open_slide(
     out_dir = prepare_output(out_dir)
     model = load_model(config.model.name)  # workers load their own copy; here for metadata and checksum
     bounds = slide.bounds
-    frame = SlideFrame(slide.mpp, model.metadata.mpp, bounds.x, bounds.y)
+    frame = SlideFrame(slide_mpp, model.metadata.mpp, bounds.x, bounds.y)
     tissue, _ = find_tissue(slide, config)
     if not tissue.mask.any():
         raise SlideError(f"{slide.path}: no tissue found")

@@ -51,7 +51,7 @@ class RegionSettings:
             stain_matrix=None if stain_matrix is None else tuple(map(tuple, stain_matrix)),
         )
 
-    def with_stain_matrix(self, matrix) -> RegionSettings:
+    def with_stain_matrix(self, matrix: np.ndarray) -> RegionSettings:
         """These settings measuring with ``matrix`` ((3, 3), rows = stain OD vectors)."""
         return dataclasses.replace(self, stain_matrix=tuple(map(tuple, np.asarray(matrix).tolist())))
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pathoseg.config import Config
+from pathoseg.config import Config, StainConfig
 from pathoseg.geometry import area_throughput
 from pathoseg.io.slide import Slide
-from pathoseg.measure.biomarkers import positivity_certainty, positivity_summary
+from pathoseg.measure.biomarkers import index_range_of_uncertain, positivity_certainty, positivity_summary
 from pathoseg.models.weights import ModelMetadata
 from pathoseg.tiling.grid import Grid
 from pathoseg.tiling.tissue import TissueMask
@@ -31,7 +31,8 @@ class SlideSummary:
     filtered_out : nuclei dropped per plausibility filter and geometry left empty on QuPath's grid.
     outlines_repaired_on_qupath_grid : outlines snap-rounded into valid ones.
     tissue_regions : per connected piece of tissue; review : review squares (``measure.areas.review_squares``).
-    outputs : the files written. roi : per annotation of ``--roi``. ihc : positivity, H-score, hotspot.
+    outputs : the files written. roi : per annotation of ``--roi``. ihc : positivity, H-score, the index range with
+    the uncertain nuclei counted both ways (``ihc_facts``), hotspot.
     grid : tiles, regions and their sizes. run : time, speed, memory, workers, precision.
     """
 
@@ -103,13 +104,23 @@ def choose_stain_mode(config: Config, eosin_od_means: np.ndarray) -> str:
     return "ihc" if float(np.median(eosin_od_means)) < config.stain.ihc_max_eosin_od else "he"
 
 
-def ihc_facts(bins: np.ndarray, dab_od_means: np.ndarray, dab_thresholds: list[float], hotspot: dict | None) -> dict:
-    """Positivity of (N,) DAB bins, the nuclei whose call is borderline (certainty under 0.5), the hotspot."""
-    borderline = int(np.sum(positivity_certainty(dab_od_means, dab_thresholds[0]) < 0.5))
+def ihc_facts(
+    bins: np.ndarray,
+    dab_od_means: np.ndarray,
+    detection_probability: np.ndarray,
+    stain: StainConfig,
+    hotspot: dict | None,
+) -> dict:
+    """Positivity of (N,) DAB bins; the nuclei whose call is borderline (certainty under 0.5) and those detected with
+    probability under ``stain.unsure_detection_probability``, and the index range they allow; the hotspot."""
+    borderline = positivity_certainty(dab_od_means, stain.positive_dab_od) < 0.5
+    unsure = detection_probability < stain.unsure_detection_probability
     return {
         **positivity_summary(bins),
-        "dab_thresholds": dab_thresholds,
-        "borderline_nuclei": borderline,
+        "positive_percent_uncertain_range": index_range_of_uncertain(bins > 0, borderline, unsure),
+        "dab_thresholds": stain.dab_thresholds,
+        "borderline_nuclei": int(borderline.sum()),
+        "unsure_detections": int(unsure.sum()),
         "hotspot": hotspot,
     }
 

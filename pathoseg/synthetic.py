@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -31,7 +32,7 @@ class SyntheticSlide:
     nucleus_radius_um: tuple[float, float] = (2.8, 4.5)
     nucleus_fraction: float = 0.7
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         rng = np.random.default_rng(self.seed)
         self.spacing_px = self.nucleus_spacing_um / self.mpp
         rows, cols = int(self.height / self.spacing_px) + 1, int(self.width / self.spacing_px) + 1
@@ -67,7 +68,17 @@ class SyntheticSlide:
         self._draw_nuclei(image, gx, gy, x0 * downsample, y0 * downsample, xs[-1], ys[-1], downsample)
         return np.clip(image, 0, 255).astype(np.uint8)
 
-    def _draw_nuclei(self, image, gx, gy, left, top, right, bottom, downsample) -> None:
+    def _draw_nuclei(
+        self,
+        image: np.ndarray,
+        gx: np.ndarray,
+        gy: np.ndarray,
+        left: float,
+        top: float,
+        right: float,
+        bottom: float,
+        downsample: float,
+    ) -> None:
         reach = self.radius_a.max() + 2
         rows = slice(max(0, int((top - reach) / self.spacing_px) - 1), int((bottom + reach) / self.spacing_px) + 2)
         cols = slice(max(0, int((left - reach) / self.spacing_px) - 1), int((right + reach) / self.spacing_px) + 2)
@@ -122,7 +133,7 @@ def write_synthetic_slide(
         for downsample in downsamples:
             level_w, level_h = -(-width // downsample), -(-height // downsample)
             level_mpp = mpp * downsample
-            options = {}
+            options: dict[str, Any] = {}
             if kind == "svs":
                 options["description"] = (
                     f"Aperio Image Library v12.0.15 \n{width}x{height} [0,0 {width}x{height}] "

@@ -14,6 +14,7 @@ import torch
 
 from pathoseg.config import ClusterConfig
 from pathoseg.models.engines import choose_runtime, openvino_available
+from pathoseg.models.hovernet import HoVerNet
 from pathoseg.models.infer import Predictor
 from pathoseg.models.precision import cpu_has_native_bf16, resolve_precision
 
@@ -80,7 +81,7 @@ def local_workers(cluster: ClusterConfig, tasks: int | None = None, gpu_memory_b
     ``threads_per_worker`` cores), at most one per 2 GiB of the memory available to this process (the machine's,
     or its cgroup's where that is less), one per 3 GiB of the GPU they share (``gpu_memory_bytes``, where they
     run on one) and one per region task (``tasks``, where given: a small image needs no more); at least one."""
-    if cluster.workers != "auto":
+    if isinstance(cluster.workers, int):
         return cluster.workers
     available = psutil.virtual_memory().available
     headroom = cgroup_memory_headroom_bytes()
@@ -108,18 +109,18 @@ def system_facts() -> dict:
         "torch": torch.__version__,
         "openvino": _openvino_version(),
         "cpu_auto": {"runtime": choose_runtime("auto", cpu), "precision": resolve_precision("auto", cpu)},
-        "cuda": [],
     }
+    gpus: list[dict] = []
     for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         device = torch.device("cuda", index)
-        facts["cuda"].append(
+        gpus.append(
             {
                 "name": torch.cuda.get_device_name(device),
                 "capability": ".".join(map(str, torch.cuda.get_device_capability(device))),
                 "auto_precision": resolve_precision("auto", device),
             }
         )
-    return facts
+    return {**facts, "cuda": gpus}
 
 
 def _openvino_version() -> str | None:
@@ -131,7 +132,7 @@ def _openvino_version() -> str | None:
 
 
 def model_mpx_per_second(
-    network: torch.nn.Module,
+    network: HoVerNet,
     device: torch.device,
     precision: str,
     runtime: str,

@@ -15,7 +15,12 @@ from skimage.draw import disk
 from pathoseg.cli import main
 from pathoseg.evaluation import is_positivity_dataset, positivity_scores, registration_scores
 from pathoseg.io.geojson import FeatureCollectionWriter, nucleus_feature
-from pathoseg.measure.biomarkers import index_confidence_interval, positivity_certainty, positivity_summary
+from pathoseg.measure.biomarkers import (
+    index_confidence_interval,
+    index_range_of_uncertain,
+    positivity_certainty,
+    positivity_summary,
+)
 from pathoseg.measure.stain import REFERENCE_VECTORS, estimate_hdab_vectors
 from pathoseg.metrics import truth_shift_px
 from pathoseg.stitch.polygons import instance_polygons
@@ -202,9 +207,26 @@ def test_segment_records_the_slides_stain_vectors(tmp_path):
     low, high = summary["ihc"]["positive_percent_ci95"]
     assert low <= summary["ihc"]["positive_percent"] <= high
     assert 0 <= summary["ihc"]["borderline_nuclei"] < summary["ihc"]["n_nuclei"]
+    least, most = summary["ihc"]["positive_percent_uncertain_range"]
+    assert least <= summary["ihc"]["positive_percent"] <= most
+    assert 0 <= summary["ihc"]["unsure_detections"] < summary["ihc"]["n_nuclei"]
+    assert "counting them both ways" in (tmp_path / "out" / "report.html").read_text()
     assert summary["review"]["squares"]  # ranked by detection x positivity certainty in IHC mode
 
 
 def test_positivity_certainty_by_hand():
     certainty = positivity_certainty(np.array([0.0, 0.15, 0.2, 0.22, 0.35, 0.9]), threshold=0.2)
     assert np.allclose(certainty, [1.0, 0.5, 0.0, 0.2, 1.0, 1.0])
+
+
+def test_index_range_counts_the_uncertain_nuclei_both_ways():
+    """10 nuclei: 3 sure positives, 1 borderline positive, 1 borderline negative, 1 unsure positive detection, 1 unsure
+    negative detection, 3 sure negatives. Lowest: the borderline ones negative, the unsure positive not a nucleus: 3 of
+    9. Highest: the borderline ones positive, the unsure negative not a nucleus: 6 of 9."""
+    positive = np.array([1, 1, 1, 1, 0, 1, 0, 0, 0, 0], bool)
+    borderline = np.array([0, 0, 0, 1, 1, 0, 0, 0, 0, 0], bool)
+    unsure = np.array([0, 0, 0, 0, 0, 1, 1, 0, 0, 0], bool)
+    assert index_range_of_uncertain(positive, borderline, unsure) == pytest.approx([100 * 3 / 9, 100 * 6 / 9])
+    nothing_uncertain = np.zeros(10, bool)
+    assert index_range_of_uncertain(positive, nothing_uncertain, nothing_uncertain) == pytest.approx([50, 50])
+    assert index_range_of_uncertain(np.zeros(0, bool), np.zeros(0, bool), np.zeros(0, bool)) == [0.0, 100.0]

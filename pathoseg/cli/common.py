@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 import traceback
+from typing import NoReturn
 
 import click
 from tqdm import tqdm
@@ -19,7 +20,7 @@ BUG_REPORT = (
 )
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
@@ -50,7 +51,8 @@ class StageProgress:
     """tqdm bars for the pipeline's ``progress(stage, increment, total)`` callback."""
 
     def __init__(self, enabled: bool = True, prefix: str = ""):
-        self.enabled, self.prefix, self.bars = enabled, prefix, {}
+        self.enabled, self.prefix = enabled, prefix
+        self.bars: dict[str, tqdm] = {}
 
     def __call__(self, stage: str, increment: int, total: int) -> None:
         if not self.enabled:

@@ -4,6 +4,7 @@ machine runs the model with, and how fast."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 import torch
@@ -41,7 +42,7 @@ def info(
         fail("give a SLIDE_PATH, or --system for this machine")
     slide = open_slide(slide_path, mpp)
     bounds = slide.bounds
-    facts = {
+    facts: dict[str, Any] = {
         "path": str(slide.path),
         "vendor": slide.vendor,
         "dimensions": list(slide.dimensions),

@@ -127,7 +127,11 @@ def report(summary: dict, out_dir: Path) -> None:
 
 def positivity_line(ihc: dict) -> str:
     low, high = ihc["positive_percent_ci95"]
-    return f"{ihc['positive_percent']:.1f}% positive (95% CI {low:.1f}-{high:.1f}%), H-score {ihc['h_score']:.0f}"
+    line = f"{ihc['positive_percent']:.1f}% positive (95% CI {low:.1f}-{high:.1f}%"
+    if "positive_percent_uncertain_range" in ihc:
+        least, most = ihc["positive_percent_uncertain_range"]
+        line += f"; {least:.1f}-{most:.1f}% counting the uncertain nuclei both ways"
+    return line + f"), H-score {ihc['h_score']:.0f}"
 
 
 @click.command()

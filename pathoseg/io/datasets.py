@@ -59,11 +59,14 @@ def resample_sample(sample: Sample, factor: float) -> Sample:
     """Resample image (bilinear) and maps (nearest) by ``factor`` (> 1 enlarges)."""
     if abs(factor - 1) < 1e-3:
         return sample
-    maps = [
-        None if m is None else rescale(m, factor, order=0, preserve_range=True, anti_aliasing=False).astype(m.dtype)
-        for m in (sample.instances, sample.types)
-    ]
-    return Sample(sample.id, resample_image(sample.image, factor), maps[0], maps[1], sample.mpp / factor)
+
+    def nearest(labels: np.ndarray) -> np.ndarray:
+        return rescale(labels, factor, order=0, preserve_range=True, anti_aliasing=False).astype(labels.dtype)
+
+    types = None if sample.types is None else nearest(sample.types)
+    return Sample(
+        sample.id, resample_image(sample.image, factor), nearest(sample.instances), types, sample.mpp / factor
+    )
 
 
 def resample_image(image: np.ndarray, factor: float) -> np.ndarray:

@@ -12,6 +12,7 @@ import math
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
 import shapely
@@ -51,7 +52,7 @@ def snap_rings(rings_xy: list[np.ndarray]) -> tuple[list[np.ndarray | None], int
     return snapped, int(broken.sum())
 
 
-def largest_polygon(geometry) -> shapely.Polygon | None:
+def largest_polygon(geometry: shapely.Geometry) -> shapely.Polygon | None:
     """The largest polygonal part of a geometry, without holes (QuPath's detections are single rings)."""
     parts = [part for part in shapely.get_parts(geometry) if part.geom_type == "Polygon" and part.area > 0]
     return shapely.Polygon(max(parts, key=lambda part: part.area).exterior) if parts else None
@@ -176,7 +177,9 @@ class FeatureCollectionWriter:
             self._handle.write(encode_fragment("".join(self._pending), self.compress))
             self._pending = []
 
-    def __exit__(self, kind, value, traceback) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self._pending.append("\n]}\n")
         self._flush()
         self._handle.close()

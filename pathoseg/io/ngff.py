@@ -15,6 +15,7 @@ import logging
 import shutil
 import zlib
 from pathlib import Path
+from typing import cast
 
 import numcodecs
 import numpy as np
@@ -176,7 +177,7 @@ def write_block(root: zarr.Group, x0: int, y0: int, rgb: np.ndarray) -> None:
     """
     chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))
     for level, factor in enumerate(PYRAMID_FACTORS):
-        array = root[str(level)]
+        array = level_array(root, level)
         top, left = y0 // factor, x0 // factor
         block = chw if factor == 1 else block_mean(chw, factor)
         array[:, top : top + block.shape[1], left : left + block.shape[2]] = block[
@@ -192,12 +193,18 @@ def block_mean(chw: np.ndarray, factor: int) -> np.ndarray:
     return blocks.mean(axis=(2, 4)).round().astype(np.uint8)
 
 
+def level_array(root: zarr.Group, level: int) -> zarr.Array:
+    """The (3, h, w) uint8 array of a pyramid level."""
+    return cast(zarr.Array, root[str(level)])
+
+
 def frame_of(root: zarr.Group) -> Box:
     """The full-resolution image's box (origin 0) in its own pixels."""
-    _, height, width = root["0"].shape
+    _, height, width = level_array(root, 0).shape
     return Box(0, 0, width, height)
 
 
 def read_window(root: zarr.Group, y0: int, x0: int, height: int, width: int, level: int = 0) -> np.ndarray:
     """(height, width, 3) uint8 RGB from a pyramid level."""
-    return np.ascontiguousarray(root[str(level)][:, y0 : y0 + height, x0 : x0 + width].transpose(1, 2, 0))
+    chw = np.asarray(level_array(root, level)[:, y0 : y0 + height, x0 : x0 + width])
+    return np.ascontiguousarray(chw.transpose(1, 2, 0))

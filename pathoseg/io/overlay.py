@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ from pathoseg.io.files import atomic_path
 
 
 def draw_overlay(
-    thumbnail: np.ndarray, outlines: Iterable[tuple[np.ndarray, tuple[int, int, int]]], scale: float
+    thumbnail: np.ndarray, outlines: Iterable[tuple[np.ndarray, Sequence[int]]], scale: float
 ) -> Image.Image:
     """Thumbnail (h, w, 3) uint8 with outlines drawn; each outline (K, 2) in the coordinates that ``scale`` maps to
     thumbnail pixels (thumbnail = coords * scale)."""

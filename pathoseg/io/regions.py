@@ -10,6 +10,7 @@ import logging
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def save_region(folder: Path, result: RegionResult) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     lengths = np.array([len(p) for p in result.polygons], np.int64)
     coords = np.concatenate(result.polygons) if result.polygons else np.zeros((0, 2))
-    arrays = {
+    arrays: dict[str, Any] = {
         "coords": coords.astype(np.float64),
         "lengths": lengths,
         "centroids": result.centroids,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def svg_histogram(
 
 
 def _table(header: list[str], rows: list[list]) -> str:
-    def cell(value) -> str:
+    def cell(value: object) -> str:
         if isinstance(value, float):
             return f'<td class="n">{value:,.4g}</td>' if abs(value) < 1e4 else f'<td class="n">{value:,.0f}</td>'
         if isinstance(value, int):
@@ -100,7 +101,11 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _swatch(color) -> str:
+def _percent_range(bounds: Sequence[float] | None) -> str:
+    return "(not computed)" if bounds is None else f"{bounds[0]:.1f}&ndash;{bounds[1]:.1f}%"
+
+
+def _swatch(color: Sequence[int]) -> str:
     return f'<span class="swatch" style="background: rgb({color[0]},{color[1]},{color[2]})"></span>'
 
 
@@ -135,7 +140,9 @@ def _counts_section(summary: dict, colors: dict[str, list[int]]) -> str:
             + _hotspot_line(ihc.get("hotspot"))
             + f"<p>Bins by nucleus DAB OD mean, thresholds {escape(str(ihc['dab_thresholds']))}. "
             f"{ihc.get('borderline_nuclei', 0)} nuclei are borderline (DAB OD within 0.05 of the positivity "
-            f"threshold); the squares to review below rank them first.</p>" + "<h3>Model classes</h3>" + html
+            f"threshold) and {ihc.get('unsure_detections', 0)} detections unsure; counting them both ways the index "
+            f"lies in {_percent_range(ihc.get('positive_percent_uncertain_range'))}. The squares to review below rank "
+            f"the borderline nuclei first.</p>" + "<h3>Model classes</h3>" + html
         )
     removed = summary.get("filtered_out", {})
     if removed:

@@ -43,6 +43,13 @@ class Slide:
     mpp_source: str
 
     @property
+    def required_mpp(self) -> float:
+        """``mpp``, or SlideError where the file carries no pixel size and none was given."""
+        if self.mpp is None:
+            raise SlideError(f"{self.path}: the file carries no pixel size; give it with --mpp")
+        return self.mpp
+
+    @property
     def vendor(self) -> str:
         return self.handle.properties.get(openslide.PROPERTY_NAME_VENDOR) or "image"
 
@@ -86,7 +93,7 @@ class Slide:
         """The coarsest level whose pixels are still at least as fine as ``target_mpp``."""
         best = 0
         for level, downsample in enumerate(self.level_downsamples):
-            if self.mpp * downsample <= target_mpp * 1.01:
+            if self.required_mpp * downsample <= target_mpp * 1.01:
                 best = level
         return best
 
@@ -140,7 +147,7 @@ class Slide:
     def __enter__(self) -> Slide:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 

@@ -8,7 +8,9 @@ whole image with PIL. This reader gives such files their levels and reads region
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree
 
 import numpy as np
@@ -57,7 +59,7 @@ def _ome_pixel_size_um(ome_xml: str, width: int, height: int) -> float | None:
             and pixels.get("PhysicalSizeX")
             and pixels.get("PhysicalSizeXUnit", "µm") in ("µm", "um")
         ):
-            return float(pixels.get("PhysicalSizeX"))
+            return float(pixels.attrib["PhysicalSizeX"])
     return None
 
 
@@ -83,7 +85,7 @@ def tiff_mpp(path: str | Path) -> float | None:
     return None
 
 
-def _yxs(array, axes: str) -> tuple[int, int, int] | None:
+def _yxs(array: Any, axes: str) -> tuple[int, int, int] | None:
     """Index order that turns an array of ``axes`` into (Y, X[, S]) (None: it is already); TiffReadError for
     anything but a grey, grey + alpha, RGB or RGBA image."""
     if axes == "YX" or (axes == "YXS" and array.shape[-1] <= 4):
@@ -121,11 +123,12 @@ class TiffSlide(openslide.AbstractSlide):
         if self._levels[0].dtype not in (np.uint8, np.uint16):
             raise TiffReadError(f"{self._levels[0].dtype} pixels: not 8- or 16-bit")
         pages = [level.keyframe for level in series.levels]
-        self._in_memory = {
+        self._in_memory: dict[int, np.ndarray | None] = {
             index: None
             for index, page in enumerate(pages)
             if not page.is_tiled
-            and page.rowsperstrip * page.imagewidth * page.samplesperpixel * page.dtype.itemsize > MAX_LAZY_STRIP_BYTES
+            and page.rowsperstrip * page.imagewidth * page.samplesperpixel * page.bitspersample // 8
+            > MAX_LAZY_STRIP_BYTES
         }
         self._dimensions = tuple(_width_height(level.shape, self._order) for level in self._levels)
         self._properties = {openslide.PROPERTY_NAME_VENDOR: "ome-tiff" if self._tiff.is_ome else "tiff"}
@@ -136,8 +139,8 @@ class TiffSlide(openslide.AbstractSlide):
         return 0 in self._in_memory
 
     @classmethod
-    def detect_format(cls, filename) -> str | None:
-        return "tiff" if tiff_levels(filename) else None
+    def detect_format(cls, filename: str | bytes | os.PathLike[Any]) -> str | None:
+        return "tiff" if tiff_levels(os.fsdecode(filename)) else None
 
     @property
     def level_count(self) -> int:
@@ -166,12 +169,12 @@ class TiffSlide(openslide.AbstractSlide):
         return fitting[-1] if fitting else 0
 
     def _pixels(self, level: int, rows: slice, cols: slice) -> np.ndarray:
+        source: np.ndarray | zarr.Array = self._levels[level]
         if level in self._in_memory:
-            if self._in_memory[level] is None:
-                self._in_memory[level] = self._levels[level][...]
-            source = self._in_memory[level]
-        else:
-            source = self._levels[level]
+            cached = self._in_memory[level]
+            if cached is None:
+                cached = self._in_memory[level] = np.asarray(source[...])
+            source = cached
         if self._order is None:
             return np.asarray(source[rows, cols])
         return np.moveaxis(np.asarray(source[:, rows, cols]), 0, -1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy.stats import binomtest
 
@@ -9,7 +11,7 @@ DAB_BIN_NAMES = ("Negative", "1+", "2+", "3+")
 DAB_BIN_COLORS = ([112, 112, 225], [255, 215, 0], [255, 128, 0], [200, 0, 0])
 
 
-def dab_bins(dab_od_mean: np.ndarray, thresholds: tuple[float, float, float] = (0.2, 0.4, 0.6)) -> np.ndarray:
+def dab_bins(dab_od_mean: np.ndarray, thresholds: Sequence[float] = (0.2, 0.4, 0.6)) -> np.ndarray:
     """(N,) intensity bin 0 (negative), 1, 2, 3 of each nucleus by its DAB OD mean (QuPath's rule)."""
     return np.searchsorted(np.asarray(thresholds), dab_od_mean, side="right")
 
@@ -33,6 +35,30 @@ def index_confidence_interval(positive: int, total: int, level: float = 0.95) ->
         return [0.0, 100.0]
     interval = binomtest(positive, total).proportion_ci(level, method="wilson")
     return [100 * interval.low, 100 * interval.high]
+
+
+def index_range_of_uncertain(positive: np.ndarray, borderline: np.ndarray, unsure: np.ndarray) -> list[float]:
+    """Positive % with the uncertain nuclei counted both ways: the lowest index with every borderline call negative
+    and every unsure detection called positive left out (not a nucleus), the highest with every borderline call
+    positive and every unsure detection called negative left out. Beside the Wilson interval (sampling), how far the
+    index could move on the calls a pathologist would check.
+
+    Parameters
+    ----------
+    positive, borderline, unsure : (N,) bool: called positive; positivity call borderline; detection unsure.
+
+    Returns
+    -------
+    [low, high] in percent ([0, 100] without nuclei).
+    """
+    sure_positive_removed = unsure & positive & ~borderline
+    low_kept = ~sure_positive_removed
+    low_positive = positive & ~borderline & low_kept
+    high_positive = positive | borderline
+    high_kept = ~(unsure & ~high_positive)
+    if not low_kept.any() or not high_kept.any():
+        return [0.0, 100.0]
+    return [100 * low_positive.sum() / low_kept.sum(), 100 * (high_positive & high_kept).sum() / high_kept.sum()]
 
 
 def positivity_summary(bins: np.ndarray) -> dict:

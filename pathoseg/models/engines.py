@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,7 +82,7 @@ class TorchEngine:
             return self.graph(torch.from_numpy(patches).to(self.device)).float().cpu().numpy()
 
 
-def openvino_model(graph: InferenceGraph, batch_size: int, patch_px: int):
+def openvino_model(graph: InferenceGraph, batch_size: int, patch_px: int) -> Any:
     """The graph converted to an OpenVINO model for (batch_size, H, W, 3) uint8 input, H and W any multiple of 32
     (traced at ``patch_px``): an int8 version calibrated on small crops is reshaped to a run's patches."""
     import openvino as ov
@@ -107,6 +108,8 @@ class OpenVinoEngine:
         import openvino as ov
 
         if precision == "int8":
+            if int8_ir is None:
+                raise SettingsError("precision int8: this model has no int8 version")
             check_int8_ir(int8_ir)
             model = ov.Core().read_model(int8_ir)
         else:

@@ -38,7 +38,7 @@ class ResBlock(nn.Module):
         super().__init__()
         self.conv1 = _conv_bn_relu(in_ch, out_ch, stride)
         self.conv2 = nn.Sequential(nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch))
-        self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
@@ -94,7 +94,7 @@ class PreactBottleneck(nn.Module):
 class PreactResNet50Encoder(nn.Module):
     """HoVer-Net's encoder: pre-activation ResNet-50, features at strides 1, 2, 4, 8, 16, 32."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.widths = (64, 64, 256, 512, 1024, 2048)
         self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, padding=3, bias=False), nn.BatchNorm2d(64), nn.ReLU(True))
@@ -186,6 +186,7 @@ class HoVerNet(nn.Module):
                 for name, out_ch in (("np", np_classes), ("hv", 2), ("nc", n_classes))
             }
         )
+        self.pixel_mean: torch.Tensor
         self.register_buffer("pixel_mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
 
     def forward(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -224,7 +225,8 @@ def fused_for_inference(network: nn.Module) -> nn.Module:
     for module in fused.modules():
         if isinstance(module, nn.Sequential):
             for i in range(len(module) - 1):
-                if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], nn.BatchNorm2d):
-                    module[i] = fuse_conv_bn_eval(module[i], module[i + 1])
+                conv, norm = module[i], module[i + 1]
+                if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                    module[i] = fuse_conv_bn_eval(conv, norm)
                     module[i + 1] = nn.Identity()
     return fused

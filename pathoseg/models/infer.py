@@ -13,7 +13,7 @@ from pathoseg.config import ModelConfig
 from pathoseg.errors import SettingsError
 from pathoseg.geometry import Box, PatchGrid
 from pathoseg.models.engines import build_engine, choose_runtime
-from pathoseg.models.hovernet import fused_for_inference
+from pathoseg.models.hovernet import HoVerNet, fused_for_inference
 from pathoseg.models.precision import resolve_precision
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class Predictor:
 
     def __init__(
         self,
-        network: torch.nn.Module,
+        network: HoVerNet,
         device: torch.device,
         patch_px: int = 512,
         context_px: int = 16,
@@ -82,7 +82,8 @@ class Predictor:
         self.batch_size = batch_size or (8 if device.type == "cuda" else 1)
         self.runtime = choose_runtime(runtime, device)
         self.precision = resolve_precision(precision, device, self.runtime == "openvino" and int8_ir is not None)
-        fused = fused_for_inference(network).to(memory_format=torch.channels_last)
+        # Module.to takes memory_format, which its type stubs leave out
+        fused = fused_for_inference(network).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.np_classes, self.n_classes = network.np_classes, network.n_classes
         self.engine = build_engine(fused, device, self.precision, self.runtime, self.batch_size, patch_px, int8_ir)
         self.tta = tta
@@ -96,7 +97,9 @@ class Predictor:
             return maps
         for flip_rows, flip_cols in ((False, True), (True, False), (True, True)):
             axes = [axis for axis, flip in ((1, flip_rows), (2, flip_cols)) if flip]
-            flipped = np.flip(self.engine(np.ascontiguousarray(np.flip(patches, axes))), [a + 1 for a in axes])
+            flipped = np.flip(
+                self.engine(np.ascontiguousarray(np.flip(patches, tuple(axes)))), tuple(a + 1 for a in axes)
+            )
             if flip_cols:
                 flipped[:, self.first_hv] *= -1
             if flip_rows:
@@ -161,7 +164,7 @@ class Predictor:
 
 
 def predictor_for(
-    network: torch.nn.Module, model: ModelConfig, device: str | None = None, int8_ir: Path | None = None
+    network: HoVerNet, model: ModelConfig, device: str | None = None, int8_ir: Path | None = None
 ) -> Predictor:
     """The predictor a run's model settings describe (``device`` overrides ``model.device``)."""
     return Predictor(

@@ -27,12 +27,12 @@ def boundary_energy(hv: np.ndarray, params: PostprocConfig) -> np.ndarray:
     hv : (2, H, W) float, channel 0 horizontal, channel 1 vertical, in [-1, 1].
     """
     derivative, smoothing = smoothed_sobel_kernels(params.hv_smooth_sigma_px)
-    energy = None
+    slopes = []
     for axis, channel in ((1, hv[0]), (0, hv[1])):  # horizontal map: slope along x; vertical: along y
         slope = ndimage.correlate1d(channel.astype(np.float32, copy=False), derivative, axis=axis)
         slope = ndimage.correlate1d(slope, smoothing, axis=1 - axis)  # 8x the per-pixel slope
-        np.multiply(slope, -1 / (8 * params.gradient_scale), out=slope)
-        energy = slope if energy is None else np.maximum(energy, slope, out=energy)
+        slopes.append(np.multiply(slope, -1 / (8 * params.gradient_scale), out=slope))
+    energy = np.maximum(slopes[0], slopes[1], out=slopes[0])
     return np.clip(energy, 0, 1, out=energy)
 
 

@@ -39,7 +39,7 @@ def cpu_has_native_bf16() -> bool:
 def device_facts(device: torch.device) -> DeviceFacts:
     """The facts of ``device`` on this machine."""
     if device.type == "cuda":
-        return DeviceFacts("cuda", cuda_capability=tuple(torch.cuda.get_device_capability(device)))
+        return DeviceFacts("cuda", cuda_capability=torch.cuda.get_device_capability(device))
     return DeviceFacts(device.type, cpu_native_bf16=cpu_has_native_bf16())
 
 

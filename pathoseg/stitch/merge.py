@@ -16,7 +16,8 @@ def instance_centroids(labels: np.ndarray) -> np.ndarray:
     n = int(labels.max())
     if n == 0:
         return np.zeros((0, 2))
-    rows, cols = np.indices(labels.shape)
+    grid = np.indices(labels.shape)
+    rows, cols = grid[0], grid[1]
     inside = labels > 0
     index = labels[inside]
     counts = np.bincount(index, minlength=n + 1)[1:]

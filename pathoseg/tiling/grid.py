@@ -40,7 +40,7 @@ class Grid:
     margin_px: int
     patches: PatchGrid
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.region_px % self.tile_px:
             raise SettingsError(f"region_px {self.region_px} must be a multiple of tile_px {self.tile_px}")
 
@@ -60,7 +60,7 @@ class Grid:
 
     def regions(self) -> list[Region]:
         """All regions in raster order."""
-        regions = []
+        regions: list[Region] = []
         for y in range(0, self.height_px, self.region_px):
             for x in range(0, self.width_px, self.region_px):
                 core = Box(x, y, self.region_px, self.region_px).clip(self.width_px, self.height_px)

@@ -55,7 +55,7 @@ def polygon_mask(
     """(h, w) bool: the mask pixels whose centre lies inside ``region`` ((Multi)Polygon in level-0 pixels, holes
     left out); mask pixel (0, 0) has its top-left corner at level-0 ``origin_xy``."""
 
-    def pixels(ring) -> tuple[np.ndarray, np.ndarray]:
+    def pixels(ring: shapely.LinearRing) -> tuple[np.ndarray, np.ndarray]:
         # skimage's pixel (r, c) is centred on (r, c); a mask pixel's centre is at (index + 0.5) mask pixels.
         xy = (np.asarray(ring.coords) - origin_xy) / level0_per_px - 0.5
         return polygon_pixels(xy[:, 1], xy[:, 0], shape)
@@ -126,14 +126,14 @@ def find_tissue(slide: Slide, config: Config) -> tuple[TissueMask, np.ndarray]:
     """Tissue mask and the thumbnail it was computed on."""
     tiling = config.tiling
     bounds = slide.bounds
-    side_um = max(bounds.width, bounds.height) * slide.mpp
+    side_um = max(bounds.width, bounds.height) * slide.required_mpp
     max_side = int(min(tiling.max_thumbnail_px, max(256, side_um / tiling.thumbnail_mpp)))
     thumbnail, level0_per_px = slide.thumbnail(max_side)
-    thumb_mpp = slide.mpp * level0_per_px
+    thumb_mpp = slide.required_mpp * level0_per_px
     mask = detect_tissue(
         thumbnail,
         thumb_mpp,
-        tuple(tiling.tissue_od_range),
+        (tiling.tissue_od_range[0], tiling.tissue_od_range[1]),
         tiling.tissue_closing_um,
         tiling.min_tissue_um2,
         tiling.max_tissue_hole_um2,

@@ -7,6 +7,7 @@ maps (H, W) integer and type maps (H, W) uint8 or None.
 from __future__ import annotations
 
 import io
+from typing import cast
 
 import numpy as np
 from PIL import Image
@@ -203,10 +204,13 @@ def augment_sample(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The full training augmentation: crop with scale jitter, geometry, elastic, IHC re-synthesis, stain,
     brightness, lower scan resolution, blur, JPEG."""
-    image, (instances, types) = scaled_crop(rng, image, [instances, types], size_px, scale_range)
-    image, instances, types = flip_rotate(rng, [image, instances, types])
+    maps: list[np.ndarray | None] = [instances, types]
+    image, maps = scaled_crop(rng, image, maps, size_px, scale_range)
+    rotated = flip_rotate(rng, [image, *maps])
+    image, maps = cast(np.ndarray, rotated[0]), rotated[1:]
     if rng.random() < 0.3:
-        image, (instances, types) = elastic(rng, image, [instances, types])
+        image, maps = elastic(rng, image, maps)
+    instances, types = cast(np.ndarray, maps[0]), maps[1]
     if rng.random() < p_dab:
         image = dab_recolour(rng, image, instances)
     if rng.random() < 0.8:

@@ -7,9 +7,11 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -19,7 +21,7 @@ from pathoseg.config import load_config, read_mapping, settings_of
 from pathoseg.errors import SettingsError
 from pathoseg.evaluation import evaluate_samples, is_positivity_dataset
 from pathoseg.io.datasets import Sample, load_dataset, read_class_names, read_manifest
-from pathoseg.models.hovernet import subpixel_from
+from pathoseg.models.hovernet import HoVerNet, subpixel_from
 from pathoseg.models.infer import predictor_for, resolve_device
 from pathoseg.models.precision import autocast, resolve_precision
 from pathoseg.models.weights import ModelMetadata, build_network, load_model, read_checkpoint, save_checkpoint
@@ -108,10 +110,10 @@ class TrainingStream(torch.utils.data.IterableDataset):
         self.groups = [group for group in groups if group[0] > 0 and group[1]]
         self.size_px, self.seed = size_px, seed
         self.p_dab, self.p_low_resolution = config.dab_probability, config.low_resolution_probability
-        self.low_resolution_factor = tuple(config.low_resolution_factor)
+        self.low_resolution_factor = (config.low_resolution_factor[0], config.low_resolution_factor[1])
         self.boundary_px = config.boundary_px if config.np_classes == 3 else 0
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.seed, info.id if info else 0, int(time.time())])
         weights = np.array([w for w, _, _ in self.groups], float)
@@ -177,19 +179,20 @@ def nc_class_weights(groups: list[tuple[float, list[Sample], bool]], n_classes: 
     counts = np.zeros(n_classes)
     for _, samples, has_types in groups:
         for sample in samples if has_types else []:
-            counts += np.bincount(sample.types.ravel(), minlength=n_classes)[:n_classes]
+            if sample.types is not None:
+                counts += np.bincount(sample.types.ravel(), minlength=n_classes)[:n_classes]
     nuclei = counts[1:]
     weights = np.ones(n_classes)
     weights[1:] = np.clip(np.sqrt(nuclei.max() / np.maximum(nuclei, 1)), 1, 5) if nuclei.any() else 1
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def ema_update(decay: float):
+def ema_update(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | int], torch.Tensor]:
     """Exponential moving average with warm-up: the decay is min(decay, (1 + n) / (10 + n)) after n updates, so the
     average forgets the random initial weights within the first few hundred steps (a fixed 0.999 still holds 60%
     of them after 500 steps)."""
 
-    def update(averaged: torch.Tensor, current: torch.Tensor, n_averaged: torch.Tensor) -> torch.Tensor:
+    def update(averaged: torch.Tensor, current: torch.Tensor, n_averaged: torch.Tensor | int) -> torch.Tensor:
         n = float(n_averaged)
         return averaged + (current - averaged) * (1 - min(decay, (1 + n) / (10 + n)))
 
@@ -228,7 +231,8 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         input_size_px=config.input_size_px,
         training_data=[spec.path for spec in config.datasets],
     )
-    network = build_network(metadata).to(device).to(memory_format=torch.channels_last)
+    # Module.to takes memory_format, which its type stubs leave out
+    network = build_network(metadata).to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, best_pq, history, averaged_state = 0, -1.0, [], None
     last_path, best_path = output / "last.pt", output / "best.pt"
@@ -246,8 +250,9 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         network.load_state_dict(initial_weights(config.init_weights, config.subpixel))
         log.info("started from the weights of %s", config.init_weights)
     averaged = AveragedModel(network, avg_fn=ema_update(config.ema_decay), use_buffers=True)
+    average = cast(HoVerNet, averaged.module)  # what is validated, checkpointed and shipped
     if averaged_state is not None:
-        averaged.module.load_state_dict(averaged_state)
+        average.load_state_dict(averaged_state)
         averaged.n_averaged.fill_(max(step, 1))
 
     groups, validation = [], {}
@@ -275,7 +280,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         metadata.step, metadata.metrics = step, metrics
         save_checkpoint(
             path,
-            averaged.module,
+            average,
             metadata,
             extra={
                 "raw_state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
@@ -319,8 +324,8 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
             started = time.time()
         out_of_time = time.time() - run_started >= limit_s
         if step % config.validate_every == 0 or step == config.steps or out_of_time:
-            averaged.module.eval()
-            predictor = predictor_for(averaged.module, run_config.model, str(device))
+            average.eval()
+            predictor = predictor_for(average, run_config.model, str(device))
             last_metrics = {
                 name: evaluate_samples(
                     predictor,
