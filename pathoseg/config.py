@@ -77,7 +77,7 @@ class StainConfig:
     ihc_max_eosin_od: float = 0.03  # auto mode: IHC when the nuclei carry (almost) no eosin
     hotspot_field_um: float = 450.0  # IHC: side of the square field searched for the highest positivity index
     hotspot_min_nuclei: int = 500  # ... among the fields holding at least this many nuclei
-    unsure_detection_probability: float = 0.75  # IHC: nuclei detected below this count both ways in the index range
+    unsure_detection_probability: float = 0.85  # IHC: nuclei detected below this count both ways in the index range
 
     @property
     def positive_dab_od(self) -> float:
