@@ -101,7 +101,7 @@ class PatchGrid:
 class SlideFrame:
     """Maps model pixels to level-0 pixels.
 
-    Parameters
+    Attributes
     ----------
     slide_mpp : microns per level-0 pixel.
     model_mpp : microns per model pixel.

@@ -90,8 +90,9 @@ def annotation_stats(
     ----------
     annotations : ``io.annotations.Annotation`` (name, polygon in level-0 pixels).
     tissue : the tissue mask (densities are per mm² of tissue inside the annotation).
-    origin_xy, centroids_level0, class_ids, class_names, dab_bins : as ``tissue_region_stats``.
+    origin_xy, centroids_level0, class_ids, class_names : as ``tissue_region_stats``.
     slide_mpp : microns per level-0 pixel.
+    dab_bins : as ``tissue_region_stats``.
 
     Returns
     -------

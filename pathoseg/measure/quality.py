@@ -1,4 +1,4 @@
-"""Input quality control: does the input look like tissue the model can read, and where does it not?
+"""Input quality control: whether the input looks like tissue the model can read, and where it does not.
 
 Two levels, with thresholds measured on ``shared/data`` by ``benchmarks/bench_quality.py`` (all 602 images of MoNuSeg,
 CoNSeP, NuCLS, DSB2018, DeepLIIF, the examples, and the real slides: none flagged):

@@ -64,13 +64,13 @@ def estimate_hdab_vectors(
     QuPath's "Estimate stain vectors" does): the plane of the two main directions of the stained pixels' OD, the
     robust extreme angles in it (``percentile`` and 100 - ``percentile``) as the two stains.
 
-    Parameters
-    ----------
-    rgb : (..., 3) uint8 pixels (an image or a sample of a slide's tissue).
-
     Falls back to the default vectors (``source == "default"``, with the reason) when fewer than ``min_pixels``
     pixels are stained, or an estimate is more than ``max_deviation_deg`` from its stain's default vector, or
     the two estimates are under 10 degrees apart.
+
+    Parameters
+    ----------
+    rgb : (..., 3) uint8 pixels (an image or a sample of a slide's tissue).
     """
     default = StainEstimate(REFERENCE_VECTORS, "default")
     od = optical_density(rgb.reshape(-1, 3))

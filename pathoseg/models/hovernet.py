@@ -153,6 +153,10 @@ ENCODERS = {
 class HoVerNet(nn.Module):
     """Encoder, shared decoder trunk, and three heads.
 
+    Forward returns a dict of tensors for input ``(B, 3, H, W)`` float in [0, 1]:
+    ``np`` logits ``(B, np_classes, H, W)``, ``hv`` ``(B, 2, H, W)`` in [-1, 1] (channel 0 horizontal, 1 vertical),
+    ``nc`` logits ``(B, n_classes, H, W)``.
+
     Parameters
     ----------
     encoder : {"light", "preact-resnet50"}
@@ -163,10 +167,6 @@ class HoVerNet(nn.Module):
     subpixel : int
         1, or r: the encoder, decoder and heads run at 1/r of the input's resolution on its pixel-unshuffled
         r x r blocks, and the heads' outputs are pixel-shuffled back to the input's resolution.
-
-    Forward returns a dict of tensors for input ``(B, 3, H, W)`` float in [0, 1]:
-    ``np`` logits ``(B, np_classes, H, W)``, ``hv`` ``(B, 2, H, W)`` in [-1, 1] (channel 0 horizontal, 1 vertical),
-    ``nc`` logits ``(B, n_classes, H, W)``.
     """
 
     def __init__(self, encoder: str = "light", n_classes: int = 5, np_classes: int = 2, subpixel: int = 1):
