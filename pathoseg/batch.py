@@ -95,10 +95,12 @@ def safe_name(slide: Path, archive: Path) -> str:
 
 
 def failed_row(row: dict, started: float, error: str) -> dict:
+    """The manifest row of a slide that failed, with the error and the time it took."""
     return {**row, "status": "failed", "nuclei": "", "seconds": round(time.time() - started, 1), "error": error}
 
 
 def read_batch_manifest(path: Path) -> dict[str, dict]:
+    """A batch's manifest.csv as ``{slide: row}`` (empty when there is none yet)."""
     if not path.is_file():
         return {}
     with path.open(newline="") as handle:
@@ -106,6 +108,7 @@ def read_batch_manifest(path: Path) -> dict[str, dict]:
 
 
 def write_table(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
+    """Write ``rows`` as a CSV table (atomically), with ``fields`` or every key the rows hold as columns."""
     fields = fields or sorted({key for row in rows for key in row})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")

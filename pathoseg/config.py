@@ -22,6 +22,8 @@ class ConfigError(SettingsError):
 
 @dataclass
 class ModelConfig:
+    """Which model runs, where and how (``model:`` in a run configuration)."""
+
     name: str = "pathoseg-light"
     device: str = "auto"
     batch_size: int = 0  # 0: 1 on the CPU (fastest, least memory), 8 on a GPU
@@ -34,6 +36,8 @@ class ModelConfig:
 
 @dataclass
 class TilingConfig:
+    """Tile, region and margin sizes in model pixels, and tissue detection on the thumbnail (``tiling:``)."""
+
     tile_px: int = 512
     region_px: int = 3072
     margin_px: int = 128
@@ -70,6 +74,8 @@ class FilterConfig:
 
 @dataclass
 class StainConfig:
+    """Stain mode, DAB positivity thresholds, stain vectors and the IHC hotspot and index range (``stain:``)."""
+
     mode: str = "auto"  # auto | he | ihc
     dab_thresholds: list[float] = field(default_factory=lambda: [0.2, 0.4, 0.6])
     stain_matrix: list[list[float]] | None = None
@@ -87,6 +93,8 @@ class StainConfig:
 
 @dataclass
 class OutputConfig:
+    """What is written besides the nuclei (``output:``)."""
+
     gzip: bool = True
     table: bool = False  # also write nuclei.csv, one row per nucleus
     simplify_px: float = 0.3
@@ -98,6 +106,8 @@ class OutputConfig:
 
 @dataclass
 class ClusterConfig:
+    """The Dask cluster that runs the region tasks (``cluster:``)."""
+
     scheduler: str = "local"  # local | inprocess | tcp://host:port
     # auto: system.local_workers sizes the embedded cluster (cores, memory, GPU, regions). Post-processing is
     # single-threaded: 2 x 1 beat 1 x 2 by 36% on 2 cores.
@@ -111,6 +121,8 @@ class ClusterConfig:
 
 @dataclass
 class Config:
+    """A run's configuration: one section per concern, defaults in the dataclasses (``load_config``)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     tiling: TilingConfig = field(default_factory=TilingConfig)
     postproc: PostprocConfig = field(default_factory=PostprocConfig)

@@ -76,6 +76,7 @@ class ModelPlugin(WorkerPlugin):
         self.model, self.torch_threads = model, torch_threads
 
     def setup(self, worker: object) -> None:
+        """Set the worker's torch threads and load the model once, before its first task."""
         torch.set_num_threads(self.torch_threads)
         get_predictor(self.model)
 
@@ -150,6 +151,7 @@ class RegionRunner:
         """
 
         def needs(region: Region) -> list[Block]:
+            """The blocks of tiles a region's window reads."""
             return [block for block in job.grid.blocks_in(region.reads) if block in block_tiles]
 
         if self.client is not None and regions and not self._workers_load_the_model:
@@ -301,6 +303,7 @@ def _connect(cluster: ClusterConfig) -> Client:
 
 
 def pathoseg_version() -> str:
+    """This process's pathoseg version (run on each worker to check they match the client's)."""
     return __version__
 
 

@@ -113,6 +113,7 @@ class PositivityAccumulator:
         self.pooled: tuple[list[np.ndarray], ...] = ([], [], [], [])
 
     def add(self, sample: Sample, pred: np.ndarray, pred_positive: np.ndarray) -> None:
+        """Score one image's predicted instances and their positive calls against its truth."""
         if sample.types is None:
             raise InputError(f"{sample.id}: positivity truth needs a types map (negative / positive nuclei)")
         true_xy, true_labels = centroids(sample.instances)
@@ -125,6 +126,7 @@ class PositivityAccumulator:
             pool.append(values)
 
     def result(self) -> dict:
+        """Detection F1, positivity agreement and index errors pooled over the images, with each image's."""
         true_xy, true_positive, pred_xy, pred_positive = self.pooled
         pooled = positivity_scores(true_xy, true_positive, pred_xy, pred_positive, self.radius_px)
         errors = [abs(scores["index_error_points"]) for scores in self.per_image.values()]
@@ -150,6 +152,7 @@ class Accumulator:
         self.pred_cls: list[np.ndarray] = []
 
     def add(self, sample: Sample, pred: np.ndarray, pred_classes: np.ndarray | None) -> None:
+        """Score one image's predicted instances (and classes, where both sides have them) against its truth."""
         self.per_image[sample.id] = instance_metrics(sample.instances, pred)
         if self.classes and sample.types is not None and pred_classes is not None:
             true_classes = majority_types(sample.instances, sample.types)
@@ -163,6 +166,7 @@ class Accumulator:
             self.pred_cls.append(pred_classes[labels - 1])
 
     def result(self) -> dict:
+        """Mean instance metrics over the images with true nuclei; per-class PQ, detection and type F1 with classes."""
         # Images without true nuclei are left out of the means (PanNuke's convention): their PQ is 0 even when
         # nothing is predicted, their AJI and Dice 1.
         scored = [m for m in self.per_image.values() if m["tp"] + m["fn"] > 0]
@@ -286,6 +290,7 @@ def rasterise_rings(rings: Sequence[np.ndarray | None], shape: tuple[int, int]) 
 
 
 def find_prediction(folder: Path, sample_id: str) -> Path:
+    """The prediction file of ``sample_id`` in ``folder`` (instance map or GeoJSON); InputError where there is none."""
     for suffix in (".png", ".tif", ".tiff", ".geojson", ".geojson.gz", ".json"):
         path = folder / f"{sample_id}{suffix}"
         if path.is_file():

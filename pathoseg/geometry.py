@@ -24,10 +24,12 @@ class Box:
 
     @property
     def x1(self) -> int:
+        """The column just right of the box."""
         return self.x + self.width
 
     @property
     def y1(self) -> int:
+        """The row just below the box."""
         return self.y + self.height
 
     @property
@@ -36,13 +38,16 @@ class Box:
         return slice(self.y, self.y1), slice(self.x, self.x1)
 
     def expand(self, margin_px: int) -> Box:
+        """The box grown by ``margin_px`` on every side."""
         return Box(self.x - margin_px, self.y - margin_px, self.width + 2 * margin_px, self.height + 2 * margin_px)
 
     def clip(self, width: int, height: int) -> Box:
+        """The part of the box inside a (0, 0, width, height) frame."""
         x0, y0 = max(self.x, 0), max(self.y, 0)
         return Box(x0, y0, max(0, min(self.x1, width) - x0), max(0, min(self.y1, height) - y0))
 
     def intersects(self, other: Box) -> bool:
+        """Whether the two boxes share at least one pixel."""
         return self.x < other.x1 and other.x < self.x1 and self.y < other.y1 and other.y < self.y1
 
     def contains(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -76,6 +81,7 @@ class PatchGrid:
 
     @property
     def step(self) -> int:
+        """Distance between neighbouring patches: the part of each patch that is kept."""
         return self.patch_px - 2 * self.context_px
 
     def span(self, start: int, stop: int) -> tuple[int, int]:
@@ -115,6 +121,7 @@ class SlideFrame:
 
     @property
     def level0_per_model_px(self) -> float:
+        """Level-0 pixels per model pixel."""
         return self.model_mpp / self.slide_mpp
 
     def model_to_level0(self, xy_model: np.ndarray) -> np.ndarray:
@@ -132,11 +139,13 @@ class SlideFrame:
         return Box(x0, y0, int(box.width / scale) + 1, int(box.height / scale) + 1)
 
     def model_size_px(self, width_level0: float, height_level0: float) -> tuple[int, int]:
+        """The size in model pixels of a level-0 extent (rounded up)."""
         scale = self.level0_per_model_px
         return int(round(width_level0 / scale)), int(round(height_level0 / scale))
 
 
 def area_px_to_mm2(area_px: float, mpp: float) -> float:
+    """An area in pixels of ``mpp`` microns, in mm²."""
     return area_px * mpp * mpp * 1e-6
 
 
@@ -146,6 +155,7 @@ def area_throughput(tissue_mm2: float, model_mpp: float, seconds: float) -> dict
     tissue_mpx = tissue_mm2 / model_mpp**2
 
     def per_second(amount: float, digits: int) -> float | None:
+        """``amount`` per second of the run, rounded; None for a run of no time."""
         return round(amount / seconds, digits) if seconds else None
 
     return {

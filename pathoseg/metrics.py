@@ -150,6 +150,7 @@ def truth_shift_px(true_xy: np.ndarray, pred_xy: np.ndarray, radius_px: float, m
 
 
 def f1(tp: int, fp: int, fn: int) -> float:
+    """F1 of true positives, false positives and false negatives (1 when there is nothing to find or found)."""
     denominator = 2 * tp + fp + fn
     return 2 * tp / denominator if denominator else 1.0
 

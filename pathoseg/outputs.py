@@ -67,6 +67,7 @@ class NucleusStyle:
     def of(
         cls, class_names: list[str], class_colors: list[list[int]], stain_mode: str, dab_thresholds: list[float]
     ) -> NucleusStyle:
+        """The style of a run: its model's class names and colours, stain mode and DAB thresholds."""
         return cls(
             tuple(class_names),
             tuple(tuple(int(c) for c in color) for color in class_colors),
@@ -159,6 +160,7 @@ def json_safe(value: Any) -> Any:
 
 
 def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as indented JSON, atomically (numpy numbers as floats)."""
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(data, indent=2, default=float))
 
@@ -298,6 +300,7 @@ def write_review_geojson(
     inside = shapely.box(bounds_level0.x, bounds_level0.y, bounds_level0.x1, bounds_level0.y1)
 
     def annotation(geometry: shapely.Geometry, *args: Any) -> dict | None:
+        """An annotation feature of the part of ``geometry`` inside the slide (None when nothing is left)."""
         return annotation_feature(shapely.intersection(geometry, inside), *args)
 
     features = []
@@ -443,6 +446,7 @@ def write_slide_outputs(
     slide, out_dir, frame, metadata, tissue = plan.slide, plan.out_dir, plan.frame, plan.metadata, plan.tissue
 
     def results() -> Iterator[RegionResult]:
+        """The regions' results, read from disk one at a time."""
         return (load_region(plan.nuclei_dir, region.index) for region in plan.regions)
 
     columns, removed, quality = collect_columns(plan)

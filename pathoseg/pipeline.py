@@ -79,6 +79,7 @@ def run_regions(plan: SlidePlan, config: Config, progress: Progress, runner: Reg
     stage_seconds: dict[str, float] = {}
 
     def on_result(result: RegionResult) -> None:
+        """Keep a finished region's result on disk and add up its stage times."""
         save_region(plan.nuclei_dir, result)
         for stage, seconds in result.seconds.items():
             stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds

@@ -55,6 +55,7 @@ class SlidePlan:
 
     @property
     def nuclei_dir(self) -> Path:
+        """Where the regions' results are kept (the resume cache beside the store)."""
         return self.store_path / "nuclei"
 
 

@@ -55,11 +55,13 @@ class SlideSummary:
     run: dict | None = None
 
     def as_dict(self) -> dict:
+        """summary.json's content (NaN as null)."""
         figures = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         return {"schema_version": SCHEMA_VERSION, **{key: value for key, value in figures.items() if value is not None}}
 
 
 def slide_facts(slide: Slide) -> dict:
+    """The slide's file, vendor, size, pixel size (and its source) and bounds."""
     bounds = slide.bounds
     return {
         "path": str(slide.path),
@@ -74,6 +76,7 @@ def slide_facts(slide: Slide) -> dict:
 
 
 def model_facts(metadata: ModelMetadata, sha256: str) -> dict:
+    """The model's name, version, checksum, resolution and classes."""
     return {
         "name": metadata.name,
         "sha256": sha256,
@@ -84,6 +87,7 @@ def model_facts(metadata: ModelMetadata, sha256: str) -> dict:
 
 
 def tissue_facts(tissue: TissueMask) -> dict:
+    """The tissue's area, its share of the slide and whether it looks like darkfield."""
     return {
         "area_mm2": round(tissue.area_mm2, 4),
         "fraction": round(tissue.fraction, 4),
@@ -126,6 +130,7 @@ def ihc_facts(
 
 
 def grid_facts(grid: Grid, n_tiles: int, n_regions: int) -> dict:
+    """How the slide was cut: tiles, regions and their sizes in model pixels."""
     return {
         "tiles": n_tiles,
         "regions": n_regions,

@@ -1,3 +1,5 @@
+"""``python -m pathoseg.cli``: the command line."""
+
 from pathoseg.cli import main
 
 main()

@@ -37,6 +37,7 @@ def batch(archive, out_root, pattern, roi_dir, quiet, **options):
     progress = StageProgress(enabled=not quiet, prefix="  ")
 
     def on_slide(slide, status):
+        """Print one line per slide as the batch goes."""
         progress.close()
         bar.set_postfix_str(f"{slide.name}: {status}")
         bar.update(1)

@@ -21,6 +21,7 @@ BUG_REPORT = (
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with ``code``."""
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
@@ -32,6 +33,7 @@ def friendly_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        """Run the command; expected failures end in one line, bugs in a traceback and a request to report them."""
         try:
             return command(*args, **kwargs)
         except DiskFullError as error:
@@ -65,6 +67,7 @@ class StageProgress:
         bar.update(increment)
 
     def close(self) -> None:
+        """Close every bar."""
         for bar in self.bars.values():
             bar.close()
         self.bars.clear()

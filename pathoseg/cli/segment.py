@@ -19,6 +19,7 @@ class WorkerCount(click.ParamType):
     name = "N|auto"
 
     def convert(self, value, param, ctx):
+        """A worker count (a positive whole number) or ``auto``."""
         workers = int(value) if str(value).isdigit() else value
         if is_worker_count(workers):
             return workers
@@ -96,6 +97,7 @@ def config_from_options(
 
 
 def report(summary: dict, out_dir: Path) -> None:
+    """Print a run's figures: nuclei, tissue, time and speed, IHC positivity, input warnings."""
     counts, run = summary["counts"], summary["run"]
     click.echo(
         f"{summary['nuclei']} nuclei in {summary['tissue']['area_mm2']:.3f} mm² of tissue "
@@ -126,6 +128,7 @@ def report(summary: dict, out_dir: Path) -> None:
 
 
 def positivity_line(ihc: dict) -> str:
+    """The positivity index with its sampling interval, its range over the uncertain nuclei and the H-score."""
     low, high = ihc["positive_percent_ci95"]
     line = f"{ihc['positive_percent']:.1f}% positive (95% CI {low:.1f}-{high:.1f}%"
     if "positive_percent_uncertain_range" in ihc:

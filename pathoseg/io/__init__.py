@@ -1,0 +1,1 @@
+"""Reading slides, images and datasets; writing stores, regions, GeoJSON, overlays and reports."""

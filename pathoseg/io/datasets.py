@@ -41,6 +41,7 @@ def read_manifest(folder: Path) -> dict[str, float]:
 
 
 def read_class_names(folder: Path) -> dict[int, str] | None:
+    """A dataset's ``classes.json`` as ``{class id: name}``; None where it has none."""
     path = Path(folder) / "classes.json"
     if not path.is_file():
         return None
@@ -48,6 +49,7 @@ def read_class_names(folder: Path) -> dict[int, str] | None:
 
 
 def find_image(folder: Path, sample_id: str) -> Path:
+    """The image file of ``sample_id`` in a dataset folder, whichever of the image suffixes it has."""
     for suffix in IMAGE_SUFFIXES:
         path = Path(folder) / "images" / f"{sample_id}{suffix}"
         if path.is_file():
@@ -61,6 +63,7 @@ def resample_sample(sample: Sample, factor: float) -> Sample:
         return sample
 
     def nearest(labels: np.ndarray) -> np.ndarray:
+        """A label map resampled by nearest neighbour."""
         return rescale(labels, factor, order=0, preserve_range=True, anti_aliasing=False).astype(labels.dtype)
 
     types = None if sample.types is None else nearest(sample.types)

@@ -158,6 +158,7 @@ class FeatureCollectionWriter:
         return self
 
     def write(self, feature: dict) -> None:
+        """Append one feature (written out in batches)."""
         self._pending.append((",\n" if self.count else "") + features_text([feature]))
         self.count += 1
         if len(self._pending) >= 1000:

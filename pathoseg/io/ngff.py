@@ -120,6 +120,7 @@ def _block_marker(path: str | Path, block: tuple[int, int]) -> Path:
 
 
 def block_done(path: str | Path, block: tuple[int, int]) -> bool:
+    """Whether a block of tiles has been written to the store (its marker exists)."""
     return _block_marker(path, block).is_file()
 
 
@@ -142,6 +143,7 @@ def block_chunk_checksums(path: str | Path, box: Box) -> dict[str, int | None]:
 
 
 def mark_block_done(path: str | Path, block: tuple[int, int], checksums: dict[str, int | None]) -> None:
+    """Record a block as written, with its chunks' checksums (the marker is written atomically)."""
     marker = _block_marker(path, block)
     marker.parent.mkdir(exist_ok=True)
     partial = marker.with_name(f".{marker.name}.partial")

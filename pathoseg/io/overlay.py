@@ -41,5 +41,6 @@ def draw_dots(thumbnail: np.ndarray, points: Iterable[tuple[np.ndarray, np.ndarr
 
 
 def save_png(image: Image.Image, path: str | Path) -> None:
+    """Save a PNG atomically."""
     with atomic_path(path) as temporary:
         image.save(temporary, format="PNG")

@@ -47,10 +47,12 @@ class RegionResult:
 
 
 def region_path(folder: Path, index: int) -> Path:
+    """Where region ``index``'s result is kept."""
     return Path(folder) / f"region_{index:06d}.npz"
 
 
 def save_region(folder: Path, result: RegionResult) -> None:
+    """Keep a region's result (polygons, centroids, measurements, QC) in one compressed file, atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lengths = np.array([len(p) for p in result.polygons], np.int64)
@@ -68,6 +70,7 @@ def save_region(folder: Path, result: RegionResult) -> None:
 
 
 def load_region(folder: Path, index: int) -> RegionResult:
+    """Read back region ``index``'s result."""
     with np.load(region_path(folder, index), allow_pickle=False) as data:
         offsets = np.cumsum(data["lengths"])[:-1]
         polygons = np.split(data["coords"], offsets) if len(data["lengths"]) else []
@@ -77,6 +80,7 @@ def load_region(folder: Path, index: int) -> RegionResult:
 
 
 def finished_regions(folder: Path) -> set[int]:
+    """The indices of the regions whose result files exist."""
     folder = Path(folder)
     if not folder.is_dir():
         return set()

@@ -51,18 +51,22 @@ class Slide:
 
     @property
     def vendor(self) -> str:
+        """The format OpenSlide (or the TIFF reader) names, ``image`` for plain images."""
         return self.handle.properties.get(openslide.PROPERTY_NAME_VENDOR) or "image"
 
     @property
     def dimensions(self) -> tuple[int, int]:
+        """Level 0's (width, height)."""
         return self.handle.dimensions
 
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        """Each level's (width, height)."""
         return self.handle.level_dimensions
 
     @property
     def level_downsamples(self) -> tuple[float, ...]:
+        """Each level's downsample from level 0."""
         return self.handle.level_downsamples
 
     @property
@@ -73,11 +77,13 @@ class Slide:
 
     @property
     def objective_power(self) -> float | None:
+        """The scanner's objective magnification, where the file says it."""
         value = self.handle.properties.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
         return float(value) if value else None
 
     @property
     def bounds(self) -> Box:
+        """The level-0 box that holds image data (the whole slide where the file gives no bounds)."""
         props = self.handle.properties
         width, height = self.dimensions
         if openslide.PROPERTY_NAME_BOUNDS_WIDTH in props:
@@ -142,6 +148,7 @@ class Slide:
         return shapely.box(bounds.x, bounds.y, bounds.x1, bounds.y1)
 
     def close(self) -> None:
+        """Close the file."""
         self.handle.close()
 
     def __enter__(self) -> Slide:

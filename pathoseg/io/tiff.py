@@ -140,27 +140,33 @@ class TiffSlide(openslide.AbstractSlide):
 
     @classmethod
     def detect_format(cls, filename: str | bytes | os.PathLike[Any]) -> str | None:
+        """``tiff`` for a TIFF this reader can read, else None."""
         return "tiff" if tiff_levels(os.fsdecode(filename)) else None
 
     @property
     def level_count(self) -> int:
+        """Number of pyramid levels."""
         return len(self._levels)
 
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        """Each level's (width, height)."""
         return self._dimensions
 
     @property
     def level_downsamples(self) -> tuple[float, ...]:
+        """Each level's downsample from level 0."""
         width, height = self._dimensions[0]
         return tuple((width / w + height / h) / 2 for w, h in self._dimensions)
 
     @property
     def properties(self) -> dict[str, str]:
+        """OpenSlide-style properties: the vendor (``tiff`` or ``ome-tiff``)."""
         return self._properties
 
     @property
     def associated_images(self) -> dict:
+        """None are read (OpenSlide's label and macro images)."""
         return {}
 
     def get_best_level_for_downsample(self, downsample: float) -> int:
@@ -201,4 +207,5 @@ class TiffSlide(openslide.AbstractSlide):
         return Image.fromarray(out, "RGBA")
 
     def close(self) -> None:
+        """Close the file."""
         self._tiff.close()

@@ -1,0 +1,1 @@
+"""Per-nucleus measurements, biomarker statistics, areas and input quality."""

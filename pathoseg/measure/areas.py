@@ -219,6 +219,7 @@ def review_squares(
     low_percent = 100 * np.bincount(index, weights=(confidence < low_confidence).astype(float)) / counts
 
     def square(k: int) -> dict:
+        """Square ``k``'s box, nucleus count and confidence figures."""
         x, y = origin_xy[0] + keys[k, 0] * side_px, origin_xy[1] + keys[k, 1] * side_px
         return {
             "bbox_level0": [round(x), round(y), round(side_px), round(side_px)],

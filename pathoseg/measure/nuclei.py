@@ -129,6 +129,7 @@ def pixel_perimeters(labels: np.ndarray, n: int) -> np.ndarray:
     padded = np.pad(labels, 1)
 
     def neighbour(array: np.ndarray, row: int, col: int) -> np.ndarray:
+        """The padded array shifted by (row, col): each pixel's neighbour in that direction."""
         return array[1 + row : 1 + row + height, 1 + col : 1 + col + width]
 
     boundary = np.zeros(labels.shape, bool)

@@ -40,6 +40,7 @@ class StainEstimate:
     n_pixels: int = 0
 
     def as_dict(self) -> dict:
+        """The estimate as summary.json records it."""
         return {
             "source": self.source,
             "reason": self.reason,

@@ -1,0 +1,1 @@
+"""The networks, their checkpoints, inference engines and post-processing."""

@@ -44,6 +44,7 @@ class InferenceGraph(nn.Module):
         self.np_classes = network.np_classes
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 patches to (B, K, H, W) float maps."""
         rgb = patches.permute(0, 3, 1, 2).float().div(255).contiguous(memory_format=torch.channels_last)
         out = self.network(rgb)
         np_prob = out["np"].float().softmax(dim=1)
@@ -54,6 +55,7 @@ class InferenceGraph(nn.Module):
 
 
 def openvino_available() -> bool:
+    """Whether OpenVINO is installed."""
     return importlib.util.find_spec("openvino") is not None
 
 

@@ -45,6 +45,7 @@ class ResBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output, ReLU of the convolutions plus the shortcut."""
         return F.relu(self.conv2(self.conv1(x)) + self.shortcut(x), inplace=True)
 
 
@@ -61,6 +62,7 @@ class LightEncoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps at strides 1, 2, 4, 8 and 16."""
         features = [self.stem(x)]
         for stage in self.stages:
             features.append(stage(features[-1]))
@@ -83,6 +85,7 @@ class PreactBottleneck(nn.Module):
             self.shortcut = nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output (pre-activation: the next block or the decoder normalises it)."""
         pre = F.relu(self.bn0(x))
         shortcut = x if self.shortcut is None else self.shortcut(pre)
         out = self.conv1(pre)
@@ -109,6 +112,7 @@ class PreactResNet50Encoder(nn.Module):
             self.stages.append(nn.Sequential(*blocks))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps at strides 1, 2, 4, 8, 16 and 32."""
         features = [self.stem(x)]
         features.append(self.down(features[-1]))
         for stage in self.stages:
@@ -124,6 +128,7 @@ class UpBlock(nn.Module):
         self.convs = nn.Sequential(_conv_bn_relu(in_ch + skip_ch, out_ch), _conv_bn_relu(out_ch, out_ch))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """``x`` upsampled to ``skip``'s size, joined to it and convolved."""
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
         return self.convs(torch.cat([x, skip], dim=1))
 
@@ -138,6 +143,7 @@ class Decoder(nn.Module):
         self.blocks = nn.ModuleList(UpBlock(i, s, o) for i, s, o in zip(ins, skips, decoder_widths))
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """The stride-1 trunk from the encoder's feature maps (deepest last)."""
         x = features[-1]
         for block, skip in zip(self.blocks, reversed(features[:-1])):
             x = block(x, skip)
@@ -190,6 +196,7 @@ class HoVerNet(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
 
     def forward(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The three heads' maps for (B, 3, H, W) input in [0, 1] (shapes in the class docstring)."""
         trunk = self.decoder(self.encoder(F.pixel_unshuffle(rgb - self.pixel_mean, self.subpixel)))
         out = {name: F.pixel_shuffle(head(trunk), self.subpixel) for name, head in self.heads.items()}
         out["hv"] = torch.tanh(out["hv"])

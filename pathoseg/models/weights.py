@@ -48,6 +48,8 @@ class ModelMetadata:
 
 @dataclass
 class LoadedModel:
+    """A model ready to run: network (eval mode), metadata, checkpoint sha256 and its int8 version if shipped."""
+
     network: HoVerNet
     metadata: ModelMetadata
     sha256: str
@@ -59,6 +61,7 @@ class CheckpointError(InputError):
 
 
 def sha256_of(path: str | Path) -> str:
+    """The file's sha256, hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -67,6 +70,7 @@ def sha256_of(path: str | Path) -> str:
 
 
 def build_network(metadata: ModelMetadata) -> HoVerNet:
+    """The untrained network a checkpoint's metadata describes."""
     return HoVerNet(metadata.encoder, len(metadata.class_names), metadata.np_classes, metadata.subpixel)
 
 

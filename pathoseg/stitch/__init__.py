@@ -1,0 +1,1 @@
+"""Nuclei across region borders: ownership, merging and outlines."""

@@ -46,6 +46,7 @@ class Grid:
 
     @property
     def frame(self) -> Box:
+        """The whole model image's box."""
         return Box(0, 0, self.width_px, self.height_px)
 
     @property
@@ -54,6 +55,7 @@ class Grid:
         return -(-self.height_px // self.tile_px), -(-self.width_px // self.tile_px)
 
     def tile_box(self, row: int, col: int) -> Box:
+        """Tile (row, col)'s box, cut at the image's edge."""
         return Box(col * self.tile_px, row * self.tile_px, self.tile_px, self.tile_px).clip(
             self.width_px, self.height_px
         )
@@ -75,6 +77,7 @@ class Grid:
         )
 
     def block_of(self, tile: tuple[int, int]) -> tuple[int, int]:
+        """The block (a zarr chunk of tiles) a tile belongs to."""
         return tile[0] * self.tile_px // self.region_px, tile[1] * self.tile_px // self.region_px
 
     def blocks_in(self, box: Box) -> list[tuple[int, int]]:

@@ -36,10 +36,12 @@ class TissueMask:
 
     @property
     def area_mm2(self) -> float:
+        """Tissue area in mm²."""
         return area_px_to_mm2(float(self.mask.sum()), self.mpp)
 
     @property
     def fraction(self) -> float:
+        """Tissue's share of the thumbnail."""
         return float(self.mask.mean()) if self.mask.size else 0.0
 
     def within(self, region: shapely.Geometry, origin_xy: tuple[float, float]) -> TissueMask:
@@ -56,6 +58,7 @@ def polygon_mask(
     left out); mask pixel (0, 0) has its top-left corner at level-0 ``origin_xy``."""
 
     def pixels(ring: shapely.LinearRing) -> tuple[np.ndarray, np.ndarray]:
+        """The ring's vertices as mask (rows, cols)."""
         # skimage's pixel (r, c) is centred on (r, c); a mask pixel's centre is at (index + 0.5) mask pixels.
         xy = (np.asarray(ring.coords) - origin_xy) / level0_per_px - 0.5
         return polygon_pixels(xy[:, 1], xy[:, 0], shape)

@@ -1,0 +1,1 @@
+"""Training: targets, losses, augmentation and the loop."""

@@ -174,17 +174,20 @@ def rescan_at_lower_resolution(
 
 
 def blur(rng: np.random.Generator, image: np.ndarray, max_sigma: float = 1.2) -> np.ndarray:
+    """Gaussian blur of a random sigma up to ``max_sigma`` px."""
     sigma = rng.uniform(0.3, max_sigma)
     return ndimage.gaussian_filter(image, sigma=(sigma, sigma, 0))
 
 
 def jpeg_noise(rng: np.random.Generator, image: np.ndarray, quality_range: tuple[int, int] = (40, 90)) -> np.ndarray:
+    """The image through JPEG at a random quality."""
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=int(rng.integers(*quality_range)))
     return np.asarray(Image.open(buffer).convert("RGB"))
 
 
 def brightness_contrast(rng: np.random.Generator, image: np.ndarray, amount: float = 0.1) -> np.ndarray:
+    """Random brightness and contrast changes of up to ``amount``."""
     mean = image.mean()
     contrast = rng.uniform(1 - amount, 1 + amount)
     brightness = rng.uniform(-amount, amount) * 255

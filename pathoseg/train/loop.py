@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DatasetSpec:
+    """One training dataset: its folder, sampling weight, whether its classes train the NC head, validation ids."""
+
     path: str
     weight: float = 1.0
     use_types: bool = False
@@ -54,6 +56,8 @@ class DatasetSpec:
 
 @dataclass
 class TrainConfig:
+    """A training run's recipe (``configs/train-*.yaml``; ``base:`` inherits another's keys)."""
+
     name: str
     output: str
     datasets: list[DatasetSpec]
@@ -193,6 +197,7 @@ def ema_update(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tens
     of them after 500 steps)."""
 
     def update(averaged: torch.Tensor, current: torch.Tensor, n_averaged: torch.Tensor | int) -> torch.Tensor:
+        """The average moved towards the current weights."""
         n = float(n_averaged)
         return averaged + (current - averaged) * (1 - min(decay, (1 + n) / (10 + n)))
 
@@ -277,6 +282,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
     )
 
     def checkpoint(path: Path, metrics: dict) -> None:
+        """Save the averaged weights, with the raw ones, the optimiser and the history for resuming."""
         metadata.step, metadata.metrics = step, metrics
         save_checkpoint(
             path,
