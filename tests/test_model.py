@@ -278,22 +278,31 @@ def test_augmentation_processes_follow_the_device():
     assert TrainConfig.from_yaml(REPO / "configs/train-light-v2.yaml").loader_workers == "auto"
 
 
+def _tiny_training(tmp_path, name: str, **settings) -> TrainConfig:
+    """A training run of 64 px crops, 2 per step, on one CPU thread without loader processes, into tmp_path/run."""
+    return TrainConfig(
+        name=name,
+        output=str(tmp_path / "run"),
+        input_size_px=64,
+        batch_size=2,
+        warmup_steps=1,
+        loader_workers=0,
+        device="cpu",
+        threads=1,
+        **settings,
+    )
+
+
 def test_train_resumes_and_keeps_averaged_weights(tmp_path):
     from pathoseg.train.loop import DatasetSpec, train
 
     _write_disk_dataset(tmp_path / "data")
     _write_disk_dataset(tmp_path / "ki67" / "train", n_images=1, ki67=True)
-    config = TrainConfig(
-        name="tiny",
-        output=str(tmp_path / "run"),
-        input_size_px=64,
-        batch_size=2,
+    config = _tiny_training(
+        tmp_path,
+        "tiny",
         steps=3,
-        warmup_steps=1,
         validate_every=3,
-        loader_workers=0,
-        device="cpu",
-        threads=1,
         datasets=[
             DatasetSpec(str(tmp_path / "data"), validation_ids=["img2"]),
             DatasetSpec(str(tmp_path / "ki67" / "train"), weight=0, validation_ids=["img0"]),
@@ -318,17 +327,11 @@ def test_training_stops_at_its_time_limit_with_the_cosine_run_down(tmp_path):
     from pathoseg.train.loop import DatasetSpec, learning_rate, train
 
     _write_disk_dataset(tmp_path / "data")
-    config = TrainConfig(
-        name="clocked",
-        output=str(tmp_path / "run"),
-        input_size_px=64,
-        batch_size=2,
+    config = _tiny_training(
+        tmp_path,
+        "clocked",
         steps=10_000,
-        warmup_steps=1,
         validate_every=10_000,
-        loader_workers=0,
-        device="cpu",
-        threads=1,
         subpixel=2,
         time_limit_minutes=1e-6,
         datasets=[DatasetSpec(str(tmp_path / "data"), validation_ids=["img2"])],
