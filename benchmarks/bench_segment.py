@@ -151,6 +151,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     print(device_description(), flush=True)
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
         slides = {side: write_synthetic_slide(Path(workdir) / f"bench-{side}.svs", side, side) for side in args.sizes}
         results = {}
