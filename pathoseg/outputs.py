@@ -35,6 +35,7 @@ from pathoseg.io.report import write_report
 from pathoseg.io.slide import Slide
 from pathoseg.measure.areas import annotation_stats, positivity_hotspot, review_squares, tissue_region_stats
 from pathoseg.measure.biomarkers import DAB_BIN_COLORS, DAB_BIN_NAMES, class_summary, dab_bins, positivity_certainty
+from pathoseg.measure.magnification import mpp_check
 from pathoseg.measure.nuclei import MEASUREMENT_NAMES
 from pathoseg.measure.quality import FLAG_COLORS, QualityMap
 from pathoseg.plan import SlidePlan
@@ -503,7 +504,14 @@ def write_slide_outputs(
         out_dir / "review.geojson", review["squares"], slide.path.name, slide.bounds, hotspot, quality, frame
     )
     write_quality_map(out_dir / "quality.png", thumbnail, level0_per_thumb_px, quality, frame)
-    tile_warnings = quality.warnings()
+    magnification = mpp_check(
+        columns["area_um2"],
+        np.asarray(names, dtype=object)[columns["class_id"]],
+        frame.slide_mpp,
+        metadata.name,
+        config.tiling.mpp_check_factor,
+    )
+    tile_warnings = quality.warnings() + ([magnification["warning"]] if magnification["warning"] else [])
     for warning in tile_warnings:
         log.warning("%s: %s", slide.path, warning)
     stain_vectors = (
@@ -513,7 +521,12 @@ def write_slide_outputs(
         slide=slide_facts(slide),
         model=model_facts(metadata, plan.model_sha256),
         tissue=tissue_facts(tissue),
-        quality={**plan.quality, "warnings": plan.quality["warnings"] + tile_warnings, "tiles": quality.summary()},
+        quality={
+            **plan.quality,
+            "warnings": plan.quality["warnings"] + tile_warnings,
+            "tiles": quality.summary(),
+            "mpp_check": magnification,
+        },
         stain_mode=stain_mode,
         stain_vectors=stain_vectors,
         nuclei=geojson["written"],

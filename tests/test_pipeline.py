@@ -285,6 +285,8 @@ def test_real_slide_segments(tmp_path):
     review = check_qupath_geojson(tmp_path / "review.geojson", 2220, 2967, ("annotation",))
     assert review and summary["quality"]["tiles"]["tiles_judged"] > 30
     assert not any(figures["tiles"] for figures in summary["quality"]["tiles"]["flagged"].values())
+    check = summary["quality"]["mpp_check"]  # its nuclei fit its declared 0.499 µm/px: no warning
+    assert 0.4 < check["estimated_mpp"] < 0.6 and check["warning"] is None and summary["quality"]["warnings"] == []
 
 
 def test_demo_writes_a_slide_and_segments_it(tmp_path):

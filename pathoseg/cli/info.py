@@ -12,7 +12,7 @@ import torch
 from pathoseg.cli.common import fail, friendly_errors
 from pathoseg.config import load_config
 from pathoseg.io.slide import open_slide
-from pathoseg.models.precision import resolve_precision
+from pathoseg.models.precision import cpu_has_native_bf16, resolve_precision
 from pathoseg.models.weights import load_model
 from pathoseg.system import local_workers, model_mpx_per_second, runtimes_here, system_facts
 from pathoseg.tiling.tissue import find_tissue
@@ -106,13 +106,21 @@ def measure_system(seconds: float, model: str | None = None) -> dict:
         )
         for runtime in runtimes_here(device)
         for precision in ("fp32", "bf16", "int8")
-        if precision != "int8" or (runtime == "openvino" and loaded.int8_ir is not None)
+        if measurable_here(runtime, precision, loaded.int8_ir is not None)
     }
     for index, gpu in enumerate(facts["cuda"]):
         gpu["model_mpx_per_second"] = round(
             model_mpx_per_second(network, torch.device("cuda", index), "auto", "torch", seconds), 3
         )
     return facts
+
+
+def measurable_here(runtime: str, precision: str, has_int8: bool) -> bool:
+    """Whether ``info --system`` measures ``runtime``/``precision`` on this CPU: int8 only in OpenVINO for a model
+    that ships it; OpenVINO's bf16 only with native bfloat16 (elsewhere it runs fp32, measured on its own line)."""
+    if precision == "int8":
+        return runtime == "openvino" and has_int8
+    return not (runtime == "openvino" and precision == "bf16" and not cpu_has_native_bf16())
 
 
 def system_lines(facts: dict) -> list[str]:

@@ -292,6 +292,14 @@ DARKFIELD_NOTE = (
 )
 
 
+def _mpp_estimate(summary: dict) -> str:
+    """The pixel size the nuclei suggest (``measure.magnification``), beside the declared one."""
+    check = summary.get("quality", {}).get("mpp_check") or {}
+    if check.get("estimated_mpp") is None:
+        return ""
+    return f"; the nuclei suggest {check['estimated_mpp']:.3f} µm/px ({check['nuclei']:,} nuclei)"
+
+
 def write_report(
     path: Path,
     summary: dict,
@@ -343,7 +351,7 @@ def write_report(
     facts = [
         ["slide", escape(Path(slide["path"]).name)],
         ["vendor", escape(str(slide["vendor"]))],
-        ["pixel size", f"{slide['mpp']:.4f} µm/px ({escape(str(slide['mpp_source']))})"],
+        ["pixel size", f"{slide['mpp']:.4f} µm/px ({escape(str(slide['mpp_source']))})" + _mpp_estimate(summary)],
         ["stain mode", escape(summary["stain_mode"].upper())],
         [
             "tissue",

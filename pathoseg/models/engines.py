@@ -22,7 +22,7 @@ from torch import nn
 from torch.export import Dim
 
 from pathoseg.errors import SettingsError
-from pathoseg.models.precision import autocast
+from pathoseg.models.precision import autocast, cpu_has_native_bf16
 from pathoseg.models.weights import check_int8_ir
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class OpenVinoEngine:
             "INFERENCE_NUM_THREADS": threads,
             "NUM_STREAMS": 1,
             "ENABLE_CPU_PINNING": False,
-            "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[precision],
+            "INFERENCE_PRECISION_HINT": _openvino_hint(precision),
         }
         self.compiled = ov.Core().compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
@@ -137,6 +137,15 @@ class OpenVinoEngine:
             patches = np.concatenate([patches, np.zeros((self.batch_size - n, *patches.shape[1:]), patches.dtype)])
         # A copy: the request reuses its output buffer on the next call.
         return np.array(self.request.infer({0: np.ascontiguousarray(patches)})[0][:n])
+
+
+def _openvino_hint(precision: str) -> str:
+    """OpenVINO's precision hint. bf16 without native support: f32, which is what OpenVINO runs on such a CPU
+    anyway; under an instruction-set cap (``ONEDNN_MAX_CPU_ISA``) on a bf16 CPU it would fail to compile."""
+    if precision == "bf16" and not cpu_has_native_bf16():
+        log.warning("OpenVINO: no native bfloat16 here, bf16 runs as fp32")
+        return "f32"
+    return _OPENVINO_PRECISION[precision]
 
 
 def build_engine(

@@ -7,6 +7,7 @@ slower than fp32 for ``pathoseg-light`` on a Zen 3 laptop-class CPU), so ``auto`
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -31,9 +32,25 @@ class DeviceFacts:
     cuda_capability: tuple[int, int] | None = None
 
 
+# oneDNN's instruction-set caps below the first with bfloat16 kernels (AVX512_CORE_BF16). A cap in
+# ONEDNN_MAX_CPU_ISA (containers set it; so does emulating an AVX2 CPU) leaves bf16 to the slow reference kernels,
+# and OpenVINO refuses to compile bf16 under it, whatever the CPU itself has.
+_ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
+def cpu_isa_capped_below_bf16() -> bool:
+    """Whether ``ONEDNN_MAX_CPU_ISA`` (or its old name ``DNNL_MAX_CPU_ISA``) or ``ATEN_CPU_CAPABILITY`` keeps
+    PyTorch and oneDNN below AVX-512 BF16."""
+    onednn_cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    return onednn_cap.upper() in _ONEDNN_ISAS_WITHOUT_BF16 or not torch.backends.cpu.get_cpu_capability().startswith(
+        "AVX512"
+    )
+
+
 def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX (what oneDNN's fast bfloat16 kernels need)."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    """AVX-512 BF16 or AMX (what oneDNN's fast bfloat16 kernels need), and no instruction-set cap that hides them."""
+    hardware = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return bool(hardware) and not cpu_isa_capped_below_bf16()
 
 
 def device_facts(device: torch.device) -> DeviceFacts:
@@ -46,10 +63,10 @@ def device_facts(device: torch.device) -> DeviceFacts:
 def choose_precision(requested: str, facts: DeviceFacts, int8_available: bool = False) -> str:
     """The precision to run in: ``requested`` unless it is ``auto``.
 
-    ``auto``: bf16 on CPUs with native bfloat16 and on CUDA GPUs of compute capability 8.0 or newer, fp16 on
-    older CUDA GPUs; on other CPUs int8 where ``int8_available`` (the model ships an int8 version, kept only where
-    it scored within 0.005 PQ and AJI of fp32, and the runtime is OpenVINO: measured faster than fp32 on AVX2, see
-    the model card), fp32 otherwise.
+    ``auto``: on CUDA GPUs bf16 from compute capability 8.0, fp16 before. On CPUs int8 where ``int8_available``
+    (the model ships an int8 version, kept only where it scored within 0.005 PQ and AJI of fp32, and the runtime is
+    OpenVINO): measured faster than fp32 on AVX2 and than bf16 on AVX-512 BF16 with VNNI (see the model card);
+    else bf16 where the CPU runs it natively, fp32 elsewhere.
     """
     if requested not in PRECISIONS:
         raise SettingsError(f"precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
@@ -62,10 +79,10 @@ def choose_precision(requested: str, facts: DeviceFacts, int8_available: bool = 
         return requested
     if facts.device_type == "cuda" and facts.cuda_capability is not None:
         return "bf16" if facts.cuda_capability >= (8, 0) else "fp16"
-    if facts.device_type == "cpu" and facts.cpu_native_bf16:
-        return "bf16"
     if facts.device_type == "cpu" and int8_available:
         return "int8"
+    if facts.device_type == "cpu" and facts.cpu_native_bf16:
+        return "bf16"
     return "fp32"
 
 
