@@ -29,7 +29,9 @@ class SyntheticSlide:
     mpp: float = 0.25
     seed: int = 0
     nucleus_spacing_um: float = 13.0
-    nucleus_radius_um: tuple[float, float] = (2.8, 4.5)
+    # Lymphocyte-sized (the model calls them inflammatory), so that their areas fit the magnification check's
+    # reference: at (2.8, 4.5) µm they measured twice a lymphocyte and the demo was taken for a 0.11 µm/px scan.
+    nucleus_radius_um: tuple[float, float] = (2.0, 3.4)
     nucleus_fraction: float = 0.7
 
     def __post_init__(self) -> None:
