@@ -4,6 +4,7 @@ configuration key of older versions."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -199,3 +200,25 @@ def test_info_system_measures_each_gpu():
     assert result.exit_code == 0, result.output
     gpus = json.loads(result.output)["cuda"]
     assert len(gpus) == torch.cuda.device_count() and all(gpu["model_mpx_per_second"] > 0 for gpu in gpus)
+
+
+@pytest.mark.skipif(not openvino_available(), reason="needs OpenVINO")
+def test_bf16_under_an_instruction_set_cap_runs_in_openvino_as_fp32():
+    """With oneDNN capped at AVX2 (an emulated AVX2 CPU), OpenVINO refused to compile bf16 ('object is not
+    initialized') on CPUs that have it; it now runs fp32, as it does on a real AVX2 CPU. A fresh interpreter: the
+    cap is read when oneDNN starts."""
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, torch\n"
+        "from pathoseg.models.hovernet import HoVerNet\n"
+        "from pathoseg.models.engines import build_engine\n"
+        "torch.manual_seed(0)\n"
+        "engine = build_engine(HoVerNet('light').eval(), torch.device('cpu'), 'bf16', 'openvino', 1, 64)\n"
+        "print(engine(np.zeros((1, 64, 64, 3), np.uint8)).shape)\n"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "(1, " in run.stdout and "bf16 runs as fp32" in run.stderr
