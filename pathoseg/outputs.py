@@ -504,15 +504,22 @@ def write_slide_outputs(
         out_dir / "review.geojson", review["squares"], slide.path.name, slide.bounds, hotspot, quality, frame
     )
     write_quality_map(out_dir / "quality.png", thumbnail, level0_per_thumb_px, quality, frame)
-    magnification = mpp_check(
-        columns["area_um2"],
-        np.asarray(names, dtype=object)[columns["class_id"]],
-        frame.slide_mpp,
-        metadata.name,
-        config.tiling.mpp_check_factor,
+    # Not on fluorescence: the reference areas are of brightfield nuclei, and the model is unvalidated there.
+    magnification = (
+        None
+        if tissue.darkfield
+        else mpp_check(
+            columns["area_um2"],
+            np.asarray(names, dtype=object)[columns["class_id"]],
+            frame.slide_mpp,
+            metadata.name,
+            config.tiling.mpp_check_factor,
+        )
     )
-    tile_warnings = quality.warnings() + ([magnification["warning"]] if magnification["warning"] else [])
-    for warning in tile_warnings:
+    run_warnings = quality.warnings() + (
+        [magnification["warning"]] if magnification and magnification["warning"] else []
+    )
+    for warning in run_warnings:
         log.warning("%s: %s", slide.path, warning)
     stain_vectors = (
         plan.stains.as_dict() if plan.stains else {"source": "configured" if config.stain.stain_matrix else "default"}
@@ -523,7 +530,7 @@ def write_slide_outputs(
         tissue=tissue_facts(tissue),
         quality={
             **plan.quality,
-            "warnings": plan.quality["warnings"] + tile_warnings,
+            "warnings": plan.quality["warnings"] + run_warnings,
             "tiles": quality.summary(),
             "mpp_check": magnification,
         },

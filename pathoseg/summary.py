@@ -26,7 +26,7 @@ class SlideSummary:
     slide : path, vendor, dimensions, levels, mpp and its source, objective power, level-0 bounds (``slide_facts``).
     model : name, sha256, encoder, mpp, classes. tissue : area (mm²), fraction, mask mpp, darkfield.
     quality : the slide-level input checks, every QC warning, ``tiles`` (``measure.quality.QualityMap.summary``) and
-    ``mpp_check``, the pixel size the nuclei suggest (``measure.magnification.mpp_check``).
+    ``mpp_check``, the pixel size the nuclei suggest (``measure.magnification.mpp_check``; None on fluorescence).
     stain_mode : ``he`` or ``ihc``; stain_vectors : their source (and the slide's own vectors where estimated).
     nuclei : nuclei written; counts : ``measure.biomarkers.class_summary``.
     filtered_out : nuclei dropped per plausibility filter and geometry left empty on QuPath's grid.

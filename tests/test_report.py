@@ -240,6 +240,7 @@ def test_fluorescence_slide_is_flagged(tmp_path, caplog):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["tissue"]["darkfield"] and summary["tissue"]["fraction"] < 0.85 and summary["nuclei"] > 1000
     assert "dark background, as in fluorescence" in " ".join(parse_report(tmp_path / "report.html").text)
+    assert summary["quality"]["mpp_check"] is None  # brightfield reference areas do not apply
 
 
 def test_whole_slide_overlay_draws_nuclei_as_dots(tmp_path):
