@@ -18,14 +18,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import openslide
-import tifffile
 import torch
-from PIL import Image
 
 from pathoseg.config import load_config
 from pathoseg.evaluation import nuclei_of_maps
 from pathoseg.io.datasets import load_dataset, resample_image
+from pathoseg.io.slide import open_slide
 from pathoseg.measure.magnification import MIN_CLASS_NUCLEI, area_ratio, reference_areas
 from pathoseg.models.infer import predictor_for
 from pathoseg.models.weights import load_model
@@ -52,22 +50,18 @@ OTHERS = (
 FACTORS = (1.0, 0.7, 1.4, 0.5, 2.0)
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """An image's (H, W, 3) uint8 pixels (a slide's whole level 0)."""
-    if path.suffix == ".svs":
-        slide = openslide.OpenSlide(path)
-        return np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
-    if path.name.endswith(".ome.tif"):
-        pixels = tifffile.imread(path)
-        return np.moveaxis(pixels, 0, -1) if pixels.shape[0] == 3 else pixels[..., :3]
-    return np.asarray(Image.open(path).convert("RGB"))
+def read_rgb(path: Path, mpp: float) -> np.ndarray:
+    """An image's or slide's whole level 0, (H, W, 3) uint8."""
+    with open_slide(path, mpp) as slide:
+        width, height = slide.dimensions
+        return slide.read_region(0, 0, 0, width, height)
 
 
 def images(data: Path, model_mpp: float):
     """(unit name, (H, W, 3) image at ``model_mpp``) for every image of the data."""
     for relative, mpp in OTHERS:
         if (data / relative).exists():
-            yield relative, resample_image(read_rgb(data / relative), mpp / model_mpp)
+            yield relative, resample_image(read_rgb(data / relative, mpp), mpp / model_mpp)
     for folder, unit_of in DATASETS:
         if (data / folder).is_dir():
             for sample in load_dataset(data / folder, model_mpp, use_types=False):

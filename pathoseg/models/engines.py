@@ -22,7 +22,7 @@ from torch import nn
 from torch.export import Dim
 
 from pathoseg.errors import SettingsError
-from pathoseg.models.precision import autocast, cpu_has_native_bf16, cpu_isa_capped_below_bf16
+from pathoseg.models.precision import autocast, cpu_has_native_bf16, onednn_capped_below_bf16
 from pathoseg.models.weights import check_int8_ir
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def _openvino_hint(precision: str) -> str:
     by itself on a CPU without those instructions; under an instruction-set cap (``ONEDNN_MAX_CPU_ISA``) on a CPU
     that has them it would instead fail to compile ('object is not initialized')."""
     unavailable = (precision == "bf16" and not cpu_has_native_bf16()) or (
-        precision == "fp16" and cpu_isa_capped_below_bf16()
+        precision == "fp16" and onednn_capped_below_bf16()
     )
     if unavailable:
         log.warning("OpenVINO: no native %s here, it runs as fp32", precision)

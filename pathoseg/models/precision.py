@@ -38,19 +38,19 @@ class DeviceFacts:
 _ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
 
 
-def cpu_isa_capped_below_bf16() -> bool:
-    """Whether ``ONEDNN_MAX_CPU_ISA`` (or its old name ``DNNL_MAX_CPU_ISA``) or ``ATEN_CPU_CAPABILITY`` keeps
-    PyTorch and oneDNN below AVX-512 BF16."""
+def onednn_capped_below_bf16() -> bool:
+    """Whether ``ONEDNN_MAX_CPU_ISA`` (or its old name ``DNNL_MAX_CPU_ISA``) keeps oneDNN, and so OpenVINO's CPU
+    plugin, below AVX-512 BF16."""
     onednn_cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
-    return onednn_cap.upper() in _ONEDNN_ISAS_WITHOUT_BF16 or not torch.backends.cpu.get_cpu_capability().startswith(
-        "AVX512"
-    )
+    return onednn_cap.upper() in _ONEDNN_ISAS_WITHOUT_BF16
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX (what oneDNN's fast bfloat16 kernels need), and no instruction-set cap that hides them."""
+    """AVX-512 BF16 or AMX (what oneDNN's fast bfloat16 kernels need), and no instruction-set cap that hides them
+    (``onednn_capped_below_bf16``, or ``ATEN_CPU_CAPABILITY`` below avx512, which PyTorch's vector ISA reports)."""
     hardware = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return bool(hardware) and not cpu_isa_capped_below_bf16()
+    capped = onednn_capped_below_bf16() or not torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    return bool(hardware) and not capped
 
 
 def device_facts(device: torch.device) -> DeviceFacts:
