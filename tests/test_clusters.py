@@ -205,7 +205,7 @@ def test_a_worker_that_cannot_read_the_slide_is_named(archive, tmp_path):
 def test_region_tasks_go_only_to_workers_with_the_gpu_resource(archive, tmp_path):
     config = tmp_path / "gpu.yaml"
     config.write_text(
-        "tiling: {region_px: 512, margin_px: 96}\nmodel: {device: cpu}\n"
+        "tiling: {region_px: 512, margin_px: 96}\nmodel: {name: pathoseg-fast, device: cpu}\n"
         "cluster: {threads_per_worker: 1, region_resources: {GPU: 1}}\n"
     )
     with dask_cli_cluster(tmp_path / "cluster", worker_resources=("GPU=1", None)) as cluster:

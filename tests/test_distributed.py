@@ -24,6 +24,7 @@ def config_for(scheduler: str, workers: int = 1):
         overrides={
             "cluster": {"scheduler": scheduler, "workers": workers, "threads_per_worker": 1},
             "tiling": {"region_px": 1024},
+            "model": {"name": "pathoseg-fast"},
         }
     )
 

@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from clusters import SMALL_CONFIG
 
 from pathoseg.batch import run_batch
 from pathoseg.config import load_config
@@ -26,6 +27,7 @@ def small_regions_config(scheduler: str, workers: int = 1):
         overrides={
             "cluster": {"scheduler": scheduler, "workers": workers, "threads_per_worker": 1},
             "tiling": {"region_px": 512, "margin_px": 96},
+            "model": {"name": "pathoseg-fast"},
         }
     )
 
@@ -77,7 +79,7 @@ def test_batch_survives_a_killed_worker(tmp_path):
 @pytest.mark.timeout(900)
 def test_killed_client_leaves_no_complete_looking_output_and_resumes(svs_slide, tmp_path):
     config_file = tmp_path / "small.yaml"
-    config_file.write_text("tiling: {region_px: 512, margin_px: 96}\ncluster: {threads_per_worker: 1}\n")
+    config_file.write_text(SMALL_CONFIG)
     out = tmp_path / "out"
     command = [
         sys.executable,
@@ -124,6 +126,8 @@ def segment_command(slide, out, *extra):
         str(out),
         "--scheduler",
         "inprocess",
+        "--model",
+        "pathoseg-fast",
         "--quiet",
         *extra,
     ]
@@ -174,7 +178,7 @@ def test_damaged_region_files_and_chunks_are_recomputed_not_read(tmp_path, caplo
 def test_a_second_run_on_the_same_output_folder_refuses(tmp_path):
     slide = write_synthetic_slide(tmp_path / "wide.svs", 2560, 2048, tile_px=256, min_level_px=256, seed=6)
     config_file, out = tmp_path / "small.yaml", tmp_path / "out"
-    config_file.write_text("tiling: {region_px: 512, margin_px: 96}\n")
+    config_file.write_text(SMALL_CONFIG)
     first = subprocess.Popen(segment_command(slide, out, "-c", str(config_file)))
     try:
         wait_for(lambda: len(region_npz(out)) >= 1)

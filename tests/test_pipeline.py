@@ -275,9 +275,10 @@ def test_bad_input_is_one_line_and_nonzero(case, tmp_path, svs_slide):
 
 def test_real_slide_segments(tmp_path):
     """The real Aperio slide (20x, upsampled to the model's 0.25 µm/px) end to end: nuclei and review annotations
-    that QuPath imports, and no tile of this real slide flagged by input QC."""
+    that QuPath imports, and no tile of this real slide flagged by input QC. With pathoseg-fast, the model that reads
+    26 Mpx fastest: the default model reads this slide in tests/test_magnification.py."""
     slide = shared("slides/CMU-1-Small-Region.svs")
-    result = run("segment", slide, "-o", tmp_path, "--scheduler", "inprocess", "--quiet")
+    result = run("segment", slide, "-o", tmp_path, "--scheduler", "inprocess", "--model", "pathoseg-fast", "--quiet")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["nuclei"] > 1000
@@ -310,12 +311,12 @@ def nuclei_of(out_dir) -> list:
 def test_a_model_at_half_resolution_tiled_equals_one_piece(svs_slide, tmp_path):
     """A model at 0.5 µm/px: the 0.25 µm/px slide is read at half its size, and regions of 256 model px (with the
     default 128 px margins, 64 µm) give exactly the nuclei of one region holding the whole slide. The model is
-    pathoseg-light's network declared at 0.5 µm/px: what is tested is the geometry, for which it finds nuclei enough."""
+    pathoseg-fast's network declared at 0.5 µm/px: what is tested is the geometry, for which it finds nuclei enough."""
     from pathoseg.models.weights import load_model, save_checkpoint
 
-    light = load_model("pathoseg-light")
-    light.metadata.mpp = 0.5
-    save_checkpoint(tmp_path / "half.pt", light.network, light.metadata)
+    fast = load_model("pathoseg-fast")
+    fast.metadata.mpp = 0.5
+    save_checkpoint(tmp_path / "half.pt", fast.network, fast.metadata)
     outputs = {}
     for region_px, margin_px in ((256, 128), (2048, 128)):
         config = tmp_path / f"regions-{region_px}.yaml"
