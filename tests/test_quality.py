@@ -12,12 +12,13 @@ from PIL import Image
 from qupath_rules import check_qupath_geojson
 from scipy import ndimage
 from shapely.geometry import box, shape
+from skimage.transform import downscale_local_mean
 
 from pathoseg.cli import main
 from pathoseg.config import load_config
 from pathoseg.geometry import Box
 from pathoseg.io.slide import open_slide
-from pathoseg.measure.quality import TILE_FLAGS, input_quality, region_quality, tile_flags
+from pathoseg.measure.quality import TILE_FLAGS, at_qc_mpp, input_quality, region_quality, tile_flags
 from pathoseg.tiling.tissue import find_tissue, sample_tissue_tiles
 
 REAL_INPUTS = [
@@ -116,6 +117,16 @@ def test_no_real_tile_is_flagged(relative):
     for rgb, mpp in manifest_images(relative):
         flagged = {name: int(mask.sum()) for name, mask in tiles_of(rgb, mpp).items() if mask.any()}
         assert not flagged
+
+
+@pytest.mark.parametrize("height, width, mpp", [(512, 512, 0.25), (301, 199, 0.25), (97, 130, 0.17), (64, 48, 0.5)])
+def test_tiles_are_brought_to_the_qc_resolution_as_scikit_image_would(height, width, mpp):
+    """The block means of tile QC are downscale_local_mean's, bit for bit, partial edge blocks included."""
+    rgb = np.random.default_rng(height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    factor = max(1, round(0.5 / mpp))
+    expected = downscale_local_mean(rgb.astype(np.float32), (factor, factor, 1)).astype(np.float32)
+    result = at_qc_mpp(rgb, mpp)
+    assert result.dtype == np.float32 and np.array_equal(result, expected)
 
 
 def blurred(rgb: np.ndarray, sigma_um: float, mpp: float) -> np.ndarray:

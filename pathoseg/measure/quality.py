@@ -38,7 +38,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from skimage.transform import downscale_local_mean
 
 from pathoseg.geometry import Box, area_px_to_mm2
 from pathoseg.optics import optical_density
@@ -117,10 +116,21 @@ def input_quality(tiles: list[np.ndarray], darkfield: bool = False) -> dict:
 
 
 def at_qc_mpp(rgb: np.ndarray, mpp: float) -> np.ndarray:
-    """(H, W, 3) uint8 at ``mpp`` -> (h, w, 3) float32 at about ``QC_MPP`` (block means; unchanged when coarser)."""
+    """(H, W, 3) uint8 at ``mpp`` -> (h, w, 3) float32 at about ``QC_MPP``: means of factor x factor blocks, a
+    partial block at the edge padded with zeros (``skimage.transform.downscale_local_mean``'s values, bit for bit);
+    unchanged when coarser."""
     factor = max(1, int(round(QC_MPP / mpp)))
-    image = rgb.astype(np.float32)
-    return image if factor == 1 else downscale_local_mean(image, (factor, factor, 1)).astype(np.float32)
+    if factor == 1:
+        return rgb.astype(np.float32)
+    height, width = rgb.shape[:2]
+    padded = np.pad(rgb, ((0, -height % factor), (0, -width % factor), (0, 0)))
+    # Summing the factor² strided views is 9x faster than downscale_local_mean on a tile (1 ms vs 9 ms),
+    # and tile QC was an eighth of a region task's time.
+    block_sums = np.zeros((padded.shape[0] // factor, padded.shape[1] // factor, 3), np.uint32)
+    for dy in range(factor):
+        for dx in range(factor):
+            block_sums += padded[dy::factor, dx::factor]
+    return block_sums.astype(np.float32) / np.float32(factor * factor)
 
 
 def tile_quality(rgb: np.ndarray, mpp: float) -> np.ndarray:
