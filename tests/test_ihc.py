@@ -14,6 +14,7 @@ from skimage.draw import disk
 
 from pathoseg.cli import main
 from pathoseg.evaluation import is_positivity_dataset, positivity_scores, registration_scores
+from pathoseg.io.datasets import Sample
 from pathoseg.io.geojson import FeatureCollectionWriter, nucleus_feature
 from pathoseg.measure.biomarkers import (
     index_confidence_interval,
@@ -22,7 +23,7 @@ from pathoseg.measure.biomarkers import (
     positivity_summary,
 )
 from pathoseg.measure.stain import REFERENCE_VECTORS, estimate_hdab_vectors
-from pathoseg.metrics import truth_shift_px
+from pathoseg.metrics import centroids, truth_shift_px
 from pathoseg.stitch.polygons import instance_polygons
 
 
@@ -66,21 +67,26 @@ def test_positivity_scores_by_hand():
     assert pooled["pred_index_percent"] == 80
 
 
-def test_truth_offset_is_measured_and_removed():
-    # 25 nuclei on a 40 px grid; the truth drawn 8 px below them (row + 8), each detection off its nucleus by up to
-    # 5 px: at 12 px about half pair up, with the truth's offset removed all do.
+def test_truth_offset_is_measured_and_removed_and_faint_truth_set_apart():
+    # 25 nuclei (disks) on a 40 px grid, 5 of them too faint to see; the truth drawn 8 px below them (row + 8). The
+    # 20 visible ones are detected, each off its nucleus by up to 5 px: at 12 px about half pair up, with the truth's
+    # offset removed all 20 do, and the 5 faint ones are misses over all true nuclei, not over the visible ones.
     rng = np.random.default_rng(0)
-    nuclei = np.stack(np.meshgrid(np.arange(5) * 40.0, np.arange(5) * 40.0), -1).reshape(-1, 2)
-    true_xy = nuclei + [8, 0]
-    pred_xy = nuclei + rng.uniform(-5, 5, nuclei.shape)
-    assert (
-        positivity_scores([true_xy], [np.zeros(25, bool)], [pred_xy], [np.zeros(25, bool)], radius_px=12)[
-            "f1_detection"
-        ]
-        < 0.9
-    )
-    scores = registration_scores(true_xy, pred_xy, radius_px=12)
-    assert scores["f1_detection_shift_removed"] == 1.0
+    nuclei = np.stack(np.meshgrid(20 + np.arange(5) * 40.0, 20 + np.arange(5) * 40.0), -1).reshape(-1, 2)
+    rows, cols = np.mgrid[:220, :220]
+    image, instances = np.full((220, 220, 3), 225, np.uint8), np.zeros((220, 220), np.int32)
+    for label, (row, col) in enumerate(nuclei, start=1):
+        image[(rows - row) ** 2 + (cols - col) ** 2 < 36] = (215, 212, 222) if label % 5 == 0 else (110, 90, 150)
+        instances[(rows - row - 8) ** 2 + (cols - col) ** 2 < 36] = label
+    faint = np.arange(1, 26) % 5 == 0
+    sample = Sample("grid", image, instances, None, 0.25)
+    true_xy, true_labels = centroids(instances)
+    pred_xy = (nuclei + rng.uniform(-5, 5, nuclei.shape))[~faint]
+    unshifted = positivity_scores([true_xy], [np.zeros(25, bool)], [pred_xy], [np.zeros(20, bool)], radius_px=12)
+    assert unshifted["f1_detection"] < 2 * 20 / (2 * 20 + 5)  # some of the 20 do not pair up
+    scores = registration_scores(sample, true_xy, true_labels, pred_xy, radius_px=12)
+    assert scores["f1_detection_shift_removed"] == pytest.approx(2 * 20 / (2 * 20 + 5))
+    assert scores["f1_detection_visible"] == 1.0 and scores["visible_nuclei"] == 20
     assert scores["truth_shift_px"] == pytest.approx([0, 8], abs=1.5)  # (x, y)
     assert np.isnan(truth_shift_px(true_xy[:5], pred_xy[:5], radius_px=12)).all()  # too few pairs to tell
 
@@ -160,7 +166,11 @@ def test_model_evaluation_on_real_ki67_tiles(tmp_path):
         scores = metrics["per_image"][sample_id]["ihc"]
         assert 0 < scores["true_index_percent"] < 40  # the truth as the data set gives it (18.0% and 8.0%)
         assert scores["f1_detection"] > 0.5 and scores["positivity_agreement"] > 0.8
+        # the registered immunofluorescence truth holds nuclei this brightfield image hardly shows (bladder: ~40)
+        assert scores["visible_nuclei"] < scores["true_nuclei"]
+        assert 0.5 < scores["f1_detection_visible"] <= 1
     assert metrics["overall"]["ihc_index_error_points_max_abs"] >= 0
+    assert "visible in brightfield" in result.output
 
 
 def test_stain_vectors_of_a_real_ihc_image_and_the_fallback():

@@ -82,11 +82,13 @@ def evaluate(paths, model, config_path, ids, device, out_path) -> None:
 
 def ihc_line(sample_id: str, scores: dict) -> str:
     """One image's positivity index against the truth, with the counts behind both, and its detection F1 (also
-    without the truth's overall offset, where enough nuclei pair up to measure it)."""
+    without the truth's overall offset, and then over the true nuclei visible in the image, where enough nuclei pair
+    up to measure the offset)."""
     shift_x, shift_y = scores["truth_shift_px"]
     unshifted = (
         f" ({scores['f1_detection_shift_removed']:.3f} without the truth's offset of ({shift_x:+.1f}, "
-        f"{shift_y:+.1f}) px)"
+        f"{shift_y:+.1f}) px; {scores['f1_detection_visible']:.3f} on the {scores['visible_nuclei']} of "
+        f"{scores['true_nuclei']} true nuclei visible in brightfield)"
         if np.isfinite(shift_x)
         else ""
     )

@@ -6,10 +6,12 @@ import numpy as np
 import shapely
 from scipy import ndimage
 from shapely.geometry import Polygon
+from skimage.segmentation import expand_labels
 
 from pathoseg.config import FilterConfig
 from pathoseg.measure.stain import stain_od
 from pathoseg.models.postproc import class_distributions, majority_classes
+from pathoseg.optics import optical_density
 
 # Internal key -> QuPath measurement name (units in the name, as QuPath writes them).
 MEASUREMENT_NAMES = {
@@ -167,3 +169,29 @@ def plausible(measurements: dict[str, np.ndarray], filters: FilterConfig) -> dic
         "degenerate": degenerate & sized,
         "keep": sized & ~irregular & ~degenerate,
     }
+
+
+def contrast_od(rgb: np.ndarray, labels: np.ndarray, mpp: float) -> np.ndarray:
+    """How much each instance 1..N stands out from what surrounds it: the mean optical density (summed over the three
+    channels, so hematoxylin and DAB both count) of its pixels minus the median over a ring from 0.5 to 1.5 µm
+    outside it (pixels of other instances left out; each ring pixel belongs to its nearest instance).
+
+    Parameters
+    ----------
+    rgb : (H, W, 3) uint8.
+    labels : (H, W) int, instances 1..N.
+    mpp : microns per pixel.
+
+    Returns
+    -------
+    (N,) float: OD units; NaN for an absent instance or one with no free pixel around it.
+    """
+    n = int(labels.max())
+    index = np.arange(1, n + 1)
+    od = optical_density(rgb).sum(axis=2)
+    ring = expand_labels(labels, 1.5 / mpp)
+    ring[expand_labels(labels, 0.5 / mpp) > 0] = 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inside = np.asarray(ndimage.mean(od, labels, index), float)
+    around = np.asarray(ndimage.median(od, ring, index), float)
+    return inside - around
