@@ -133,18 +133,24 @@ def test_too_small_margin_is_detectably_wrong(monuseg_maps):
     assert found != expected
 
 
-@pytest.mark.parametrize(
-    "window", [Box(0, 0, 130, 170), Box(200, 333, 300, 211), Box(611, 380, 289, 300), Box(17, 450, 900, 150)]
-)
-def test_a_window_gets_the_maps_of_the_whole_image_bit_for_bit(window):
-    """Inference patches see the same pixels in any window (those of ``PatchGrid.reads``), so a window's maps are
-    the whole image's, exactly: no reflection at a window's edge reaches its pixels."""
+@pytest.fixture(scope="module")
+def whole_image_maps():
+    """pathoseg-light's predictor (256 px patches), a real H&E tile and its maps predicted in one piece."""
     loaded = load_model("pathoseg-light")
     predictor = Predictor(loaded.network, resolve_device("cpu"), patch_px=256, context_px=16)
     rgb = np.asarray(Image.open(shared("examples/he-tcga-tile.png")).convert("RGB"))[:530, :900]
+    return predictor, rgb, predictor.predict(rgb)
+
+
+@pytest.mark.parametrize(
+    "window", [Box(0, 0, 130, 170), Box(200, 333, 300, 211), Box(611, 380, 289, 300), Box(17, 450, 900, 150)]
+)
+def test_a_window_gets_the_maps_of_the_whole_image_bit_for_bit(whole_image_maps, window):
+    """Inference patches see the same pixels in any window (those of ``PatchGrid.reads``), so a window's maps are
+    the whole image's, exactly: no reflection at a window's edge reaches its pixels."""
+    predictor, rgb, whole = whole_image_maps
     frame = Box(0, 0, rgb.shape[1], rgb.shape[0])
     window = window.clip(frame.width, frame.height)
-    whole = predictor.predict(rgb)
     reads = predictor.patches.reads(window, frame)
     assert reads != frame, "the window must not need the whole image"
     part = predictor.predict_window(rgb[reads.slices], reads, window, frame)
