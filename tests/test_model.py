@@ -124,6 +124,20 @@ def test_boundary_energy_is_gaussian_then_sobel():
     np.testing.assert_allclose(boundary_energy(hv, params), expected, atol=1e-5)
 
 
+def test_marker_opening_is_the_opening_by_a_radius_2_disk():
+    """Post-processing opens its markers with the 3x3 cross twice over: the opening by scikit-image's disk(2), up to
+    the image's edge, on marker-like masks (smoothed noise at several densities)."""
+    from skimage.morphology import disk as disk_footprint
+
+    cross = ndimage.generate_binary_structure(2, 1)
+    for seed in range(12):
+        noise = ndimage.gaussian_filter(np.random.default_rng(seed).random((97, 131)), 1.5)
+        markers = noise > np.quantile(noise, 0.3 + 0.05 * seed)
+        expected = ndimage.binary_opening(markers, structure=disk_footprint(2))
+        assert expected.any() and not expected.all()
+        assert np.array_equal(ndimage.binary_opening(markers, structure=cross, iterations=2), expected)
+
+
 def test_interior_probability_splits_touching_nuclei():
     instances = np.zeros((40, 60), np.int32)
     instances[disk((20, 15), 10)] = 1

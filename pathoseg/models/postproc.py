@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from skimage.morphology import disk, remove_small_holes, remove_small_objects
+from skimage.morphology import remove_small_holes, remove_small_objects
 from skimage.segmentation import watershed
 
 from pathoseg.config import PostprocConfig
@@ -71,7 +71,9 @@ def instances_from_maps(
     if interior_prob is not None and params.interior_threshold > 0:
         markers &= interior_prob >= params.interior_threshold
     markers = remove_small_holes(markers, max_size=params.max_hole_px)
-    markers = ndimage.binary_opening(markers, structure=disk(2))
+    # The opening by disk(2) (the L1 ball of radius 2) as two erosions, then two dilations, by the 3x3 cross: the same
+    # pixels (tests/test_model.py), in half the time (scipy's erosion pays per element of the structure).
+    markers = ndimage.binary_opening(markers, structure=ndimage.generate_binary_structure(2, 1), iterations=2)
     marker_labels = without_small_labels(ndimage.label(markers)[0], params.min_marker_px)
     landscape = -ndimage.gaussian_filter((1 - energy) * foreground, 1.0)
     instances = watershed(landscape, marker_labels, mask=foreground)
