@@ -24,7 +24,7 @@ from pathoseg.config import load_config
 from pathoseg.evaluation import nuclei_of_maps
 from pathoseg.io.datasets import load_dataset, resample_image
 from pathoseg.io.slide import open_slide
-from pathoseg.measure.magnification import MIN_CLASS_NUCLEI, area_ratio, reference_areas
+from pathoseg.measure.magnification import MIN_CLASS_NUCLEI, area_ratio, beyond_factor, reference_areas
 from pathoseg.models.infer import predictor_for
 from pathoseg.models.weights import load_model
 from pathoseg.region import RegionSettings
@@ -107,7 +107,7 @@ def main() -> None:
         values = np.array([per_factor[factor] for per_factor in ratios.values()])
         known = values[np.isfinite(values)]
         shifts = [np.log(r[factor] / r[1.0]) for r in ratios.values() if np.isfinite(r[factor] / r[1.0])]
-        warned = np.sum(np.abs(np.log(known)) > np.log(args.factor))
+        warned = sum(beyond_factor(ratio, args.factor) for ratio in known)
         ruler = 2 * np.log(1 / factor)
         print(f"x{factor} (true µm/px x{1 / factor:.2f}): warned on {warned} of {len(known)}; ", end="")
         print(f"mean log-area shift {np.mean(shifts):+.3f} (a ruler: {ruler:+.3f})")

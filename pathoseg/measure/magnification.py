@@ -60,6 +60,12 @@ def area_ratio(area_um2: np.ndarray, class_names: np.ndarray, reference_um2: dic
     return float(np.exp(np.average(logs, weights=weights))), int(sum(weights))
 
 
+def beyond_factor(ratio: float, factor: float) -> bool:
+    """Whether an estimated / declared pixel-size ``ratio`` is more than ``factor`` above or below 1 (False for
+    NaN)."""
+    return bool(abs(np.log(ratio)) > np.log(factor))
+
+
 def mpp_check(
     area_um2: np.ndarray, class_names: np.ndarray, declared_mpp: float, model_name: str, factor: float
 ) -> dict:
@@ -87,7 +93,7 @@ def mpp_check(
         "factor": factor,
         "warning": None,
     }
-    if known and abs(np.log(ratio)) > np.log(factor):
+    if known and beyond_factor(ratio, factor):
         facts["warning"] = (
             f"the nuclei look like a scan at about {declared_mpp * ratio:.2f} µm/px, not the declared "
             f"{declared_mpp:.3g} µm/px ({ratio:.1f}x; {nuclei} nuclei): check the scanner's pixel size, or give "
