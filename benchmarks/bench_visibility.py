@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pathoseg.config import load_config
-from pathoseg.evaluation import nuclei_at_sample_resolution, registration_scores
+from pathoseg.evaluation import match_radius_px, nuclei_at_sample_resolution, registration_scores
 from pathoseg.io.datasets import load_dataset
 from pathoseg.measure.nuclei import contrast_od
 from pathoseg.metrics import centroids
@@ -50,7 +50,7 @@ def main() -> None:
         pred, _ = nuclei_at_sample_resolution(predictor, sample, settings)
         true_xy, true_labels = centroids(sample.instances)
         pred_xy, _ = centroids(pred)
-        radius_px = 3.0 / sample.mpp
+        radius_px = match_radius_px([sample])
         cells = []
         for percentile, bar in bars.items():
             scores = registration_scores(sample, true_xy, true_labels, pred_xy, radius_px, bar)
