@@ -37,6 +37,10 @@ class Box:
         """(row, col) slices for indexing an array of this pixel space."""
         return slice(self.y, self.y1), slice(self.x, self.x1)
 
+    def slices_in(self, outer: Box) -> tuple[slice, slice]:
+        """(row, col) slices of this box in an array that holds ``outer`` (which contains it)."""
+        return slice(self.y - outer.y, self.y1 - outer.y), slice(self.x - outer.x, self.x1 - outer.x)
+
     def expand(self, margin_px: int) -> Box:
         """The box grown by ``margin_px`` on every side."""
         return Box(self.x - margin_px, self.y - margin_px, self.width + 2 * margin_px, self.height + 2 * margin_px)

@@ -177,5 +177,5 @@ def segment_region(
     window, reads = region.window, region.reads
     with timed(seconds, "inference"):
         maps = predictor.predict_window(pixels, reads, window, frame)
-    rgb = pixels[window.y - reads.y : window.y1 - reads.y, window.x - reads.x : window.x1 - reads.x]
+    rgb = pixels[window.slices_in(reads)]
     return nuclei_from_maps(region.index, rgb, maps, window, region.core, settings, seconds)

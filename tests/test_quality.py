@@ -12,13 +12,26 @@ from PIL import Image
 from qupath_rules import check_qupath_geojson
 from scipy import ndimage
 from shapely.geometry import box, shape
+from skimage.color import rgb2hsv
 from skimage.transform import downscale_local_mean
 
 from pathoseg.cli import main
 from pathoseg.config import load_config
 from pathoseg.geometry import Box
 from pathoseg.io.slide import open_slide
-from pathoseg.measure.quality import TILE_FLAGS, at_qc_mpp, input_quality, region_quality, tile_flags
+from pathoseg.measure.quality import (
+    INK_HUE_DEG,
+    INK_SATURATION,
+    TILE_FLAGS,
+    at_qc_mpp,
+    brightest_channel,
+    core_tiles,
+    green_to_cyan,
+    input_quality,
+    region_quality,
+    tile_flags,
+    tile_quality,
+)
 from pathoseg.tiling.tissue import find_tissue, sample_tissue_tiles
 
 REAL_INPUTS = [
@@ -127,6 +140,38 @@ def test_tiles_are_brought_to_the_qc_resolution_as_scikit_image_would(height, wi
     expected = downscale_local_mean(rgb.astype(np.float32), (factor, factor, 1)).astype(np.float32)
     result = at_qc_mpp(rgb, mpp)
     assert result.dtype == np.float32 and np.array_equal(result, expected)
+
+
+def test_ink_colours_are_hsv_hues_and_saturations():
+    """green_to_cyan and brightest_channel agree with scikit-image's rgb2hsv (in float64) and max on every pixel:
+    random colours, every pure hue, grey, and the block means tile QC feeds them (quarters and ninths of integers).
+    Colours whose hue is a bound itself are outside the open range."""
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, (20000, 3)).astype(np.float32)
+    pure = [[255, 0, 0], [255, 255, 0], [0, 255, 0], [0, 255, 255], [0, 0, 255], [255, 0, 255], [128, 128, 128]]
+    bounds = [[150, 200, 0], [0, 200, 240]]  # hue 75° and 190° exactly
+    pixels = np.concatenate([colours, colours / 4, colours / 9, np.array(pure + bounds, np.float32)])
+    hsv = rgb2hsv(pixels[None].astype(np.float64) / 255)[0]
+    hue_deg = hsv[:, 0] * 360
+    # ninths in float32 are not exact: a colour on a bound reads up to ~1e-5° either side of it
+    on_bound = np.abs(hue_deg[:, None] - np.array(INK_HUE_DEG)).min(axis=1) < 1e-4
+    expected = (hue_deg > INK_HUE_DEG[0]) & (hue_deg < INK_HUE_DEG[1]) & (hsv[:, 1] > INK_SATURATION)
+    ink = green_to_cyan(pixels)
+    assert 0.1 < expected.mean() < 0.5 and on_bound.mean() < 0.002
+    assert np.array_equal(ink[~on_bound], expected[~on_bound]) and not ink[-2:].any()
+    assert np.array_equal(brightest_channel(pixels), pixels.max(axis=1))
+
+
+def test_region_quality_is_tile_quality_per_tile():
+    """A region's QC rows are each tile's own ``tile_quality``, bit for bit, whether the core's blocks are averaged
+    once (tiles on QC blocks) or per tile (0.17 µm/px: blocks of 3 px, tiles of 512 px), partial tiles included."""
+    rgb = np.asarray(Image.open(shared("examples/he-tcga-tile.png")).convert("RGB"))
+    window = Box(0, 0, 1024, 1024)
+    for core, mpp in ((Box(0, 512, 1001, 511), 0.25), (Box(512, 0, 511, 999), 0.17), (Box(0, 0, 1024, 1024), 0.5)):
+        rows = region_quality(rgb, window, core, 512, mpp)
+        expected = [tile_quality(rgb[tile.slices_in(window)], mpp) for tile in core_tiles(core, 512)]
+        assert len(rows) == len(expected) > 1
+        assert np.array_equal(rows[:, 2:], np.array(expected, np.float32), equal_nan=True)
 
 
 def blurred(rgb: np.ndarray, sigma_um: float, mpp: float) -> np.ndarray:

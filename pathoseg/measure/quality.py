@@ -33,7 +33,7 @@ and the two real slides), none flagged; degraded: 90 MoNuSeg and NuCLS tiles blu
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,8 +96,8 @@ def _pooled_correlation(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
 
 def dark_fraction(tiles: list[np.ndarray]) -> float:
     """Share of the pixels of (H, W, 3) tiles darker than ``DARK_RGB`` in every channel."""
-    pixels = np.concatenate([tile.reshape(-1, 3) for tile in tiles])
-    return float(np.mean(pixels.max(axis=1) < DARK_RGB))
+    dark = sum(np.count_nonzero(brightest_channel(tile.reshape(-1, 3)) < DARK_RGB) for tile in tiles)
+    return dark / sum(tile.size // 3 for tile in tiles) if tiles else float("nan")
 
 
 def input_quality(tiles: list[np.ndarray], darkfield: bool = False) -> dict:
@@ -115,11 +115,16 @@ def input_quality(tiles: list[np.ndarray], darkfield: bool = False) -> dict:
     return {"neighbour_correlation": round(correlation, 4), "dark_fraction": round(dark, 4), "warnings": warnings}
 
 
+def qc_factor(mpp: float) -> int:
+    """The block side (px at ``mpp``) that ``at_qc_mpp`` averages."""
+    return max(1, int(round(QC_MPP / mpp)))
+
+
 def at_qc_mpp(rgb: np.ndarray, mpp: float) -> np.ndarray:
     """(H, W, 3) uint8 at ``mpp`` -> (h, w, 3) float32 at about ``QC_MPP``: means of factor x factor blocks, a
     partial block at the edge padded with zeros (``skimage.transform.downscale_local_mean``'s values, bit for bit);
     unchanged when coarser."""
-    factor = max(1, int(round(QC_MPP / mpp)))
+    factor = qc_factor(mpp)
     if factor == 1:
         return rgb.astype(np.float32)
     height, width = rgb.shape[:2]
@@ -147,8 +152,12 @@ def tile_quality(rgb: np.ndarray, mpp: float) -> np.ndarray:
     -------
     (len(TILE_METRICS),) float; NaN where the tile is too small (focus) or too pale (colour) to measure.
     """
-    image = at_qc_mpp(rgb, mpp)
-    grey = image.mean(axis=2)
+    return quality_at_qc_mpp(at_qc_mpp(rgb, mpp))
+
+
+def quality_at_qc_mpp(image: np.ndarray) -> np.ndarray:
+    """``tile_quality`` of a tile already at ``QC_MPP``: (h, w, 3) float32 from ``at_qc_mpp``."""
+    grey = (image[..., 0] + image[..., 1] + image[..., 2]) / np.float32(3)  # mean(axis=2)'s values, 15x faster
     stained = grey < GLASS_GREY
     metrics = np.full(len(TILE_METRICS), np.nan)
     metrics[0] = stained.mean()
@@ -170,19 +179,27 @@ def tile_quality(rgb: np.ndarray, mpp: float) -> np.ndarray:
 
 def green_to_cyan(pixels: np.ndarray) -> np.ndarray:
     """(N,) bool: which (N, 3) RGB pixels (any scale) have a hue in ``INK_HUE_DEG`` and a saturation above
-    ``INK_SATURATION``, hue and saturation as HSV defines them (``skimage.color.rgb2hsv``, computed here for the
-    two thresholds only: 50x faster on a tile)."""
+    ``INK_SATURATION``, hue and saturation as HSV defines them (``skimage.color.rgb2hsv``).
+
+    Computed as two comparisons, without a division (10x faster on a tile): where blue is the brightest channel the
+    hue is 240° + 60° (R - G) / spread (180-300°), where green is (and blue is not) 120° + 60° (B - R) / spread
+    (60-180°), where red is 300-60°; so a range from 60-180° to 180-300° (75-190°) is one bound on each side.
+    """
+    low_deg, high_deg = INK_HUE_DEG
     red, green, blue = pixels[:, 0], pixels[:, 1], pixels[:, 2]
-    high, low = pixels.max(axis=1), pixels.min(axis=1)
-    spread = high - low
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sixths = np.where(
-            high == blue,
-            4 + (red - green) / spread,
-            np.where(high == green, 2 + (blue - red) / spread, ((green - blue) / spread) % 6),
-        )
-    hue_deg = 60 * sixths
-    return (spread > INK_SATURATION * high) & (hue_deg > INK_HUE_DEG[0]) & (hue_deg < INK_HUE_DEG[1])
+    high = brightest_channel(pixels)
+    spread = high - np.minimum(np.minimum(red, green), blue)
+    blue_highest = blue == high
+    green_highest = (green == high) & ~blue_highest
+    hue_in_range = (green_highest & (60 * (blue - red) > (low_deg - 120) * spread)) | (
+        blue_highest & (60 * (red - green) < (high_deg - 240) * spread)
+    )
+    return hue_in_range & (spread > INK_SATURATION * high)
+
+
+def brightest_channel(pixels: np.ndarray) -> np.ndarray:
+    """(N,) the largest of each (N, 3) pixel's channels (``max(axis=1)``'s values; channel by channel, 30x faster)."""
+    return np.maximum(np.maximum(pixels[:, 0], pixels[:, 1]), pixels[:, 2])
 
 
 def region_quality(rgb: np.ndarray, window: Box, core: Box, tile_px: int, mpp: float) -> np.ndarray:
@@ -198,13 +215,29 @@ def region_quality(rgb: np.ndarray, window: Box, core: Box, tile_px: int, mpp: f
     -------
     (T, 2 + len(TILE_METRICS)) float32: tile row, tile column, then the metrics.
     """
-    rows = []
+    factor = qc_factor(mpp)
+    if tile_px % factor:  # tiles do not start on QC blocks: each its own blocks
+        tile_images = ((box, at_qc_mpp(rgb[box.slices_in(window)], mpp)) for box in core_tiles(core, tile_px))
+    else:  # the core's blocks once: one pass instead of a strided pass per tile (a third of the time)
+        core_image = at_qc_mpp(rgb[core.slices_in(window)], mpp)
+        tile_images = ((box, core_image[blocks_of(box, core, factor).slices]) for box in core_tiles(core, tile_px))
+    rows = [[box.y // tile_px, box.x // tile_px, *quality_at_qc_mpp(image)] for box, image in tile_images]
+    return np.array(rows, np.float32).reshape(-1, 2 + len(TILE_METRICS))
+
+
+def blocks_of(tile: Box, core: Box, factor: int) -> Box:
+    """The QC blocks of ``tile`` in ``at_qc_mpp`` of ``core`` (both start on a block corner; a partial block
+    counts)."""
+    return Box(
+        (tile.x - core.x) // factor, (tile.y - core.y) // factor, -(-tile.width // factor), -(-tile.height // factor)
+    )
+
+
+def core_tiles(core: Box, tile_px: int) -> Iterator[Box]:
+    """The grid tiles of ``core`` (which starts on a tile corner), row by row; those at its far edges cut short."""
     for y in range(core.y, core.y1, tile_px):
         for x in range(core.x, core.x1, tile_px):
-            tile = Box(x, y, min(tile_px, core.x1 - x), min(tile_px, core.y1 - y))
-            pixels = rgb[tile.y - window.y : tile.y1 - window.y, tile.x - window.x : tile.x1 - window.x]
-            rows.append([y // tile_px, x // tile_px, *tile_quality(pixels, mpp)])
-    return np.array(rows, np.float32).reshape(-1, 2 + len(TILE_METRICS))
+            yield Box(x, y, min(tile_px, core.x1 - x), min(tile_px, core.y1 - y))
 
 
 def tile_flags(metrics: np.ndarray, judged: np.ndarray, darkfield: bool = False) -> dict[str, np.ndarray]:

@@ -71,13 +71,44 @@ def instances_from_maps(
     if interior_prob is not None and params.interior_threshold > 0:
         markers &= interior_prob >= params.interior_threshold
     markers = remove_small_holes(markers, max_size=params.max_hole_px)
-    # The opening by disk(2) (the L1 ball of radius 2) as two erosions, then two dilations, by the 3x3 cross: the same
-    # pixels (tests/test_model.py), in half the time (scipy's erosion pays per element of the structure).
-    markers = ndimage.binary_opening(markers, structure=ndimage.generate_binary_structure(2, 1), iterations=2)
+    # The opening by disk(2) (the L1 ball of radius 2): two erosions, then two dilations, by the 3x3 cross
+    markers = dilated_by_cross(dilated_by_cross(eroded_by_cross(eroded_by_cross(markers))))
     marker_labels = without_small_labels(ndimage.label(markers)[0], params.min_marker_px)
     landscape = -ndimage.gaussian_filter((1 - energy) * foreground, 1.0)
-    instances = watershed(landscape, marker_labels, mask=foreground)
-    return relabel_in_raster_order(instances)
+    return relabel_in_raster_order(flooded(landscape, marker_labels, foreground))
+
+
+def flooded(landscape: np.ndarray, marker_labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """scikit-image's watershed of ``landscape`` from ``marker_labels`` within ``mask`` (all (H, W)), with the
+    markers' interior pixels (all four neighbours in the same marker) set aside: the flood never leaves them, so
+    they keep their label, but scikit-image would queue every one of them (on dense tissue 40% of the time)."""
+    interior = eroded_by_cross(marker_labels > 0) & mask  # four-connected marker pixels share a label
+    instances = watershed(landscape, np.where(interior, 0, marker_labels), mask=mask & ~interior)
+    instances[interior] = marker_labels[interior]
+    return instances
+
+
+def eroded_by_cross(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool: ``mask`` eroded by the 3x3 cross, outside the image counting as False (scipy's
+    ``binary_erosion``'s pixels, without its per-element cost)."""
+    eroded = mask.copy()
+    eroded[1:] &= mask[:-1]
+    eroded[:-1] &= mask[1:]
+    eroded[:, 1:] &= mask[:, :-1]
+    eroded[:, :-1] &= mask[:, 1:]
+    eroded[[0, -1]] = False
+    eroded[:, [0, -1]] = False
+    return eroded
+
+
+def dilated_by_cross(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool: ``mask`` dilated by the 3x3 cross (scipy's ``binary_dilation``'s pixels)."""
+    dilated = mask.copy()
+    dilated[1:] |= mask[:-1]
+    dilated[:-1] |= mask[1:]
+    dilated[:, 1:] |= mask[:, :-1]
+    dilated[:, :-1] |= mask[:, 1:]
+    return dilated
 
 
 def without_small_labels(labels: np.ndarray, min_px: int) -> np.ndarray:
