@@ -33,7 +33,7 @@ from pathoseg.models.infer import Predictor, predictor_for, resolve_device
 from pathoseg.models.precision import resolve_precision
 from pathoseg.models.weights import int8_ir_of, load_model
 from pathoseg.region import RegionSettings, segment_region, timed
-from pathoseg.system import local_workers
+from pathoseg.system import local_workers, retain_freed_memory
 from pathoseg.tiling.grid import Region
 from pathoseg.tiling.tiler import TileJob, tile_block
 
@@ -76,8 +76,9 @@ class ModelPlugin(WorkerPlugin):
         self.model, self.torch_threads = model, torch_threads
 
     def setup(self, worker: object) -> None:
-        """Set the worker's torch threads and load the model once, before its first task."""
+        """Set the worker's torch threads and heap, and load the model once, before its first task."""
         torch.set_num_threads(self.torch_threads)
+        retain_freed_memory()
         get_predictor(self.model)
 
 
@@ -316,6 +317,7 @@ def open_runner(cluster: ClusterConfig, model: ModelConfig, tasks: int | None = 
     """
     if cluster.scheduler == "inprocess":
         torch.set_num_threads(cluster.threads_per_worker)
+        retain_freed_memory()
         yield RegionRunner(None, model)
         return
     local = None
