@@ -211,10 +211,10 @@ def pyramid_of(chw: np.ndarray) -> list[np.ndarray]:
 def block_sums(chw: np.ndarray, factor: int) -> np.ndarray:
     """(c, h / factor, w / factor) ``SUM_DTYPE`` sums over factor x factor blocks of a (c, h, w) array (h and w
     multiples of ``factor``)."""
-    columns = chw[:, :, 0::factor].astype(SUM_DTYPE)
+    columns: np.ndarray = chw[:, :, 0::factor].astype(SUM_DTYPE)
     for dx in range(1, factor):
         columns += chw[:, :, dx::factor]
-    sums = columns[:, 0::factor].copy()
+    sums: np.ndarray = columns[:, 0::factor].copy()
     for dy in range(1, factor):
         sums += columns[:, dy::factor]
     return sums

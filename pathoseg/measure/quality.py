@@ -97,7 +97,8 @@ def _pooled_correlation(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
 def dark_fraction(tiles: list[np.ndarray]) -> float:
     """Share of the pixels of (H, W, 3) tiles darker than ``DARK_RGB`` in every channel."""
     dark = sum(np.count_nonzero(brightest_channel(tile.reshape(-1, 3)) < DARK_RGB) for tile in tiles)
-    return dark / sum(tile.size // 3 for tile in tiles) if tiles else float("nan")
+    pixels = sum(tile.size // 3 for tile in tiles)
+    return dark / pixels if pixels else float("nan")
 
 
 def input_quality(tiles: list[np.ndarray], darkfield: bool = False) -> dict:

@@ -81,7 +81,11 @@ def instances_from_maps(
 def flooded(landscape: np.ndarray, marker_labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """scikit-image's watershed of ``landscape`` from ``marker_labels`` within ``mask`` (all (H, W)), with the
     markers' interior pixels (all four neighbours in the same marker) set aside: the flood never leaves them, so
-    they keep their label, but scikit-image would queue every one of them (on dense tissue 40% of the time)."""
+    they keep their label, but scikit-image would queue every one of them (on dense tissue 40% of the time).
+
+    The same instances wherever the landscape's values are distinct; on a plateau scikit-image breaks ties by its
+    queue's order, which a smaller queue may change (as any other window would).
+    """
     interior = eroded_by_cross(marker_labels > 0) & mask  # four-connected marker pixels share a label
     instances = watershed(landscape, np.where(interior, 0, marker_labels), mask=mask & ~interior)
     instances[interior] = marker_labels[interior]
