@@ -63,7 +63,8 @@ def retain_freed_memory() -> bool:
 
 
 # What one embedded-cluster worker may need: its region's maps and labels (3072 px regions) plus the model; peaks of
-# 1.2 GB (CPU) and 1.9 GB (with CUDA) were measured.
+# 1.2 GB (CPU) and 1.9 GB (with CUDA) were measured, 1.5 GB on the CPU since workers keep freed arrays
+# (retain_freed_memory; the CUDA peak not measured again).
 WORKER_MEMORY_BYTES = 2 * 2**30
 # What one worker holds on a shared GPU: its CUDA context (~0.5 GB) and a batch of 8 patches' activations. An
 # estimate, not yet measured: it keeps 16 GB cards to 5 workers.

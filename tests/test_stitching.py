@@ -168,3 +168,15 @@ def test_patch_grid_reads_mirror_the_frame_edges():
     assert patches.seen(60, 70, 70)[-10:].tolist() == list(range(44, 34, -1))  # 94..103 mirror at 69 to 44..35
     padded = np.pad(np.arange(70), (8, 34), mode="reflect")
     assert np.array_equal(patches.seen(0, 70, 70), padded)
+
+
+def test_window_pixels_are_a_view_inside_the_frame_and_mirrored_at_its_edge():
+    """rows_and_columns gives np.ix_'s pixels: a view for consecutive rows and columns, a gather for mirrored ones."""
+    from pathoseg.models.infer import rows_and_columns
+
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    inside, mirrored = np.arange(5, 30), np.array([2, 1, 0, 1, 2, 3, 4])
+    for rows, cols in ((inside, inside), (mirrored, inside), (inside, mirrored), (mirrored, mirrored)):
+        result = rows_and_columns(pixels, rows, cols)
+        assert np.array_equal(result, pixels[np.ix_(rows, cols)])
+        assert np.shares_memory(result, pixels) == (rows is inside and cols is inside)

@@ -132,7 +132,7 @@ class Predictor:
         step, context, patch_px = self.patches.step, self.patches.context_px, self.patches.patch_px
         rows = self.patches.seen(window.y, window.y1, frame.height) - pixels_box.y
         cols = self.patches.seen(window.x, window.x1, frame.width) - pixels_box.x
-        padded = pixels[np.ix_(rows, cols)]
+        padded = rows_and_columns(pixels, rows, cols)
         n_rows, n_cols = (len(rows) - 2 * context) // step, (len(cols) - 2 * context) // step
         origins = [(r * step, c * step) for r in range(n_rows) for c in range(n_cols)]
         origins = [(y, x) for y, x in origins if not self.is_glass(padded[y : y + patch_px, x : x + patch_px])]
@@ -161,6 +161,19 @@ class Predictor:
             nc_prob[(slice(None), *keep)],
             None if interior_prob is None else interior_prob[keep],
         )
+
+
+def rows_and_columns(pixels: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``pixels[np.ix_(rows, cols)]`` ((len(rows), len(cols), ...)), as a view where both are runs of consecutive
+    indices: every window away from the frame's edge, whose gather cost 0.14 s a region."""
+    if is_run(rows) and is_run(cols):
+        return pixels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return pixels[np.ix_(rows, cols)]
+
+
+def is_run(indices: np.ndarray) -> bool:
+    """Whether (N,) ``indices`` are consecutive and increasing (N >= 1)."""
+    return len(indices) > 0 and bool(np.all(np.diff(indices) == 1))
 
 
 def predictor_for(
