@@ -148,6 +148,21 @@ class SlideFrame:
         return int(round(width_level0 / scale)), int(round(height_level0 / scale))
 
 
+def block_sums(image: np.ndarray, factor: int, dtype: type) -> np.ndarray:
+    """(H / factor, W / factor, ...) sums of the factor x factor blocks of pixels of an (H, W, ...) ``image`` (H and W
+    multiples of ``factor``), in ``dtype``: exact integers, from which block means at a coarser resolution are made.
+
+    Columns first, then rows, as strided views: each pixel is read once.
+    """
+    columns: np.ndarray = image[:, 0::factor].astype(dtype)
+    for dx in range(1, factor):
+        columns += image[:, dx::factor]
+    sums: np.ndarray = columns[0::factor].copy()
+    for dy in range(1, factor):
+        sums += columns[dy::factor]
+    return sums
+
+
 def area_px_to_mm2(area_px: float, mpp: float) -> float:
     """An area in pixels of ``mpp`` microns, in mm²."""
     return area_px * mpp * mpp * 1e-6

@@ -112,10 +112,10 @@ def test_tiler_writes_blocks_once_and_resumes(svs_slide, tmp_path):
 def test_pyramid_levels_are_rounded_block_means(height, width):
     """Every store level is the mean over its factor's blocks, rounded half to even, edge blocks padded by
     replicating the last row and column: bit for bit what averaging each level from the finest gives."""
-    chw = np.random.default_rng(height).integers(0, 256, (3, height, width), dtype=np.uint8)
-    levels = ngff.pyramid_of(chw)
-    assert len(levels) == len(ngff.PYRAMID_FACTORS) and np.array_equal(levels[0], chw)
+    rgb = np.random.default_rng(height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    levels = ngff.pyramid_of(rgb)
+    assert len(levels) == len(ngff.PYRAMID_FACTORS) and np.array_equal(levels[0], rgb)
     for level, factor in zip(levels[1:], ngff.PYRAMID_FACTORS[1:]):
-        padded = np.pad(chw, ((0, 0), (0, -height % factor), (0, -width % factor)), mode="edge").astype(np.float64)
-        blocks = padded.reshape(3, padded.shape[1] // factor, factor, padded.shape[2] // factor, factor)
-        assert level.dtype == np.uint8 and np.array_equal(level, np.round(blocks.mean(axis=(2, 4))))
+        padded = np.pad(rgb, ((0, -height % factor), (0, -width % factor), (0, 0)), mode="edge").astype(np.float64)
+        blocks = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor, 3)
+        assert level.dtype == np.uint8 and np.array_equal(level, np.round(blocks.mean(axis=(1, 3))))

@@ -22,7 +22,7 @@ import numcodecs
 import numpy as np
 import zarr
 
-from pathoseg.geometry import Box
+from pathoseg.geometry import Box, block_sums
 
 log = logging.getLogger(__name__)
 
@@ -181,43 +181,29 @@ def write_block(root: zarr.Group, x0: int, y0: int, rgb: np.ndarray) -> None:
 
     White chunks equal the fill value and are not stored.
     """
-    chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))
-    for level, block in enumerate(pyramid_of(chw)):
+    for level, block in enumerate(pyramid_of(rgb)):
         array = level_array(root, level)
         top, left = y0 // PYRAMID_FACTORS[level], x0 // PYRAMID_FACTORS[level]
-        array[:, top : top + block.shape[1], left : left + block.shape[2]] = block[
-            :, : array.shape[1] - top, : array.shape[2] - left
-        ]
+        chw = np.ascontiguousarray(block[: array.shape[1] - top, : array.shape[2] - left].transpose(2, 0, 1))
+        array[:, top : top + chw.shape[1], left : left + chw.shape[2]] = chw
 
 
-def pyramid_of(chw: np.ndarray) -> list[np.ndarray]:
-    """For each factor f of ``PYRAMID_FACTORS`` (1 first), the (c, ceil(h / f), ceil(w / f)) uint8 means over
-    f x f blocks of a (c, h, w) uint8 array (rounded half to even; edge blocks padded by replication).
+def pyramid_of(rgb: np.ndarray) -> list[np.ndarray]:
+    """For each factor f of ``PYRAMID_FACTORS`` (1 first), the (ceil(h / f), ceil(w / f), c) uint8 means over
+    f x f blocks of an (h, w, c) uint8 array (rounded half to even; edge blocks padded by replication).
 
     Each level's block sums are summed from the previous level's (exact integers), so the finest pixels are read
     once: 8x faster than averaging every level from the finest.
     """
-    c, h, w = chw.shape
-    pads = ((0, 0), (0, -h % PYRAMID_FACTORS[-1]), (0, -w % PYRAMID_FACTORS[-1]))
-    sums = np.pad(chw, pads, mode="edge") if any(pad for _, pad in pads) else chw
-    levels = [chw]
+    h, w = rgb.shape[:2]
+    pads = ((0, -h % PYRAMID_FACTORS[-1]), (0, -w % PYRAMID_FACTORS[-1]), (0, 0))
+    sums = np.pad(rgb, pads, mode="edge") if any(pad for _, pad in pads) else rgb
+    levels = [rgb]
     for finer, factor in itertools.pairwise(PYRAMID_FACTORS):
-        sums = block_sums(sums, factor // finer)
-        mean = sums[:, : -(-h // factor), : -(-w // factor)].astype(np.float32) / np.float32(factor * factor)
+        sums = block_sums(sums, factor // finer, SUM_DTYPE)
+        mean = sums[: -(-h // factor), : -(-w // factor)].astype(np.float32) / np.float32(factor * factor)
         levels.append(mean.round().astype(np.uint8))
     return levels
-
-
-def block_sums(chw: np.ndarray, factor: int) -> np.ndarray:
-    """(c, h / factor, w / factor) ``SUM_DTYPE`` sums over factor x factor blocks of a (c, h, w) array (h and w
-    multiples of ``factor``)."""
-    columns: np.ndarray = chw[:, :, 0::factor].astype(SUM_DTYPE)
-    for dx in range(1, factor):
-        columns += chw[:, :, dx::factor]
-    sums: np.ndarray = columns[:, 0::factor].copy()
-    for dy in range(1, factor):
-        sums += columns[:, dy::factor]
-    return sums
 
 
 def level_array(root: zarr.Group, level: int) -> zarr.Array:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from pathoseg.geometry import Box, area_px_to_mm2
+from pathoseg.geometry import Box, area_px_to_mm2, block_sums
 from pathoseg.optics import optical_density
 
 MIN_NEIGHBOUR_CORRELATION = 0.5
@@ -130,13 +130,9 @@ def at_qc_mpp(rgb: np.ndarray, mpp: float) -> np.ndarray:
         return rgb.astype(np.float32)
     height, width = rgb.shape[:2]
     padded = np.pad(rgb, ((0, -height % factor), (0, -width % factor), (0, 0)))
-    # Summing the factor² strided views is 9x faster than downscale_local_mean on a tile (1 ms vs 9 ms),
-    # and tile QC was an eighth of a region task's time.
-    block_sums = np.zeros((padded.shape[0] // factor, padded.shape[1] // factor, 3), np.uint32)
-    for dy in range(factor):
-        for dx in range(factor):
-            block_sums += padded[dy::factor, dx::factor]
-    return block_sums.astype(np.float32) / np.float32(factor * factor)
+    # Block sums from strided views are 9x faster than downscale_local_mean on a tile (1 ms vs 9 ms), and tile QC
+    # was an eighth of a region task's time.
+    return block_sums(padded, factor, np.uint32).astype(np.float32) / np.float32(factor * factor)
 
 
 def tile_quality(rgb: np.ndarray, mpp: float) -> np.ndarray:

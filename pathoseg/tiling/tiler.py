@@ -87,9 +87,7 @@ def tile_block(job: TileJob, block: tuple[int, int], tiles: list[tuple[int, int]
     rgb = np.full((block_box.height, block_box.width, 3), 255, np.uint8)
     for tile in tiles:
         box = grid.tile_box(*tile)
-        rgb[box.y - block_box.y : box.y1 - block_box.y, box.x - block_box.x : box.x1 - block_box.x] = read_model_box(
-            slide, job.frame, box
-        )
+        rgb[box.slices_in(block_box)] = read_model_box(slide, job.frame, box)
     root = zarr.open_group(job.store_path, mode="r+", zarr_format=2)
     ngff.write_block(root, block_box.x, block_box.y, rgb)
     ngff.mark_block_done(job.store_path, block, ngff.block_chunk_checksums(job.store_path, block_box))
