@@ -163,13 +163,14 @@ def test_ink_colours_are_hsv_hues_and_saturations():
 
 
 def test_region_quality_is_tile_quality_per_tile():
-    """A region's QC rows are each tile's own ``tile_quality``, bit for bit, whether the core's blocks are averaged
-    once (tiles on QC blocks) or per tile (0.17 µm/px: blocks of 3 px, tiles of 512 px), partial tiles included."""
+    """A region's QC rows are each tile's own ``tile_quality`` (of its own blocks), bit for bit, whether the core's
+    blocks are averaged once (tiles on QC blocks) or per tile (0.17 µm/px: blocks of 3 px, tiles of 512 px), partial
+    tiles included."""
     rgb = np.asarray(Image.open(shared("examples/he-tcga-tile.png")).convert("RGB"))
     window = Box(0, 0, 1024, 1024)
     for core, mpp in ((Box(0, 512, 1001, 511), 0.25), (Box(512, 0, 511, 999), 0.17), (Box(0, 0, 1024, 1024), 0.5)):
         rows = region_quality(rgb, window, core, 512, mpp)
-        expected = [tile_quality(rgb[tile.slices_in(window)], mpp) for tile in core_tiles(core, 512)]
+        expected = [tile_quality(at_qc_mpp(rgb[tile.slices_in(window)], mpp)) for tile in core_tiles(core, 512)]
         assert len(rows) == len(expected) > 1
         assert np.array_equal(rows[:, 2:], np.array(expected, np.float32), equal_nan=True)
 

@@ -135,7 +135,7 @@ def at_qc_mpp(rgb: np.ndarray, mpp: float) -> np.ndarray:
     return block_sums(padded, factor, np.uint32).astype(np.float32) / np.float32(factor * factor)
 
 
-def tile_quality(rgb: np.ndarray, mpp: float) -> np.ndarray:
+def tile_quality(image: np.ndarray) -> np.ndarray:
     """The ``TILE_METRICS`` of one tile.
 
     Focus and structure are measured over the whole tile (glass adds little energy to either band), colour and
@@ -143,17 +143,12 @@ def tile_quality(rgb: np.ndarray, mpp: float) -> np.ndarray:
 
     Parameters
     ----------
-    rgb : (H, W, 3) uint8, the tile at ``mpp`` µm/px.
+    image : (h, w, 3) float32, the tile at ``QC_MPP`` (``at_qc_mpp``).
 
     Returns
     -------
     (len(TILE_METRICS),) float; NaN where the tile is too small (focus) or too pale (colour) to measure.
     """
-    return quality_at_qc_mpp(at_qc_mpp(rgb, mpp))
-
-
-def quality_at_qc_mpp(image: np.ndarray) -> np.ndarray:
-    """``tile_quality`` of a tile already at ``QC_MPP``: (h, w, 3) float32 from ``at_qc_mpp``."""
     grey = (image[..., 0] + image[..., 1] + image[..., 2]) / np.float32(3)  # mean(axis=2)'s values, 15x faster
     stained = grey < GLASS_GREY
     metrics = np.full(len(TILE_METRICS), np.nan)
@@ -218,7 +213,7 @@ def region_quality(rgb: np.ndarray, window: Box, core: Box, tile_px: int, mpp: f
     else:  # the core's blocks once: one pass instead of a strided pass per tile (a third of the time)
         core_image = at_qc_mpp(rgb[core.slices_in(window)], mpp)
         tile_images = ((box, core_image[blocks_of(box, core, factor).slices]) for box in core_tiles(core, tile_px))
-    rows = [[box.y // tile_px, box.x // tile_px, *quality_at_qc_mpp(image)] for box, image in tile_images]
+    rows = [[box.y // tile_px, box.x // tile_px, *tile_quality(image)] for box, image in tile_images]
     return np.array(rows, np.float32).reshape(-1, 2 + len(TILE_METRICS))
 
 
