@@ -83,6 +83,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     np_classes: int = 2  # 3: background / interior / boundary band of boundary_px
     subpixel: int = 1  # r: the network computes at mpp * r on r x r pixel blocks (models.hovernet.HoVerNet)
+    refine_width: int = 0  # a subpixel network's full-resolution refinement (models.hovernet.FullResolutionRefinement)
     time_limit_minutes: float | None = None  # stop after this long; the cosine then runs on the clock (a GPU lease)
     boundary_px: int = 2
     nc_class_weighting: bool = False  # weigh the NC loss by 1/sqrt(class frequency), clipped to [1, 5]
@@ -169,12 +170,16 @@ def learning_rate(config: TrainConfig, step: int, clock_progress: float = 0.0) -
     return config.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def initial_weights(name_or_path: str, subpixel: int) -> dict[str, torch.Tensor]:
-    """The state dict a fresh run starts from: a model's weights, converted to ``subpixel`` where it differs."""
-    network = load_model(name_or_path).network
-    if network.subpixel != subpixel:
-        network = subpixel_from(network, subpixel)
-    return network.state_dict()
+def initial_weights(name_or_path: str, network: HoVerNet) -> dict[str, torch.Tensor]:
+    """The state dict a fresh run of ``network`` starts from: a model's weights, converted to its ``subpixel`` where
+    that differs; a refinement the model lacks keeps ``network``'s own (which leave the maps unchanged)."""
+    model = load_model(name_or_path).network
+    if model.subpixel != network.subpixel:
+        model = subpixel_from(model, network.subpixel)
+    state = model.state_dict()
+    if network.refine is not None and model.refine is None:
+        state.update({key: value for key, value in network.state_dict().items() if key.startswith("refine.")})
+    return state
 
 
 def nc_class_weights(groups: list[tuple[float, list[Sample], bool]], n_classes: int) -> torch.Tensor:
@@ -232,6 +237,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         encoder=config.encoder,
         np_classes=config.np_classes,
         subpixel=config.subpixel,
+        refine_width=config.refine_width,
         mpp=config.mpp,
         input_size_px=config.input_size_px,
         training_data=[spec.path for spec in config.datasets],
@@ -252,7 +258,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         step, best_pq, history = extra["step"], extra["best_pq"], json.loads(extra["history"])
         log.info("resumed from %s at step %d (best PQ %.3f)", last_path, step, best_pq)
     elif config.init_weights:
-        network.load_state_dict(initial_weights(config.init_weights, config.subpixel))
+        network.load_state_dict(initial_weights(config.init_weights, network))
         log.info("started from the weights of %s", config.init_weights)
     averaged = AveragedModel(network, avg_fn=ema_update(config.ema_decay), use_buffers=True)
     average = cast(HoVerNet, averaged.module)  # what is validated, checkpointed and shipped
