@@ -489,6 +489,26 @@ def test_ihc_resynthesis_gives_granular_brown_nuclei_and_brown_halos():
     assert textured and haloed
 
 
+def test_counterstained_cytoplasm_gives_ihc_crops_real_ihcs_blue_background():
+    """Real Ki-67 tiles hold about half their nuclei's hematoxylin between the nuclei (DeepLIIF: 0.45-0.5); the
+    option turns H&E's eosin-stained cytoplasm into that, where eosin removal alone leaves it nearly blank."""
+    yy, xx = np.mgrid[:96, :96]
+    instances = (((yy - 48) ** 2 + (xx - 48) ** 2) < 200).astype(np.int32)
+    he = np.where(instances[..., None] > 0, [90, 60, 150], [235, 150, 200]).astype(np.uint8)
+
+    def background_share(p_counterstained: float) -> float:
+        rng = np.random.default_rng(5)
+        shares = []
+        for _ in range(20):
+            hematoxylin = rgb2hed(dab_recolour(rng, he, instances, p_counterstained))[..., 0]
+            shares.append(np.median(hematoxylin[instances == 0]) / np.median(hematoxylin[instances == 1]))
+        return float(np.mean(shares))
+
+    without, with_counterstain = background_share(0.0), background_share(1.0)
+    assert without < 0.05
+    assert 0.15 < with_counterstain < 0.8
+
+
 def test_defocused_nuclei_are_paler_and_softer_and_the_others_untouched():
     yy, xx = np.mgrid[:96, :96]
     instances = np.zeros((96, 96), np.int32)

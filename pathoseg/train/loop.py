@@ -77,6 +77,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     dab_probability: float = 0.25
+    counterstained_cytoplasm_probability: float = 0.0  # of an IHC re-synthesis (train.augment.dab_recolour)
     low_resolution_probability: float = 0.0  # crops re-scanned at ~20x and upsampled back
     low_resolution_factor: tuple[float, float] = (1.6, 2.4)  # how much coarser that scan is than the model's mpp
     init_weights: str | None = None  # a fresh run starts from this model's weights (shipped name or checkpoint)
@@ -115,6 +116,7 @@ class TrainingStream(torch.utils.data.IterableDataset):
         self.groups = [group for group in groups if group[0] > 0 and group[1]]
         self.size_px, self.seed = size_px, seed
         self.p_dab, self.p_low_resolution = config.dab_probability, config.low_resolution_probability
+        self.p_counterstained_cytoplasm = config.counterstained_cytoplasm_probability
         self.low_resolution_factor = (config.low_resolution_factor[0], config.low_resolution_factor[1])
         self.boundary_px = config.boundary_px if config.np_classes == 3 else 0
 
@@ -135,6 +137,7 @@ class TrainingStream(torch.utils.data.IterableDataset):
                 p_dab=self.p_dab,
                 p_low_resolution=self.p_low_resolution,
                 low_resolution_factor=self.low_resolution_factor,
+                p_counterstained_cytoplasm=self.p_counterstained_cytoplasm,
             )
             yield {
                 "image": torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1),
