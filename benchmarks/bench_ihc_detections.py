@@ -7,7 +7,7 @@ side by side: detections, those under the bar ("faint"), those also unsure, and 
 example and the DeepLIIF Ki-67 tiles (whose truth holds pale nuclei too: read with ``pathoseg evaluate``'s detection
 F1 over visible nuclei, which this does not replace).
 
-    python benchmarks/bench_ihc_detections.py --models pathoseg-light pathoseg-fast runs/fast-v3/best.pt
+    python benchmarks/bench_ihc_detections.py --models pathoseg-light pathoseg-fast [--precision bf16]
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ def images(data: Path) -> dict[str, tuple[np.ndarray, float]]:
     return found
 
 
-def detection_row(model: str, rgb: np.ndarray, mpp: float) -> str:
+def detection_row(model: str, precision: str, rgb: np.ndarray, mpp: float) -> str:
     """One model's counts on one image (at the model's mpp, as ``segment --stain ihc`` runs it)."""
     loaded = load_model(model)
-    config = load_config(overrides={"model": {"name": model}, "stain": {"mode": "ihc"}})
+    config = load_config(overrides={"model": {"name": model, "precision": precision}, "stain": {"mode": "ihc"}})
     predictor = predictor_for(loaded.network, config.model, int8_ir=loaded.int8_ir)
     settings = RegionSettings.from_config(config, loaded.metadata.mpp)
     if abs(mpp - loaded.metadata.mpp) > 1e-3:
@@ -61,6 +61,7 @@ def detection_row(model: str, rgb: np.ndarray, mpp: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["pathoseg-light", "pathoseg-fast"])
+    parser.add_argument("--precision", default="auto", help="auto (int8 where a model ships it) | fp32 | bf16")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -68,7 +69,7 @@ def main() -> None:
     for name, (rgb, mpp) in images(args.data).items():
         print(name)
         for model in args.models:
-            print(f"  {model:28s} {detection_row(model, rgb, mpp)}")
+            print(f"  {model:28s} {detection_row(model, args.precision, rgb, mpp)}")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ The network is fully convolutional; inputs must have height and width divisible 
 ``subpixel``). Outputs have the input's spatial size. With ``subpixel`` 2 the network computes at half its input's
 resolution: the input is pixel-unshuffled (each 2x2 block becomes 12 channels, so no detail is averaged away) and each
 head predicts its 2x2 output block from one feature vector (pixel shuffle), for about a quarter of the computation.
-Such a network may end in a small refinement at its input's resolution (``refine_width``), which corrects the NP and
-HV maps where one feature vector per block cannot place a boundary between touching nuclei.
 """
 
 from __future__ import annotations
@@ -152,39 +150,6 @@ class Decoder(nn.Module):
         return x
 
 
-class FullResolutionRefinement(nn.Module):
-    """Corrections to a subpixel network's NP logits and HV maps, computed at its input's resolution.
-
-    Two 3x3 convolutions read the centred RGB input, the trunk's features pixel-shuffled to full resolution and the
-    maps themselves; a 1x1 convolution adds to the maps. That last convolution starts at zero, so a trained network
-    given a refinement computes what it did before, and training starts from there.
-    """
-
-    def __init__(self, trunk_channels: int, subpixel: int, np_classes: int, width: int):
-        super().__init__()
-        self.subpixel, self.np_classes = subpixel, np_classes
-        in_channels = 3 + trunk_channels // subpixel**2 + np_classes + 2
-        correction = nn.Conv2d(width, np_classes + 2, 1)
-        for parameter in correction.parameters():
-            nn.init.zeros_(parameter)
-        self.convs = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=1),
-            nn.ReLU(inplace=True),
-            correction,
-        )
-
-    def forward(
-        self, centred_rgb: torch.Tensor, trunk: torch.Tensor, np_logits: torch.Tensor, hv: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``np_logits`` (B, np_classes, H, W) and ``hv`` (B, 2, H, W, before tanh) corrected, for the input
-        (B, 3, H, W) and the trunk (B, C, H / r, W / r)."""
-        joined = torch.cat([centred_rgb, F.pixel_shuffle(trunk, self.subpixel), np_logits, hv], dim=1)
-        correction = self.convs(joined)
-        return np_logits + correction[:, : self.np_classes], hv + correction[:, self.np_classes :]
-
-
 ENCODERS = {
     "light": (LightEncoder, (128, 64, 32, 24)),
     "preact-resnet50": (PreactResNet50Encoder, (512, 256, 128, 64, 64)),
@@ -210,16 +175,12 @@ class HoVerNet(nn.Module):
         r x r blocks, and the heads' outputs are pixel-shuffled back to the input's resolution.
     """
 
-    def __init__(
-        self, encoder: str = "light", n_classes: int = 5, np_classes: int = 2, subpixel: int = 1, refine_width: int = 0
-    ):
+    def __init__(self, encoder: str = "light", n_classes: int = 5, np_classes: int = 2, subpixel: int = 1):
         super().__init__()
         if encoder not in ENCODERS:
             raise SettingsError(f"unknown encoder {encoder!r}; choose one of {sorted(ENCODERS)}")
         if subpixel != 1 and encoder != "light":
             raise SettingsError(f"subpixel {subpixel} is only built for the light encoder")
-        if refine_width and subpixel == 1:
-            raise SettingsError("a full-resolution refinement needs a subpixel network")
         encoder_cls, decoder_widths = ENCODERS[encoder]
         self.n_classes, self.np_classes, self.subpixel = n_classes, np_classes, subpixel
         self.encoder = LightEncoder(in_channels=3 * subpixel**2) if subpixel != 1 else encoder_cls()
@@ -231,17 +192,13 @@ class HoVerNet(nn.Module):
                 for name, out_ch in (("np", np_classes), ("hv", 2), ("nc", n_classes))
             }
         )
-        self.refine = FullResolutionRefinement(head_in, subpixel, np_classes, refine_width) if refine_width else None
         self.pixel_mean: torch.Tensor
         self.register_buffer("pixel_mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
 
     def forward(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
         """The three heads' maps for (B, 3, H, W) input in [0, 1] (shapes in the class docstring)."""
-        centred = rgb - self.pixel_mean
-        trunk = self.decoder(self.encoder(F.pixel_unshuffle(centred, self.subpixel)))
+        trunk = self.decoder(self.encoder(F.pixel_unshuffle(rgb - self.pixel_mean, self.subpixel)))
         out = {name: F.pixel_shuffle(head(trunk), self.subpixel) for name, head in self.heads.items()}
-        if self.refine is not None:
-            out["np"], out["hv"] = self.refine(centred, trunk, out["np"], out["hv"])
         out["hv"] = torch.tanh(out["hv"])
         return out
 

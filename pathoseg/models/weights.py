@@ -32,7 +32,6 @@ class ModelMetadata:
     encoder: str = "light"
     np_classes: int = 2  # 3: background / interior / boundary band
     subpixel: int = 1  # r: the network computes at 1/r of ``mpp``'s resolution (``HoVerNet``)
-    refine_width: int = 0  # channels of the full-resolution refinement of a subpixel network (0: none)
     mpp: float = 0.25
     input_size_px: int = 256
     class_names: list[str] = field(
@@ -72,9 +71,7 @@ def sha256_of(path: str | Path) -> str:
 
 def build_network(metadata: ModelMetadata) -> HoVerNet:
     """The untrained network a checkpoint's metadata describes."""
-    return HoVerNet(
-        metadata.encoder, len(metadata.class_names), metadata.np_classes, metadata.subpixel, metadata.refine_width
-    )
+    return HoVerNet(metadata.encoder, len(metadata.class_names), metadata.np_classes, metadata.subpixel)
 
 
 def save_checkpoint(

@@ -90,24 +90,16 @@ def stain_jitter(rng: np.random.Generator, image: np.ndarray, sigma: float = 0.0
     return (np.clip(hed2rgb(hed), 0, 1) * 255).round().astype(np.uint8)
 
 
-def dab_recolour(
-    rng: np.random.Generator, image: np.ndarray, instances: np.ndarray, p_counterstained_cytoplasm: float = 0.0
-) -> np.ndarray:
+def dab_recolour(rng: np.random.Generator, image: np.ndarray, instances: np.ndarray) -> np.ndarray:
     """Re-synthesise an H&E crop as hematoxylin-DAB IHC.
 
-    Eosin is removed (with probability ``p_counterstained_cytoplasm`` a part of it turned into hematoxylin first:
-    the blue-grey cytoplasm and stroma of a counterstained section, which stay background), hematoxylin lightened
-    to counterstain tones, a random fraction of the nuclei carries DAB at a random strength (brown nuclei are
-    nuclei too) with the granular texture of Ki-67 staining, and sometimes brown
+    Eosin is removed, hematoxylin lightened to counterstain tones, a random fraction of the nuclei carries DAB at
+    a random strength (brown nuclei are nuclei too) with the granular texture of Ki-67 staining, and sometimes brown
     non-nuclear material is added as a distractor that must not be taken for nuclei: patches in the stroma, and
     halos of cytoplasmic DAB around positive nuclei (which would otherwise be split or grown into the nucleus).
     Some negative nuclei lie out of the focal plane, as in thick IHC sections: pale and blurred, still counted.
     """
     hed = rgb2hed(image)
-    if p_counterstained_cytoplasm and rng.random() < p_counterstained_cytoplasm:
-        # On the DeepLIIF Ki-67 tiles the median hematoxylin between nuclei is 0.45-0.5 of the nuclei's; H&E crops
-        # with their eosin removed hold 0.1-0.35 (MoNuSeg), so models took faint blue cytoplasm for nuclei.
-        hed[..., 0] += rng.uniform(0.3, 1.0) * np.clip(hed[..., 1], 0, None)
     hed[..., 1] *= rng.uniform(0.0, 0.2)
     hed[..., 0] *= rng.uniform(0.35, 1.0)  # down to faint counterstain: pale negatives count in the index too
     labels = np.unique(instances)[1:]
@@ -212,7 +204,6 @@ def augment_sample(
     p_dab: float = 0.25,
     p_low_resolution: float = 0.0,
     low_resolution_factor: tuple[float, float] = (1.6, 2.4),
-    p_counterstained_cytoplasm: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The full training augmentation: crop with scale jitter, geometry, elastic, IHC re-synthesis, stain,
     brightness, lower scan resolution, blur, JPEG."""
@@ -224,7 +215,7 @@ def augment_sample(
         image, maps = elastic(rng, image, maps)
     instances, types = cast(np.ndarray, maps[0]), maps[1]
     if rng.random() < p_dab:
-        image = dab_recolour(rng, image, instances, p_counterstained_cytoplasm)
+        image = dab_recolour(rng, image, instances)
     if rng.random() < 0.8:
         image = stain_jitter(rng, image)
     if rng.random() < 0.5:

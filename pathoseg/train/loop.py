@@ -77,14 +77,12 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     dab_probability: float = 0.25
-    counterstained_cytoplasm_probability: float = 0.0  # of an IHC re-synthesis (train.augment.dab_recolour)
     low_resolution_probability: float = 0.0  # crops re-scanned at ~20x and upsampled back
     low_resolution_factor: tuple[float, float] = (1.6, 2.4)  # how much coarser that scan is than the model's mpp
     init_weights: str | None = None  # a fresh run starts from this model's weights (shipped name or checkpoint)
     ema_decay: float = 0.999
     np_classes: int = 2  # 3: background / interior / boundary band of boundary_px
     subpixel: int = 1  # r: the network computes at mpp * r on r x r pixel blocks (models.hovernet.HoVerNet)
-    refine_width: int = 0  # a subpixel network's full-resolution refinement (models.hovernet.FullResolutionRefinement)
     time_limit_minutes: float | None = None  # stop after this long; the cosine then runs on the clock (a GPU lease)
     boundary_px: int = 2
     nc_class_weighting: bool = False  # weigh the NC loss by 1/sqrt(class frequency), clipped to [1, 5]
@@ -116,7 +114,6 @@ class TrainingStream(torch.utils.data.IterableDataset):
         self.groups = [group for group in groups if group[0] > 0 and group[1]]
         self.size_px, self.seed = size_px, seed
         self.p_dab, self.p_low_resolution = config.dab_probability, config.low_resolution_probability
-        self.p_counterstained_cytoplasm = config.counterstained_cytoplasm_probability
         self.low_resolution_factor = (config.low_resolution_factor[0], config.low_resolution_factor[1])
         self.boundary_px = config.boundary_px if config.np_classes == 3 else 0
 
@@ -137,7 +134,6 @@ class TrainingStream(torch.utils.data.IterableDataset):
                 p_dab=self.p_dab,
                 p_low_resolution=self.p_low_resolution,
                 low_resolution_factor=self.low_resolution_factor,
-                p_counterstained_cytoplasm=self.p_counterstained_cytoplasm,
             )
             yield {
                 "image": torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1),
@@ -173,16 +169,12 @@ def learning_rate(config: TrainConfig, step: int, clock_progress: float = 0.0) -
     return config.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def initial_weights(name_or_path: str, network: HoVerNet) -> dict[str, torch.Tensor]:
-    """The state dict a fresh run of ``network`` starts from: a model's weights, converted to its ``subpixel`` where
-    that differs; a refinement the model lacks keeps ``network``'s own (which leave the maps unchanged)."""
-    model = load_model(name_or_path).network
-    if model.subpixel != network.subpixel:
-        model = subpixel_from(model, network.subpixel)
-    state = model.state_dict()
-    if network.refine is not None and model.refine is None:
-        state.update({key: value for key, value in network.state_dict().items() if key.startswith("refine.")})
-    return state
+def initial_weights(name_or_path: str, subpixel: int) -> dict[str, torch.Tensor]:
+    """The state dict a fresh run starts from: a model's weights, converted to ``subpixel`` where it differs."""
+    network = load_model(name_or_path).network
+    if network.subpixel != subpixel:
+        network = subpixel_from(network, subpixel)
+    return network.state_dict()
 
 
 def nc_class_weights(groups: list[tuple[float, list[Sample], bool]], n_classes: int) -> torch.Tensor:
@@ -240,7 +232,6 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         encoder=config.encoder,
         np_classes=config.np_classes,
         subpixel=config.subpixel,
-        refine_width=config.refine_width,
         mpp=config.mpp,
         input_size_px=config.input_size_px,
         training_data=[spec.path for spec in config.datasets],
@@ -261,7 +252,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         step, best_pq, history = extra["step"], extra["best_pq"], json.loads(extra["history"])
         log.info("resumed from %s at step %d (best PQ %.3f)", last_path, step, best_pq)
     elif config.init_weights:
-        network.load_state_dict(initial_weights(config.init_weights, network))
+        network.load_state_dict(initial_weights(config.init_weights, config.subpixel))
         log.info("started from the weights of %s", config.init_weights)
     averaged = AveragedModel(network, avg_fn=ema_update(config.ema_decay), use_buffers=True)
     average = cast(HoVerNet, averaged.module)  # what is validated, checkpointed and shipped
