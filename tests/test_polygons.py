@@ -15,7 +15,7 @@ from pathoseg.stitch.polygons import clean_polygon, instance_polygons
 
 def contour_polygons(labels: np.ndarray, simplify_px: float) -> list[Polygon | None]:
     """The per-instance way: the longest ``find_contours`` outline of each instance's mask with a ring of background
-    around it (outside the image counts as background), then ``clean_polygon``."""
+    around it (outside the image counts as background), simplified, then ``clean_polygon``."""
     polygons: list[Polygon | None] = []
     padded = np.pad(labels, 1)
     for label, box in enumerate(ndimage.find_objects(padded), start=1):
@@ -26,7 +26,8 @@ def contour_polygons(labels: np.ndarray, simplify_px: float) -> list[Polygon | N
         contour = max(find_contours(padded[rows, cols] == label, 0.5), key=len)
         # padded pixel (r, c) is image pixel (r - 1, c - 1), whose centre is at + 0.5
         xy = np.stack([contour[:, 1] + cols.start - 0.5, contour[:, 0] + rows.start - 0.5], axis=1)
-        polygons.append(clean_polygon(Polygon(xy), simplify_px))
+        polygon = Polygon(xy).simplify(simplify_px, preserve_topology=False) if simplify_px else Polygon(xy)
+        polygons.append(clean_polygon(polygon))
     return polygons
 
 

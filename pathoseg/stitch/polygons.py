@@ -59,11 +59,11 @@ def longest_outlines(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     # A vertex's place in raster order (two labels' sides can share one, so the direction is added to tell them apart)
     place = (doubled_y * (2 * padded.shape[1] + 2) + doubled_x) * 4 + direction
     side_labels = padded.ravel()[pixel]
-    cycle, position, cycle_labels = ordered_cycles(successor, place, side_labels)
+    cycle, position, cycle_labels, cycle_lengths = ordered_cycles(successor, place, side_labels)
     # find_contours lists a label's outlines by their top, then left vertex; max(..., key=len) keeps the first longest
     top_left = np.full(cycle_labels.size, np.iinfo(np.int64).max)
     np.minimum.at(top_left, cycle, place)
-    by_label = np.lexsort((top_left, -np.bincount(cycle), cycle_labels))
+    by_label = np.lexsort((top_left, -cycle_lengths, cycle_labels))
     chosen = by_label[np.r_[True, np.diff(cycle_labels[by_label]) != 0]]
     kept = np.flatnonzero(np.isin(cycle, chosen))
     kept = kept[np.lexsort((position[kept], side_labels[kept]))]
@@ -73,9 +73,9 @@ def longest_outlines(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def ordered_cycles(
     successor: np.ndarray, place: np.ndarray, side_labels: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The outlines (cycles of ``successor``) of (S,) sides: each side's cycle 0..C-1 and its position on it from the
-    vertex ``find_contours`` starts the outline at, and (C,) each cycle's label."""
+    vertex ``find_contours`` starts the outline at, and (C,) each cycle's label and length."""
     longest = int(np.bincount(side_labels).max())
     lowest_place = cycle_maxima(successor, place, longest)  # each outline's lowest, then rightmost vertex
     lowest = np.flatnonzero(place == lowest_place)
@@ -84,8 +84,9 @@ def ordered_cycles(
     # find_contours starts an outline there, and a hole's (whose lowest side faces up: direction 0) at the next vertex
     is_first = np.zeros(place.size, bool)
     is_first[np.where(place[lowest] % 4 == 0, successor[lowest], lowest)] = True
-    length = np.bincount(cycle)[cycle]
-    return cycle, (length - steps_to(successor, is_first, longest)) % length, side_labels[lowest]
+    lengths = np.bincount(cycle)
+    length = lengths[cycle]
+    return cycle, (length - steps_to(successor, is_first, longest)) % length, side_labels[lowest], lengths
 
 
 def boundary_sides(padded: np.ndarray) -> np.ndarray:
@@ -146,10 +147,8 @@ def clean_polygons(polygons: np.ndarray, simplify_px: float = 0.0) -> list[Polyg
     return [done if ok else clean_polygon(polygon) for polygon, done, ok in zip(polygons, oriented, usable)]
 
 
-def clean_polygon(polygon: Polygon, simplify_px: float = 0.0) -> Polygon | None:
+def clean_polygon(polygon: Polygon) -> Polygon | None:
     """Valid, non-empty, single polygon with exterior ring counter-clockwise in (x, y-down); None if degenerate."""
-    if simplify_px > 0:
-        polygon = polygon.simplify(simplify_px, preserve_topology=False)
     if not polygon.is_valid:
         polygon = shapely.make_valid(polygon)
     if polygon.geom_type != "Polygon":
