@@ -13,17 +13,18 @@ F1 over visible nuclei, which this does not replace).
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from pathoseg.config import load_config
+from pathoseg.config import Config, load_config
 from pathoseg.evaluation import VISIBLE_CONTRAST_OD, nuclei_of_maps
 from pathoseg.io.datasets import load_dataset
 from pathoseg.measure.nuclei import contrast_od
-from pathoseg.models.infer import predictor_for
+from pathoseg.models.infer import Predictor, predictor_for
 from pathoseg.models.weights import load_model
 from pathoseg.region import RegionSettings
 from pathoseg.system import cpu_capability
@@ -39,23 +40,36 @@ def images(data: Path) -> dict[str, tuple[np.ndarray, float]]:
     return found
 
 
-def detection_row(model: str, precision: str, rgb: np.ndarray, mpp: float) -> str:
-    """One model's counts on one image (at the model's mpp, as ``segment --stain ihc`` runs it)."""
-    loaded = load_model(model)
-    config = load_config(overrides={"model": {"name": model, "precision": precision}, "stain": {"mode": "ihc"}})
-    predictor = predictor_for(loaded.network, config.model, int8_ir=loaded.int8_ir)
-    settings = RegionSettings.from_config(config, loaded.metadata.mpp)
-    if abs(mpp - loaded.metadata.mpp) > 1e-3:
-        raise SystemExit(f"{model}: runs at {loaded.metadata.mpp} µm/px, the images are at {mpp}")
-    labels, measurements = nuclei_of_maps(rgb, predictor.predict(rgb), settings)
-    faint = contrast_od(rgb, labels, mpp) < VISIBLE_CONTRAST_OD
-    unsure = measurements["detection_probability"] < config.stain.unsure_detection_probability
-    positive = measurements["dab_od_mean"] >= config.stain.positive_dab_od
-    n = len(faint)
-    return (
-        f"{n:5d} nuclei, faint {faint.sum():4d} ({faint.mean():5.1%}), faint and unsure {(faint & unsure).sum():4d}, "
-        f"positive {positive.mean():5.1%}  ({predictor.runtime}/{predictor.precision})"
-    )
+@dataclass
+class IhcRun:
+    """A model set up once as ``segment --stain ihc`` runs it: its predictor, region settings and configuration."""
+
+    name: str
+    predictor: Predictor
+    settings: RegionSettings
+    config: Config
+
+    @classmethod
+    def of(cls, model: str, precision: str) -> IhcRun:
+        """Load and compile ``model`` in ``precision``."""
+        loaded = load_model(model)
+        config = load_config(overrides={"model": {"name": model, "precision": precision}, "stain": {"mode": "ihc"}})
+        predictor = predictor_for(loaded.network, config.model, int8_ir=loaded.int8_ir)
+        return cls(model, predictor, RegionSettings.from_config(config, loaded.metadata.mpp), config)
+
+    def detection_row(self, rgb: np.ndarray, mpp: float) -> str:
+        """The model's counts on one image (which must be at the model's mpp)."""
+        if abs(mpp - self.settings.mpp) > 1e-3:
+            raise SystemExit(f"{self.name}: runs at {self.settings.mpp} µm/px, the images are at {mpp}")
+        labels, measurements = nuclei_of_maps(rgb, self.predictor.predict(rgb), self.settings)
+        faint = contrast_od(rgb, labels, mpp) < VISIBLE_CONTRAST_OD
+        unsure = measurements["detection_probability"] < self.config.stain.unsure_detection_probability
+        positive = measurements["dab_od_mean"] >= self.config.stain.positive_dab_od
+        return (
+            f"{len(faint):5d} nuclei, faint {faint.sum():4d} ({faint.mean():5.1%}), faint and unsure "
+            f"{(faint & unsure).sum():4d}, positive {positive.mean():5.1%}  "
+            f"({self.predictor.runtime}/{self.predictor.precision})"
+        )
 
 
 def main() -> None:
@@ -66,10 +80,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     print(f"CPU: {cpu_capability()}; faint: contrast under {VISIBLE_CONTRAST_OD} OD")
+    runs = [IhcRun.of(model, args.precision) for model in args.models]
     for name, (rgb, mpp) in images(args.data).items():
         print(name)
-        for model in args.models:
-            print(f"  {model:28s} {detection_row(model, args.precision, rgb, mpp)}")
+        for run in runs:
+            print(f"  {run.name:28s} {run.detection_row(rgb, mpp)}")
 
 
 if __name__ == "__main__":
