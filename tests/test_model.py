@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import REPO, shared
 from scipy import ndimage
 from skimage.color import rgb2hed
@@ -23,7 +24,7 @@ from pathoseg.region import RegionSettings
 from pathoseg.train.augment import dab_recolour, defocus_nuclei, rescan_at_lower_resolution
 from pathoseg.train.loop import TrainConfig
 from pathoseg.train.losses import hovernet_loss
-from pathoseg.train.targets import hv_targets, np_targets
+from pathoseg.train.targets import contact_weights, hv_targets, np_targets
 
 
 @pytest.mark.parametrize("encoder", ["light", "preact-resnet50"])
@@ -378,6 +379,7 @@ def test_training_stops_at_its_time_limit_with_the_cosine_run_down(tmp_path):
         steps=10_000,
         validate_every=10_000,
         subpixel=2,
+        contact_weight=5.0,  # the loader's pixel weights reach the loss
         time_limit_minutes=1e-6,
         datasets=[DatasetSpec(str(tmp_path / "data"), validation_ids=["img2"])],
     )
@@ -512,3 +514,47 @@ def test_class_dice_does_not_punish_a_rare_class_where_it_is_absent():
     with_other[0, 1, 10:14, 10:14] = 6
     assert soft_dice_loss(with_other, rare) < soft_dice_loss(logits, rare) - 0.2
     assert soft_dice_loss(torch.zeros(1, 5, 4, 4), torch.zeros(1, 4, 4, dtype=torch.int64)) == 0  # empty crop
+
+
+def _two_touching_disks_and_one_apart() -> np.ndarray:
+    instances = np.zeros((48, 64), np.int32)
+    instances[disk((20, 14), 8, shape=instances.shape)] = 1
+    instances[disk((20, 30), 8, shape=instances.shape)] = 2  # 16 px apart: the two touch along a column
+    instances[disk((24, 52), 7, shape=instances.shape)] = 3
+    return instances
+
+
+def test_contact_weights_mark_where_two_nuclei_meet():
+    instances = _two_touching_disks_and_one_apart()
+    weights = contact_weights(instances, 3, 5.0)
+    assert set(np.unique(weights)) == {1.0, 5.0}
+    contact = weights == 5
+    assert np.unique(instances[contact]).tolist() == [0, 1, 2]  # both nuclei and the background beside them
+    assert not contact[instances == 3].any() and not contact[:, 40:].any()  # the nucleus on its own
+    cols = np.flatnonzero(contact.any(axis=0))
+    assert cols.min() >= 22 - 3 - 1 and cols.max() <= 22 + 3  # a band along the contact column (x = 22)
+    assert contact[20, 22]
+
+
+def test_contact_weights_make_the_loss_count_errors_where_nuclei_meet():
+    instances = _two_touching_disks_and_one_apart()
+    batch = {
+        "np": torch.from_numpy(np_targets(instances, 2))[None],
+        "hv": torch.from_numpy(hv_targets(instances))[None],
+        "nc": torch.zeros(1, *instances.shape, dtype=torch.int64),
+        "has_types": torch.zeros(1),
+    }
+    right = {
+        "np": F.one_hot(batch["np"], 3).permute(0, 3, 1, 2).float() * 8,
+        "hv": batch["hv"].clone(),
+        "nc": torch.zeros(1, 5, *instances.shape),
+    }
+    weights = torch.from_numpy(contact_weights(instances, 3, 5.0))[None]
+    unweighted, _ = hovernet_loss(right, batch)
+    with_ones, _ = hovernet_loss(right, {**batch, "weight": torch.ones_like(weights)})
+    assert with_ones.item() == pytest.approx(unweighted.item(), rel=1e-6)
+    merged = {**right, "hv": right["hv"].clone()}
+    merged["hv"][0, 0, :, 18:27] = 0  # the horizontal map flattened where the two meet: one nucleus, not two
+    plain, plain_parts = hovernet_loss(merged, batch)
+    weighted, weighted_parts = hovernet_loss(merged, {**batch, "weight": weights})
+    assert weighted_parts["hv_mse"] > 2 * plain_parts["hv_mse"] and weighted > plain

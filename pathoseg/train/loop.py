@@ -29,7 +29,7 @@ from pathoseg.region import RegionSettings
 from pathoseg.system import usable_cores
 from pathoseg.train.augment import augment_sample
 from pathoseg.train.losses import hovernet_loss
-from pathoseg.train.targets import hv_targets, np_targets
+from pathoseg.train.targets import contact_weights, hv_targets, np_targets
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ class TrainConfig:
     boundary_px: int = 2
     nc_class_weighting: bool = False  # weigh the NC loss by 1/sqrt(class frequency), clipped to [1, 5]
     precision: str = "auto"
+    contact_weight: float = 1.0  # NP CE and HV losses weigh pixels where two nuclei come close this much more
+    contact_radius_px: int = 3  # ... within this distance of each other
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
@@ -116,6 +118,7 @@ class TrainingStream(torch.utils.data.IterableDataset):
         self.p_dab, self.p_low_resolution = config.dab_probability, config.low_resolution_probability
         self.low_resolution_factor = (config.low_resolution_factor[0], config.low_resolution_factor[1])
         self.boundary_px = config.boundary_px if config.np_classes == 3 else 0
+        self.contact_weight, self.contact_radius_px = config.contact_weight, config.contact_radius_px
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
@@ -135,7 +138,7 @@ class TrainingStream(torch.utils.data.IterableDataset):
                 p_low_resolution=self.p_low_resolution,
                 low_resolution_factor=self.low_resolution_factor,
             )
-            yield {
+            item = {
                 "image": torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1),
                 "np": torch.from_numpy(np_targets(instances, self.boundary_px)),
                 "hv": torch.from_numpy(hv_targets(instances)),
@@ -144,6 +147,10 @@ class TrainingStream(torch.utils.data.IterableDataset):
                 ),
                 "has_types": torch.tensor(float(types is not None)),
             }
+            if self.contact_weight != 1:
+                weights = contact_weights(instances, self.contact_radius_px, self.contact_weight)
+                item["weight"] = torch.from_numpy(weights)
+            yield item
 
 
 def split_dataset(spec: DatasetSpec, mpp: float) -> tuple[list[Sample], list[Sample]]:

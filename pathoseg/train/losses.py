@@ -37,13 +37,21 @@ def _sobel_kernels(device: torch.device) -> torch.Tensor:
     return torch.stack([kx, kx.T]).unsqueeze(1)  # (2, 1, 3, 3): d/dx of channel 0, d/dy of channel 1
 
 
-def hv_gradient_loss(pred_hv: torch.Tensor, true_hv: torch.Tensor, nucleus_mask: torch.Tensor) -> torch.Tensor:
-    """MSGE: mean squared error of the HV maps' Sobel gradients inside nuclei."""
+def hv_gradient_loss(pred_hv: torch.Tensor, true_hv: torch.Tensor, pixel_weights: torch.Tensor) -> torch.Tensor:
+    """MSGE: mean squared error of the HV maps' Sobel gradients, weighted by ``pixel_weights`` (B, H, W): the
+    nucleus mask, or that times the pixels' loss weights."""
     kernels = _sobel_kernels(pred_hv.device)
     pred_grad = F.conv2d(pred_hv.float(), kernels, padding=1, groups=2)
     true_grad = F.conv2d(true_hv.float(), kernels, padding=1, groups=2)
-    mask = nucleus_mask.unsqueeze(1).float().expand_as(pred_grad)
-    return ((pred_grad - true_grad) ** 2 * mask).sum() / mask.sum().clamp(min=1)
+    weights = pixel_weights.unsqueeze(1).float().expand_as(pred_grad)
+    return ((pred_grad - true_grad) ** 2 * weights).sum() / weights.sum().clamp(min=1)
+
+
+def weighted_mean(values: torch.Tensor, pixel_weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-pixel ``values`` (B, H, W) weighted by ``pixel_weights`` (B, H, W), or the plain mean."""
+    if pixel_weights is None:
+        return values.mean()
+    return (values * pixel_weights).sum() / pixel_weights.sum()
 
 
 def hovernet_loss(
@@ -55,14 +63,16 @@ def hovernet_loss(
     """Total loss and its parts.
 
     batch: ``np`` (B, H, W) int64 nuclear-pixel classes (0 background), ``hv`` (B, 2, H, W), ``nc`` (B, H, W)
-    int64, ``has_types`` (B,) float. ``nc_class_weights`` (C,) weighs the NC cross-entropy per class (rare
-    classes up).
+    int64, ``has_types`` (B,) float, optionally ``weight`` (B, H, W) float: pixel weights of the NP
+    cross-entropy and the HV losses (``targets.contact_weights``). ``nc_class_weights`` (C,) weighs the NC
+    cross-entropy per class (rare classes up).
     """
-    np_target = batch["np"]
-    np_ce = F.cross_entropy(outputs["np"].float(), np_target)
+    np_target, pixel_weights = batch["np"], batch.get("weight")
+    np_ce = weighted_mean(F.cross_entropy(outputs["np"].float(), np_target, reduction="none"), pixel_weights)
     np_dice = soft_dice_loss(outputs["np"], np_target)
-    hv_mse = F.mse_loss(outputs["hv"].float(), batch["hv"])
-    hv_msge = hv_gradient_loss(outputs["hv"], batch["hv"], np_target > 0)
+    hv_mse = weighted_mean(((outputs["hv"].float() - batch["hv"]) ** 2).mean(dim=1), pixel_weights)
+    msge_weights = (np_target > 0).float() * (1 if pixel_weights is None else pixel_weights)
+    hv_msge = hv_gradient_loss(outputs["hv"], batch["hv"], msge_weights)
     has_types = batch["has_types"]
     loss = np_ce + np_dice + hv_mse + hv_gradient_weight * hv_msge
     parts = {"np_ce": np_ce.item(), "np_dice": np_dice.item(), "hv_mse": hv_mse.item(), "hv_msge": hv_msge.item()}

@@ -54,3 +54,22 @@ def np_targets(instances: np.ndarray, boundary_px: int = 0) -> np.ndarray:
     size = 2 * boundary_px + 1
     near_other_label = ndimage.maximum_filter(instances, size) != ndimage.minimum_filter(instances, size)
     return np.where(nucleus, np.where(near_other_label, 2, 1), 0).astype(np.int64)
+
+
+def contact_weights(instances: np.ndarray, radius_px: int, weight: float) -> np.ndarray:
+    """Pixel weights of the loss: ``weight`` on the pixels within ``radius_px`` (in x and y) of two nuclei, where
+    touching or close nuclei must be told apart (both nuclei's pixels there and the background between them), 1
+    elsewhere.
+
+    Parameters
+    ----------
+    instances : (H, W) int array, 0 = background, 1..N nuclei.
+
+    Returns
+    -------
+    (H, W) float32 array.
+    """
+    size = 2 * radius_px + 1
+    highest = ndimage.maximum_filter(instances, size)
+    lowest_nucleus = ndimage.minimum_filter(np.where(instances > 0, instances, np.iinfo(instances.dtype).max), size)
+    return np.where(lowest_nucleus < highest, np.float32(weight), np.float32(1))
