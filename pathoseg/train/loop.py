@@ -148,8 +148,8 @@ class TrainingStream(torch.utils.data.IterableDataset):
                 "has_types": torch.tensor(float(types is not None)),
             }
             if self.contact_weight != 1:
-                weights = contact_weights(instances, self.contact_radius_px, self.contact_weight)
-                item["weight"] = torch.from_numpy(weights)
+                pixel_weights = contact_weights(instances, self.contact_radius_px, self.contact_weight)
+                item["weight"] = torch.from_numpy(pixel_weights)
             yield item
 
 
